@@ -1,0 +1,14 @@
+//! # spotoken-core
+//!
+//! The pure heart of spotoken: everything that can be decided without touching a
+//! socket, a file or the clock. Secrets as types that cannot be printed, PKCE,
+//! Spotify's scope table, OAuth request builders and response parsers, the one
+//! error taxonomy, and the refresh/backoff decisions. Time and randomness are
+//! passed in, so every branch is testable without sleeps or sockets.
+//!
+//! This crate deliberately has no tokio, reqwest or database dependency: the
+//! compiler keeps it pure.
+
+pub mod pkce;
+pub mod scope;
+pub mod secret;

@@ -1,0 +1,241 @@
+//! # spotoken-emulator
+//!
+//! A stand-in for Spotify's Accounts service (`/authorize`, `/api/token`) and Web
+//! API (`/v1/...`) on one loopback port, with Spotify's paths, shapes and quirks,
+//! and switches for everything that goes wrong in real life: expiry, rotation,
+//! reuse detection, revocation, rate limits, injected 5xx/429/HTML pages and
+//! dropped connections. spotoken's tests, demo and benchmarks run against it, and
+//! Spotify app developers can test their own apps against it.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let emu = spotoken_emulator::Emulator::start().await?;
+//! println!("accounts and API at {}", emu.url());
+//! emu.update(|s| s.access_token_lifetime_secs = 5);
+//! let counters = emu.counters();
+//! # Ok(()) }
+//! ```
+//!
+//! Every switch is also reachable over HTTP under `/_emulator/` (see [`control`]).
+
+mod authorize;
+pub mod control;
+mod model;
+pub mod serve;
+mod token;
+mod webapi;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, Response, StatusCode};
+use axum::routing::{any, get, post};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use model::World;
+pub use model::{
+    Client, Consent, Counters, DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID,
+    DEFAULT_CONFIDENTIAL_CLIENT_SECRET, DEFAULT_REDIRECT_URIS, Endpoint, Failure, RateLimit,
+    Rotation, Settings, User,
+};
+
+/// Shared handle on the emulator's world.
+#[derive(Clone)]
+pub struct Shared(Arc<Mutex<World>>);
+
+impl Shared {
+    /// A new world with the default clients and users, plus `extra` if given.
+    pub fn new(extra: Option<Client>) -> Self {
+        Self(Arc::new(Mutex::new(World::new(extra))))
+    }
+
+    /// Locks the world. A panic while holding the lock cannot leave it half
+    /// updated in a way that matters to a test double, so poisoning is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, World> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The emulator's routes over a world.
+pub fn app(shared: Shared) -> Router {
+    Router::new()
+        .route("/authorize", get(authorize::authorize))
+        .route("/authorize/decide", post(authorize::decide))
+        .route("/api/token", post(token::token))
+        .route("/v1/{*path}", any(webapi::api))
+        .nest("/_emulator", control::routes())
+        .with_state(shared)
+}
+
+/// A running emulator on `127.0.0.1`. Dropping it stops the server.
+pub struct Emulator {
+    addr: SocketAddr,
+    shared: Shared,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Starts an emulator on an ephemeral loopback port with default settings.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_on(0, None).await
+    }
+
+    /// Starts on `port` (0 for ephemeral), optionally registering an extra client.
+    pub async fn start_on(port: u16, extra_client: Option<Client>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Shared::new(extra_client);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = app(shared.clone());
+        let task = tokio::spawn(serve::serve(listener, router, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            addr,
+            shared,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Base URL, serving both the Accounts service and the Web API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared world (for embedding the routes elsewhere).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Changes settings in place.
+    pub fn update(&self, f: impl FnOnce(&mut Settings)) {
+        f(&mut self.shared.lock().settings);
+    }
+
+    /// A copy of the current settings.
+    pub fn settings(&self) -> Settings {
+        self.shared.lock().settings.clone()
+    }
+
+    /// Queues an injected failure.
+    pub fn inject(&self, failure: Failure) {
+        self.shared.lock().failures.push_back(failure);
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        self.shared.lock().counters.clone()
+    }
+
+    /// Zeroes the counters (tokens and settings stay).
+    pub fn reset_counters(&self) {
+        self.shared.lock().counters = Counters::default();
+    }
+
+    /// Makes every access token issued so far expired.
+    pub fn expire_access_tokens(&self) -> usize {
+        self.shared.lock().expire_access_tokens()
+    }
+
+    /// Revokes every grant, or one user's.
+    pub fn revoke(&self, user: Option<&str>) -> usize {
+        self.shared.lock().revoke(user)
+    }
+
+    /// Moves the emulator's clock forward.
+    pub fn advance(&self, by: std::time::Duration) {
+        self.shared.lock().offset_ms += by.as_millis() as i64;
+    }
+
+    /// Back to a new world (clients given at start are kept).
+    pub fn reset(&self) {
+        control::reset_world(&self.shared);
+    }
+
+    /// Registers (or replaces) a client.
+    pub fn register_client(&self, client: Client) {
+        let mut w = self.shared.lock();
+        w.clients.retain(|c| c.id != client.id);
+        w.clients.push(client);
+    }
+
+    /// Stops the server and waits for the accept loop to end.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// Builds a JSON response.
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+/// Answers with an injected failure (after its delay; or never, if it drops).
+pub(crate) async fn injected(f: Failure, drop: Option<&serve::DropConnection>) -> Response<Body> {
+    if f.delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(f.delay_ms)).await;
+    }
+    if let (true, Some(d)) = (f.drop_connection, drop) {
+        d.fire().await;
+    }
+    let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = match (&f.text, &f.body) {
+        (Some(text), _) => {
+            let mut r = Response::new(Body::from(text.clone()));
+            let ct = f
+                .content_type
+                .as_deref()
+                .unwrap_or("text/html; charset=utf-8");
+            if let Ok(v) = HeaderValue::from_str(ct) {
+                r.headers_mut().insert(axum::http::header::CONTENT_TYPE, v);
+            }
+            r
+        }
+        (None, Some(body)) => json_response(status, body),
+        (None, None) => Response::new(Body::empty()),
+    };
+    *r.status_mut() = status;
+    for (k, v) in &f.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
+}
+
+/// Sleeps for an emulated latency.
+pub(crate) async fn latency(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}

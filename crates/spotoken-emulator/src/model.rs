@@ -1,0 +1,640 @@
+//! The emulator's world: clients, users, codes, tokens, settings and counters.
+//!
+//! Everything here is plain data behind one mutex held for microseconds; the HTTP
+//! handlers lock it, decide, unlock, and only then sleep (latency) or write.
+//! Time is the wall clock plus an offset that `/_emulator/advance` moves, so tests
+//! can expire codes and refresh tokens without waiting.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use spotoken_core::scope::Scopes;
+
+/// The public (PKCE) client every emulator accepts unless told otherwise.
+pub const DEFAULT_CLIENT_ID: &str = "spotoken-emulator-client";
+/// A confidential client (HTTP Basic) every emulator accepts.
+pub const DEFAULT_CONFIDENTIAL_CLIENT_ID: &str = "spotoken-emulator-confidential";
+/// The secret of [`DEFAULT_CONFIDENTIAL_CLIENT_ID`].
+pub const DEFAULT_CONFIDENTIAL_CLIENT_SECRET: &str = "emulator-secret";
+/// Redirect URIs registered for the default clients. Loopback entries without a
+/// port match any port, as Spotify does for loopback.
+pub const DEFAULT_REDIRECT_URIS: &[&str] = &[
+    "http://127.0.0.1/callback",
+    "http://[::1]/callback",
+    "http://127.0.0.1/auth/callback",
+    "http://[::1]/auth/callback",
+];
+
+/// A registered application.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Client {
+    /// The client id.
+    pub id: String,
+    /// Present for a confidential client (HTTP Basic at the token endpoint).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Registered redirect URIs.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+}
+
+/// An emulated Spotify user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    /// Spotify user id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// E-mail (returned only with `user-read-email`).
+    pub email: String,
+    /// Country (returned only with `user-read-private`).
+    pub country: String,
+    /// `premium` or `free` (returned only with `user-read-private`).
+    pub product: String,
+    /// Whether the user is on the development-mode allowlist. An unregistered
+    /// user gets 403 "User not registered in the Developer Dashboard" from the API.
+    pub registered: bool,
+}
+
+fn default_users() -> Vec<User> {
+    let u = |id: &str, name: &str, country: &str, product: &str, registered: bool| User {
+        id: id.into(),
+        display_name: name.into(),
+        email: format!("{id}@example.com"),
+        country: country.into(),
+        product: product.into(),
+        registered,
+    };
+    vec![
+        u("alice", "Alice Emulated", "SE", "premium", true),
+        u("bob", "Bob Emulated", "US", "free", true),
+        u("carol", "Carol Emulated", "GB", "premium", true),
+        u("dave", "Dave Unregistered", "DE", "free", false),
+    ]
+}
+
+/// How the token endpoint treats refresh tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rotation {
+    /// No `refresh_token` in refresh responses; the old one stays valid (Spotify, 2026).
+    #[default]
+    None,
+    /// A new refresh token on every refresh; the old one dies (after the grace period).
+    Rotate,
+    /// As `rotate`, and presenting a dead one revokes the whole grant.
+    RotateReuseDetection,
+}
+
+/// How `/authorize` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consent {
+    /// Decide at once, per [`Settings::deny`] (default: approve).
+    #[default]
+    Auto,
+    /// Show an HTML page with Approve and Deny buttons.
+    Page,
+}
+
+/// Which part of the emulator an injected failure or a rate limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Endpoint {
+    /// Every endpoint except the control plane.
+    #[default]
+    Any,
+    /// `POST /api/token`.
+    Token,
+    /// The Web API under `/v1/`.
+    Api,
+    /// `GET /authorize`.
+    Authorize,
+}
+
+impl Endpoint {
+    /// Whether a filter of `self` covers a request to `actual`.
+    pub fn covers(self, actual: Endpoint) -> bool {
+        self == Endpoint::Any || self == actual
+    }
+}
+
+/// A rolling-window rate limit per client (Spotify counts per app over 30 s).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Requests allowed in the window.
+    pub requests: u32,
+    /// Window length in seconds.
+    #[serde(default = "thirty")]
+    pub window_secs: u64,
+    /// Which endpoints count (default: the Web API).
+    #[serde(default = "api_endpoint")]
+    pub applies_to: Endpoint,
+}
+
+fn thirty() -> u64 {
+    30
+}
+fn api_endpoint() -> Endpoint {
+    Endpoint::Api
+}
+
+/// Behaviour switches, all changeable at run time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Lifetime of new access tokens (Spotify: 3600).
+    pub access_token_lifetime_secs: u64,
+    /// Refresh-token rotation mode.
+    pub rotation: Rotation,
+    /// How long a rotated-out refresh token keeps working.
+    pub grace_secs: u64,
+    /// Refresh tokens die this long after the original authorization, however
+    /// often they were used (Spotify: about six months).
+    pub refresh_token_lifetime_secs: u64,
+    /// Authorization codes die this long after issue (Spotify: 60 s... roughly).
+    pub code_lifetime_secs: u64,
+    /// Added delay before the token endpoint answers.
+    pub token_latency_ms: u64,
+    /// Added delay before the Web API answers.
+    pub api_latency_ms: u64,
+    /// Auto-approve or show a consent page.
+    pub consent: Consent,
+    /// With automatic consent: answer `error=access_denied` instead of approving.
+    pub deny: bool,
+    /// Grant only these of the requested scopes (the user unticked the rest).
+    pub grant_only: Option<Vec<String>>,
+    /// The user who "logs in" unless `/authorize` names one (`emulator_user=`).
+    pub default_user: String,
+    /// Message of the 401 for an expired access token (Spotify changes it).
+    pub unauthorized_message: String,
+    /// Optional rolling-window rate limit.
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            access_token_lifetime_secs: 3600,
+            rotation: Rotation::None,
+            grace_secs: 0,
+            refresh_token_lifetime_secs: 180 * 24 * 3600,
+            code_lifetime_secs: 60,
+            token_latency_ms: 0,
+            api_latency_ms: 0,
+            consent: Consent::Auto,
+            deny: false,
+            grant_only: None,
+            default_user: "alice".into(),
+            unauthorized_message: "The access token expired".into(),
+            rate_limit: None,
+        }
+    }
+}
+
+/// A queued failure: the next matching request(s) get this instead of the real answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Failure {
+    /// Which endpoint it applies to.
+    pub endpoint: Endpoint,
+    /// Only token requests with this `grant_type`.
+    pub grant: Option<String>,
+    /// Only requests whose path starts with this.
+    pub path: Option<String>,
+    /// HTTP status to answer with.
+    pub status: u16,
+    /// A JSON body.
+    pub body: Option<serde_json::Value>,
+    /// A raw body (for example an HTML 502 page); wins over `body`.
+    pub text: Option<String>,
+    /// Content type of `text` (default `text/html`).
+    pub content_type: Option<String>,
+    /// Extra response headers, such as `Retry-After`.
+    pub headers: BTreeMap<String, String>,
+    /// Delay before answering.
+    pub delay_ms: u64,
+    /// Close the connection without answering.
+    pub drop_connection: bool,
+    /// How many requests it applies to.
+    pub times: u32,
+}
+
+impl Default for Failure {
+    fn default() -> Self {
+        Self {
+            endpoint: Endpoint::Any,
+            grant: None,
+            path: None,
+            status: 500,
+            body: None,
+            text: None,
+            content_type: None,
+            headers: BTreeMap::new(),
+            delay_ms: 0,
+            drop_connection: false,
+            times: 1,
+        }
+    }
+}
+
+/// What the emulator has seen, for assertions and benchmarks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counters {
+    /// Token requests by `grant_type` then outcome (`ok`, `invalid_grant`,
+    /// `invalid_client`, `invalid_request`, `unsupported_grant_type`, `injected`,
+    /// `rate_limited`).
+    pub token_requests: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The most refresh requests that were in flight at once, per user id.
+    pub peak_concurrent_refreshes: BTreeMap<String, u64>,
+    /// How many times each refresh token was presented.
+    pub refresh_token_uses: BTreeMap<String, u64>,
+    /// Web API responses by status code.
+    pub api_requests: BTreeMap<String, u64>,
+    /// Requests to `/authorize`.
+    pub authorize_requests: u64,
+}
+
+impl Counters {
+    /// All token requests with this grant type, whatever the outcome.
+    pub fn token_requests_for(&self, grant: &str) -> u64 {
+        self.token_requests
+            .get(grant)
+            .map_or(0, |m| m.values().sum())
+    }
+
+    /// Token requests with this grant type and outcome.
+    pub fn token_outcome(&self, grant: &str, outcome: &str) -> u64 {
+        self.token_requests
+            .get(grant)
+            .and_then(|m| m.get(outcome))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The highest peak of concurrent refreshes over all users.
+    pub fn max_peak_concurrent_refreshes(&self) -> u64 {
+        self.peak_concurrent_refreshes
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Web API responses with this status.
+    pub fn api_status(&self, status: u16) -> u64 {
+        self.api_requests
+            .get(&status.to_string())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// One user's consent to one client: the thing a refresh-token family belongs to.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub client_id: String,
+    pub user: String,
+    pub scopes: Scopes,
+    pub authorized_at_ms: i64,
+    pub pkce: bool,
+    pub revoked: bool,
+}
+
+/// Where a refresh token stands.
+#[derive(Debug, Clone)]
+pub enum RefreshState {
+    Active,
+    Rotated { at_ms: i64, successor: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct RefreshRec {
+    pub grant: u64,
+    pub state: RefreshState,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessRec {
+    pub grant: u64,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CodeRec {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub challenge: Option<String>,
+    pub user: String,
+    pub scopes: Scopes,
+    pub issued_at_ms: i64,
+    pub used: bool,
+}
+
+/// A request waiting on the consent page.
+#[derive(Debug, Clone)]
+pub struct PendingConsent {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub challenge: Option<String>,
+    pub scopes: Scopes,
+    pub user: String,
+}
+
+/// The whole mutable world.
+#[derive(Debug)]
+pub struct World {
+    pub clients: Vec<Client>,
+    pub users: Vec<User>,
+    pub settings: Settings,
+    pub failures: VecDeque<Failure>,
+    pub counters: Counters,
+    pub offset_ms: i64,
+    pub grants: HashMap<u64, Grant>,
+    pub next_grant: u64,
+    pub refresh: HashMap<String, RefreshRec>,
+    pub access: HashMap<String, AccessRec>,
+    pub codes: HashMap<String, CodeRec>,
+    pub pending: HashMap<String, PendingConsent>,
+    pub in_flight_refreshes: HashMap<String, u64>,
+    pub rate_window: HashMap<String, VecDeque<Instant>>,
+}
+
+impl World {
+    /// A fresh world with the default clients (plus `extra`, if given) and users.
+    pub fn new(extra: Option<Client>) -> Self {
+        let uris: Vec<String> = DEFAULT_REDIRECT_URIS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let mut clients = vec![
+            Client {
+                id: DEFAULT_CLIENT_ID.into(),
+                secret: None,
+                redirect_uris: uris.clone(),
+            },
+            Client {
+                id: DEFAULT_CONFIDENTIAL_CLIENT_ID.into(),
+                secret: Some(DEFAULT_CONFIDENTIAL_CLIENT_SECRET.into()),
+                redirect_uris: uris,
+            },
+        ];
+        if let Some(c) = extra {
+            clients.retain(|k| k.id != c.id);
+            clients.push(c);
+        }
+        Self {
+            clients,
+            users: default_users(),
+            settings: Settings::default(),
+            failures: VecDeque::new(),
+            counters: Counters::default(),
+            offset_ms: 0,
+            grants: HashMap::new(),
+            next_grant: 1,
+            refresh: HashMap::new(),
+            access: HashMap::new(),
+            codes: HashMap::new(),
+            pending: HashMap::new(),
+            in_flight_refreshes: HashMap::new(),
+            rate_window: HashMap::new(),
+        }
+    }
+
+    /// Emulated wall-clock time in milliseconds since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        real + self.offset_ms
+    }
+
+    /// Looks up a client.
+    pub fn client(&self, id: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.id == id)
+    }
+
+    /// Looks up a user.
+    pub fn user(&self, id: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.id == id)
+    }
+
+    /// Takes the first queued failure that matches, counting down its `times`.
+    pub fn take_failure(
+        &mut self,
+        endpoint: Endpoint,
+        grant: Option<&str>,
+        path: &str,
+    ) -> Option<Failure> {
+        let idx = self.failures.iter().position(|f| {
+            f.endpoint.covers(endpoint)
+                && f.grant.as_deref().is_none_or(|g| Some(g) == grant)
+                && f.path.as_deref().is_none_or(|p| path.starts_with(p))
+        })?;
+        let f = self.failures.get_mut(idx)?;
+        let out = f.clone();
+        f.times = f.times.saturating_sub(1);
+        if f.times == 0 {
+            self.failures.remove(idx);
+        }
+        Some(out)
+    }
+
+    /// Counts a request against the rate limit; `Some(retry_after_secs)` when over.
+    pub fn rate_limited(&mut self, endpoint: Endpoint, client_id: &str) -> Option<u64> {
+        let limit = self.settings.rate_limit.clone()?;
+        if !limit.applies_to.covers(endpoint) {
+            return None;
+        }
+        let now = Instant::now();
+        let window = std::time::Duration::from_secs(limit.window_secs.max(1));
+        let q = self.rate_window.entry(client_id.to_owned()).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            q.pop_front();
+        }
+        if q.len() >= limit.requests as usize {
+            let oldest = q.front().copied().unwrap_or(now);
+            let left = window.saturating_sub(now.duration_since(oldest));
+            return Some(left.as_secs() + u64::from(left.subsec_nanos() > 0));
+        }
+        q.push_back(now);
+        None
+    }
+
+    /// Records one token request's outcome.
+    pub fn count_token(&mut self, grant: &str, outcome: &str) {
+        *self
+            .counters
+            .token_requests
+            .entry(grant.to_owned())
+            .or_default()
+            .entry(outcome.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Records one Web API response.
+    pub fn count_api(&mut self, status: u16) {
+        *self
+            .counters
+            .api_requests
+            .entry(status.to_string())
+            .or_default() += 1;
+    }
+
+    /// Starts a grant (a successful code exchange) and issues its first tokens.
+    pub fn new_grant(
+        &mut self,
+        client_id: &str,
+        user: &str,
+        scopes: Scopes,
+        pkce: bool,
+    ) -> (u64, String, String) {
+        let id = self.next_grant;
+        self.next_grant += 1;
+        let now = self.now_ms();
+        self.grants.insert(
+            id,
+            Grant {
+                client_id: client_id.into(),
+                user: user.into(),
+                scopes,
+                authorized_at_ms: now,
+                pkce,
+                revoked: false,
+            },
+        );
+        let refresh = self.issue_refresh(id);
+        let access = self.issue_access(id);
+        (id, access, refresh)
+    }
+
+    /// A new access token for a grant.
+    pub fn issue_access(&mut self, grant: u64) -> String {
+        let token = random_token("BQ", 112);
+        let expires_at_ms =
+            self.now_ms() + (self.settings.access_token_lifetime_secs as i64) * 1000;
+        self.access.insert(
+            token.clone(),
+            AccessRec {
+                grant,
+                expires_at_ms,
+            },
+        );
+        token
+    }
+
+    /// A new refresh token for a grant.
+    pub fn issue_refresh(&mut self, grant: u64) -> String {
+        let token = random_token("AQ", 128);
+        self.refresh.insert(
+            token.clone(),
+            RefreshRec {
+                grant,
+                state: RefreshState::Active,
+            },
+        );
+        token
+    }
+
+    /// Revokes every grant (or one user's): refresh and access tokens stop working.
+    pub fn revoke(&mut self, user: Option<&str>) -> usize {
+        let mut n = 0;
+        for g in self.grants.values_mut() {
+            if !g.revoked && user.is_none_or(|u| u == g.user) {
+                g.revoked = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Revokes one grant (reuse detection).
+    pub fn revoke_grant(&mut self, grant: u64) {
+        if let Some(g) = self.grants.get_mut(&grant) {
+            g.revoked = true;
+        }
+    }
+
+    /// Makes every access token expired now.
+    pub fn expire_access_tokens(&mut self) -> usize {
+        let now = self.now_ms();
+        for a in self.access.values_mut() {
+            a.expires_at_ms = a.expires_at_ms.min(now - 1);
+        }
+        self.access.len()
+    }
+}
+
+/// A random token with Spotify's look: a two-letter prefix and base64url text.
+pub fn random_token(prefix: &str, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    let mut s = String::with_capacity(len);
+    s.push_str(prefix);
+    while s.len() < len {
+        s.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_count_down_and_filter() {
+        let mut w = World::new(None);
+        w.failures.push_back(Failure {
+            endpoint: Endpoint::Token,
+            grant: Some("refresh_token".into()),
+            times: 2,
+            ..Failure::default()
+        });
+        assert!(w.take_failure(Endpoint::Api, None, "/v1/me").is_none());
+        assert!(
+            w.take_failure(Endpoint::Token, Some("authorization_code"), "/api/token")
+                .is_none()
+        );
+        assert!(
+            w.take_failure(Endpoint::Token, Some("refresh_token"), "/api/token")
+                .is_some()
+        );
+        assert!(
+            w.take_failure(Endpoint::Token, Some("refresh_token"), "/api/token")
+                .is_some()
+        );
+        assert!(
+            w.take_failure(Endpoint::Token, Some("refresh_token"), "/api/token")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn rate_limit_counts_per_client_in_a_window() {
+        let mut w = World::new(None);
+        w.settings.rate_limit = Some(RateLimit {
+            requests: 2,
+            window_secs: 30,
+            applies_to: Endpoint::Api,
+        });
+        assert_eq!(w.rate_limited(Endpoint::Api, "a"), None);
+        assert_eq!(w.rate_limited(Endpoint::Api, "a"), None);
+        let wait = w.rate_limited(Endpoint::Api, "a");
+        assert!(matches!(wait, Some(s) if (1..=30).contains(&s)));
+        assert_eq!(w.rate_limited(Endpoint::Api, "b"), None);
+        assert_eq!(w.rate_limited(Endpoint::Token, "a"), None);
+    }
+
+    #[test]
+    fn settings_accept_partial_json() {
+        let s: Settings =
+            serde_json::from_str(r#"{"rotation":"rotate-reuse-detection","grace_secs":5}"#)
+                .expect("parses");
+        assert_eq!(s.rotation, Rotation::RotateReuseDetection);
+        assert_eq!(s.access_token_lifetime_secs, 3600);
+        assert!(serde_json::from_str::<Settings>(r#"{"rotaton":"rotate"}"#).is_err());
+    }
+}
