@@ -9,6 +9,15 @@
 //! This crate deliberately has no tokio, reqwest or database dependency: the
 //! compiler keeps it pure.
 
+pub mod backoff;
+pub mod callback;
+pub mod endpoint;
+pub mod error;
+pub mod freshness;
 pub mod pkce;
+pub mod protocol;
 pub mod scope;
 pub mod secret;
+pub mod wait;
+
+pub use error::{Error, ErrorKind, ReauthReason};
