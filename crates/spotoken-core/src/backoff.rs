@@ -67,17 +67,17 @@ impl Backoff {
         else {
             return Retry::GiveUp(err);
         };
-        if let Some(wait) = retry_after {
-            if wait > self.max_wait {
-                return Retry::GiveUp(Error::Temporary {
-                    reason: format!(
-                        "{reason}; the server asked to wait {}, longer than the {} we wait",
-                        human_duration(wait),
-                        human_duration(self.max_wait)
-                    ),
-                    retry_after: Some(wait),
-                });
-            }
+        if let Some(wait) = retry_after
+            && wait > self.max_wait
+        {
+            return Retry::GiveUp(Error::Temporary {
+                reason: format!(
+                    "{reason}; the server asked to wait {}, longer than the {} we wait",
+                    human_duration(wait),
+                    human_duration(self.max_wait)
+                ),
+                retry_after: Some(wait),
+            });
         }
         if attempt >= self.max_attempts {
             return Retry::GiveUp(Error::Temporary {
