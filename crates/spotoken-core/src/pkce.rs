@@ -6,7 +6,6 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 
 use crate::secret::CodeVerifier;
@@ -16,13 +15,26 @@ pub const VERIFIER_LEN: usize = 64;
 
 const UNRESERVED: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~";
 
+/// A source of cryptographically secure random bytes (the caller's CSPRNG;
+/// injected so that this crate stays free of I/O and tests can fix it).
+pub trait RandomSource {
+    /// Fills `buf` with random bytes.
+    fn fill(&mut self, buf: &mut [u8]);
+}
+
+impl<F: FnMut(&mut [u8])> RandomSource for F {
+    fn fill(&mut self, buf: &mut [u8]) {
+        self(buf)
+    }
+}
+
 /// Draws a fresh verifier of [`VERIFIER_LEN`] unreserved characters.
-pub fn new_verifier(rng: &mut impl CryptoRng) -> CodeVerifier {
+pub fn new_verifier(rng: &mut impl RandomSource) -> CodeVerifier {
     CodeVerifier::new(random_unreserved(rng, VERIFIER_LEN))
 }
 
 /// Draws a `state` value: 32 unreserved characters (≈190 bits).
-pub fn new_state(rng: &mut impl CryptoRng) -> String {
+pub fn new_state(rng: &mut impl RandomSource) -> String {
     random_unreserved(rng, 32)
 }
 
@@ -36,13 +48,13 @@ pub fn is_valid_verifier(v: &str) -> bool {
     (43..=128).contains(&v.len()) && v.bytes().all(|b| UNRESERVED.contains(&b))
 }
 
-fn random_unreserved(rng: &mut impl CryptoRng, len: usize) -> String {
+fn random_unreserved(rng: &mut impl RandomSource, len: usize) -> String {
     // Rejection sampling keeps the distribution uniform over the 66 characters.
     let mut out = String::with_capacity(len);
     let limit = 256 - (256 % UNRESERVED.len());
     while out.len() < len {
         let mut buf = [0u8; 64];
-        rng.fill_bytes(&mut buf);
+        rng.fill(&mut buf);
         for b in buf {
             if (b as usize) < limit && out.len() < len {
                 out.push(UNRESERVED[b as usize % UNRESERVED.len()] as char);
@@ -55,8 +67,11 @@ fn random_unreserved(rng: &mut impl CryptoRng, len: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand_core::OsRng;
-    use rand_core::TryRngCore;
+    use rand_core::{OsRng, TryRngCore};
+
+    fn os(buf: &mut [u8]) {
+        OsRng.try_fill_bytes(buf).expect("os rng");
+    }
 
     #[test]
     fn rfc7636_appendix_b_vector() {
@@ -68,7 +83,7 @@ mod tests {
 
     #[test]
     fn verifiers_are_valid_and_fresh() {
-        let mut rng = OsRng.unwrap_err();
+        let mut rng = os;
         let a = new_verifier(&mut rng);
         let b = new_verifier(&mut rng);
         assert!(is_valid_verifier(a.expose()));

@@ -1,7 +1,53 @@
 //! # spotoken
 //!
-//! The library Spotify apps depend on: it keeps OAuth tokens valid, safe and
-//! usable. This crate is being built on top of [`spotoken_core`]; the store, the
-//! refresh engine and the Web API client land here.
+//! Spotify OAuth tokens kept valid, safe and usable. [`Tokens::access_token`]
+//! always returns a fresh token: it refreshes ahead of expiry, exactly once per
+//! account however many tasks, processes or server instances ask at the same
+//! moment; it stores a rotated refresh token durably before handing out the
+//! access token that came with it; it stops and asks for a new login on
+//! `invalid_grant` instead of retrying; it backs off on 429 and 5xx, honouring
+//! `Retry-After` within a cap. Tokens are encrypted at rest.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), spotoken::Error> {
+//! use spotoken::{Tokens, crypto, store};
+//!
+//! let home = std::path::Path::new("/home/me/.local/share/spotoken");
+//! let tokens = Tokens::builder()
+//!     .client_id("your-spotify-client-id")                       // a public PKCE client
+//!     .store(store::Sqlite::open(home.join("tokens.db"))?)
+//!     .keys(crypto::load_key_ring(&home.join("master.key"), None)?)
+//!     .build()?;
+//!
+//! // Once: log in (the `spotoken login` command does this with a browser).
+//! let scopes = spotoken::core::scope::Scopes::parse("user-read-private");
+//! let pending = tokens.begin_login("http://127.0.0.1:8888/callback", &scopes, false)?;
+//! println!("open {}", pending.url);
+//! # let redirected_to = "";
+//! tokens.complete_login("default", &pending, redirected_to).await?;
+//!
+//! // For ever after:
+//! let token = tokens.access_token("default").await?;
+//! let me = tokens.api("default").get("/v1/me").await?;   // 401 → refresh + retry once
+//! # Ok(()) }
+//! ```
+//!
+//! Errors are one [`Error`] whose [`kind`](Error::kind) says what to do:
+//! authorization needed, temporary (with the wait), configuration, insufficient
+//! scope (naming the scope), protocol, internal.
 
+pub mod account;
+pub mod api;
+pub mod crypto;
+pub mod engine;
+pub mod fs;
+pub mod http;
+pub mod store;
+
+pub use account::{AccountStatus, LoginOutcome, LogoutOutcome, PendingLogin};
+pub use api::{Api, ApiResponse};
+pub use engine::{ReauthEvent, Tokens, TokensBuilder};
 pub use spotoken_core as core;
+pub use spotoken_core::{Error, ErrorKind, ReauthReason};

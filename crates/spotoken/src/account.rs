@@ -1,0 +1,378 @@
+//! An account's life outside refreshing: PKCE login, status, logout.
+//!
+//! Login is split in two so any front end can drive the browser part:
+//! [`Tokens::begin_login`] gives the authorize URL (fresh verifier and `state`
+//! each time), [`Tokens::complete_login`] takes whatever the browser came back
+//! with, checks `state`, exchanges the code, asks `/v1/me` who logged in, and
+//! stores the sealed tokens with the scopes actually granted.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use spotoken_core::callback::parse_callback;
+use spotoken_core::endpoint::{SPOTIFY_APPS_PAGE, check_redirect_uri};
+use spotoken_core::freshness::{self, Lifetime, REFRESH_TOKEN_LIFETIME};
+use spotoken_core::pkce;
+use spotoken_core::protocol::{self, AuthorizeParams};
+use spotoken_core::scope::Scopes;
+use spotoken_core::secret::CodeVerifier;
+use url::Url;
+
+use crate::crypto::Field;
+use crate::store::{AccountState, Row};
+use crate::{Error, Tokens, http};
+
+/// A login in progress: where to send the browser, and what to check when it comes back.
+pub struct PendingLogin {
+    /// The authorize URL to open.
+    pub url: Url,
+    /// The redirect URI it names.
+    pub redirect_uri: String,
+    /// The scopes asked for.
+    pub requested: Scopes,
+    state: String,
+    verifier: CodeVerifier,
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLogin")
+            .field("redirect_uri", &self.redirect_uri)
+            .field("requested", &self.requested.to_wire())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingLogin {
+    /// The `state` this login expects back (for servers that key pending logins by it).
+    pub fn state(&self) -> &str {
+        &self.state
+    }
+}
+
+/// What a completed login found.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginOutcome {
+    /// The account the tokens were stored under.
+    pub account: String,
+    /// Spotify user id (None if `/v1/me` could not be read).
+    pub user_id: Option<String>,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Scopes granted.
+    pub granted: Scopes,
+    /// Requested scopes that were not granted.
+    pub not_granted: Vec<String>,
+    /// Things the user should know.
+    pub warnings: Vec<String>,
+}
+
+/// One account's state, without any secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountStatus {
+    /// Account name.
+    pub account: String,
+    /// Client id the tokens belong to.
+    pub client_id: String,
+    /// Spotify user id.
+    pub user_id: Option<String>,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Granted scopes.
+    pub scopes: Scopes,
+    /// When the user authorized (unix seconds).
+    pub authorized_at: i64,
+    /// When the access token expires (unix seconds; 0 if none).
+    pub access_expires_at: i64,
+    /// Last refresh (unix seconds).
+    pub last_refresh: Option<i64>,
+    /// `active` or `reauth_required`.
+    pub state: String,
+    /// Why re-authorization is required.
+    pub reauth_reason: Option<String>,
+    /// Seconds left before the refresh token's six-month lifetime ends (negative: past).
+    pub refresh_token_seconds_left: i64,
+    /// True in the last fourteen days of that lifetime.
+    pub refresh_token_ending_soon: bool,
+}
+
+impl AccountStatus {
+    fn from_row(r: &Row, now: i64) -> Self {
+        let (state, reason) = r.state_columns();
+        let end = r.authorized_at + REFRESH_TOKEN_LIFETIME.as_secs() as i64;
+        Self {
+            account: r.account.clone(),
+            client_id: r.client_id.clone(),
+            user_id: r.user_id.clone(),
+            display_name: r.display_name.clone(),
+            scopes: r.scopes.clone(),
+            authorized_at: r.authorized_at,
+            access_expires_at: if r.access_token.is_some() {
+                r.access_expires_at
+            } else {
+                0
+            },
+            last_refresh: r.last_refresh,
+            state: state.to_owned(),
+            reauth_reason: reason.map(str::to_owned),
+            refresh_token_seconds_left: end - now,
+            refresh_token_ending_soon: matches!(
+                freshness::refresh_token_lifetime(r.authorized_at, now, REFRESH_TOKEN_LIFETIME),
+                Lifetime::EndingSoon(_) | Lifetime::Expired
+            ),
+        }
+    }
+
+    /// Whether the user must log in again.
+    pub fn needs_reauth(&self) -> bool {
+        self.state != "active" || self.refresh_token_seconds_left <= 0
+    }
+}
+
+/// What logout did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogoutOutcome {
+    /// The account.
+    pub account: String,
+    /// Whether we had tokens to delete.
+    pub deleted: bool,
+    /// Whether the provider's revocation endpoint accepted the token (None: no endpoint).
+    pub revoked: Option<bool>,
+    /// Where the user removes the app's access at the provider, when we cannot revoke.
+    pub remove_access_at: Option<String>,
+}
+
+impl Tokens {
+    /// Starts a PKCE login: a fresh verifier and `state`, and the URL to open.
+    pub fn begin_login(
+        &self,
+        redirect_uri: &str,
+        scopes: &Scopes,
+        show_dialog: bool,
+    ) -> Result<PendingLogin, Error> {
+        check_redirect_uri(redirect_uri)?;
+        let unknown = scopes.unknown();
+        if !unknown.is_empty() {
+            return Err(Error::Configuration(format!(
+                "unknown scope{} {}: see https://developer.spotify.com/documentation/web-api/concepts/scopes",
+                if unknown.len() > 1 { "s" } else { "" },
+                unknown.join(", ")
+            )));
+        }
+        let mut rng = |buf: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), buf);
+        let verifier = pkce::new_verifier(&mut rng);
+        let state = pkce::new_state(&mut rng);
+        let challenge = pkce::s256_challenge(verifier.expose());
+        let url = protocol::authorize_url(
+            &self.inner.provider.authorize_url,
+            &AuthorizeParams {
+                client_id: &self.inner.client.client_id,
+                redirect_uri,
+                scopes,
+                state: &state,
+                code_challenge: &challenge,
+                show_dialog,
+            },
+        );
+        Ok(PendingLogin {
+            url,
+            redirect_uri: redirect_uri.to_owned(),
+            requested: scopes.clone(),
+            state,
+            verifier,
+        })
+    }
+
+    /// Finishes a login from the callback (a URL, a path with a query, or a query).
+    /// Nothing is stored unless `state` matches and the code exchange succeeds.
+    pub async fn complete_login(
+        &self,
+        account: &str,
+        pending: &PendingLogin,
+        callback: &str,
+    ) -> Result<LoginOutcome, Error> {
+        validate_account_name(account)?;
+        let code = parse_callback(callback, &pending.state, account)?;
+        let req = protocol::code_exchange_request(
+            &self.inner.provider.token_url,
+            &self.inner.client,
+            &code,
+            &pending.redirect_uri,
+            &pending.verifier,
+        );
+        let answer = http::send_form(&self.inner.http, &req).await?;
+        let set = protocol::parse_token_answer(answer.as_core(), account)?;
+        let refresh = set.refresh_token.as_ref().ok_or_else(|| {
+            Error::protocol(
+                Some(answer.status),
+                "the code exchange returned no refresh token",
+                b"",
+            )
+        })?;
+        let granted = set
+            .scope
+            .clone()
+            .unwrap_or_else(|| pending.requested.clone());
+        let not_granted = pending.requested.missing_from(&granted);
+        let mut warnings = Vec::new();
+        if !not_granted.is_empty() {
+            warnings.push(format!(
+                "these requested scopes were not granted: {}",
+                not_granted.join(", ")
+            ));
+        }
+        let (user_id, display_name) = match self.whoami(&set.access_token).await {
+            Ok(me) => me,
+            Err(e) => {
+                warnings.push(format!("logged in, but /v1/me failed: {e}"));
+                (None, None)
+            }
+        };
+        let now = self.now();
+        let keys = &self.inner.keys;
+        let row = Row {
+            account: account.to_owned(),
+            client_id: self.inner.client.client_id.clone(),
+            user_id: user_id.clone(),
+            display_name: display_name.clone(),
+            scopes: granted.clone(),
+            authorized_at: now,
+            access_token: Some(keys.seal(
+                account,
+                Field::AccessToken,
+                set.access_token.expose().as_bytes(),
+            )?),
+            access_expires_at: now + set.expires_in.as_secs() as i64,
+            refresh_token: keys.seal(account, Field::RefreshToken, refresh.expose().as_bytes())?,
+            last_refresh: None,
+            state: AccountState::Active,
+            version: 0,
+            updated_at: now,
+        };
+        self.inner.store.upsert(row).await?;
+        self.evict(account);
+        Ok(LoginOutcome {
+            account: account.to_owned(),
+            user_id,
+            display_name,
+            granted,
+            not_granted,
+            warnings,
+        })
+    }
+
+    async fn whoami(
+        &self,
+        token: &spotoken_core::secret::AccessToken,
+    ) -> Result<(Option<String>, Option<String>), Error> {
+        let url = self.inner.provider.api_url("/v1/me")?;
+        let answer = http::send(self.inner.http.get(url).bearer_auth(token.expose())).await?;
+        if answer.status != 200 {
+            return Err(crate::api::classify_api_error(
+                &answer,
+                "GET",
+                "/v1/me",
+                &Scopes::default(),
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&answer.body)
+            .map_err(|_| Error::protocol(Some(200), "/v1/me did not answer JSON", &answer.body))?;
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        Ok((s("id"), s("display_name")))
+    }
+
+    /// Every account's status, ordered by name.
+    pub async fn accounts(&self) -> Result<Vec<AccountStatus>, Error> {
+        let now = self.now();
+        Ok(self
+            .inner
+            .store
+            .list()
+            .await?
+            .iter()
+            .map(|r| AccountStatus::from_row(r, now))
+            .collect())
+    }
+
+    /// One account's status.
+    pub async fn status(&self, account: &str) -> Result<Option<AccountStatus>, Error> {
+        Ok(self
+            .inner
+            .store
+            .load(account)
+            .await?
+            .map(|r| AccountStatus::from_row(&r, self.now())))
+    }
+
+    /// Revokes where the provider can (RFC 7009), then deletes our copy.
+    pub async fn logout(&self, account: &str) -> Result<LogoutOutcome, Error> {
+        let row = self.inner.store.load(account).await?;
+        let mut revoked = None;
+        if let (Some(row), Some(url)) = (&row, &self.inner.provider.revocation_url) {
+            let ok = match self
+                .inner
+                .keys
+                .open(account, Field::RefreshToken, &row.refresh_token)
+            {
+                Ok(plain) => {
+                    let rt = spotoken_core::secret::RefreshToken::new(
+                        String::from_utf8_lossy(&plain).into_owned(),
+                    );
+                    let req = protocol::revocation_request(url, &self.inner.client, &rt);
+                    match http::send_form(&self.inner.http, &req).await {
+                        Ok(a) if a.status == 200 => true,
+                        Ok(a) => {
+                            tracing::warn!(account, status = a.status, "revocation refused");
+                            false
+                        }
+                        Err(e) => {
+                            tracing::warn!(account, error = %e, "revocation failed");
+                            false
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(account, error = %e, "cannot decrypt the refresh token to revoke it");
+                    false
+                }
+            };
+            revoked = Some(ok);
+        }
+        let deleted = self.inner.store.delete(account).await?;
+        self.evict(account);
+        Ok(LogoutOutcome {
+            account: account.to_owned(),
+            deleted,
+            revoked,
+            remove_access_at: match revoked {
+                Some(true) => None,
+                _ => Some(SPOTIFY_APPS_PAGE.to_owned()),
+            },
+        })
+    }
+
+    /// How long until `account`'s access token expires, if there is one.
+    pub async fn expires_in(&self, account: &str) -> Result<Option<Duration>, Error> {
+        Ok(self.inner.store.load(account).await?.and_then(|r| {
+            r.access_token.map(|_| {
+                Duration::from_secs(r.access_expires_at.saturating_sub(self.now()).max(0) as u64)
+            })
+        }))
+    }
+}
+
+/// Account names go into file names, URLs and log lines: keep them plain.
+pub fn validate_account_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Configuration(format!(
+            "account name '{name}' must be 1-64 characters of letters, digits, '-', '_', '.', '@'"
+        )))
+    }
+}

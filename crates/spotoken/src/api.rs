@@ -1,0 +1,242 @@
+//! A Web API client that never makes its caller think about tokens.
+//!
+//! Each request carries a fresh bearer token. On any 401 (whatever the message
+//! says: Spotify's text changes) it refreshes once and retries once; many
+//! requests rejected at once cause one refresh. On 429 it waits `Retry-After`
+//! when that is within the caller's cap, else fails at once with a temporary
+//! error that states the wait. A `403 Insufficient client scope` becomes an
+//! insufficient-scope error naming the missing scope, from the endpoint table.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Method;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use spotoken_core::scope::{self, Scopes};
+use spotoken_core::wait::human_duration;
+
+use crate::http::{self, Answer};
+use crate::{Error, Tokens};
+
+/// How many 429s in a row a request sits through.
+const MAX_RATE_LIMIT_RETRIES: u32 = 3;
+
+/// The Web API for one account.
+#[derive(Debug, Clone)]
+pub struct Api {
+    tokens: Tokens,
+    account: String,
+    max_wait: Duration,
+}
+
+/// A Web API answer.
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl ApiResponse {
+    /// Deserializes the JSON body.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            Error::protocol(
+                Some(self.status),
+                format!("the API answered with unexpected JSON: {e}"),
+                &self.body,
+            )
+        })
+    }
+
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The API's own error message (`{"error":{"message":...}}`), if any.
+    pub fn error_message(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        v.pointer("/error/message")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+    }
+}
+
+impl Tokens {
+    /// The Web API for `account`.
+    pub fn api(&self, account: &str) -> Api {
+        Api {
+            tokens: self.clone(),
+            account: account.to_owned(),
+            max_wait: self.inner.backoff.max_wait,
+        }
+    }
+}
+
+impl Api {
+    /// Sets the longest `Retry-After` this client sits through (default: the backoff's `max_wait`).
+    pub fn max_wait(mut self, d: Duration) -> Self {
+        self.max_wait = d;
+        self
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Result<ApiResponse, Error> {
+        self.request(Method::GET, path, None, &[]).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: Bytes) -> Result<ApiResponse, Error> {
+        self.request(Method::POST, path, Some(body), &[]).await
+    }
+
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: Bytes) -> Result<ApiResponse, Error> {
+        self.request(Method::PUT, path, Some(body), &[]).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<ApiResponse, Error> {
+        self.request(Method::DELETE, path, None, &[]).await
+    }
+
+    /// Any request. Non-2xx answers other than those described in the module
+    /// docs come back as responses for the caller to judge.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        headers: &[(String, String)],
+    ) -> Result<ApiResponse, Error> {
+        let url = self.tokens.provider().api_url(path)?;
+        let mut token = self.tokens.access_token(&self.account).await?;
+        let mut refreshed = false;
+        let mut rate_limited = 0;
+        loop {
+            let mut b = self
+                .tokens
+                .inner
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(token.expose());
+            for (k, v) in headers {
+                let name = HeaderName::try_from(k.as_str()).map_err(|_| {
+                    Error::Configuration(format!("'{k}' is not a valid header name"))
+                })?;
+                if name == reqwest::header::AUTHORIZATION {
+                    continue;
+                }
+                let value = HeaderValue::try_from(v.as_str()).map_err(|_| {
+                    Error::Configuration(format!("the value of header '{k}' is not valid"))
+                })?;
+                b = b.header(name, value);
+            }
+            if let Some(body) = &body {
+                if !headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                {
+                    b = b.header(reqwest::header::CONTENT_TYPE, "application/json");
+                }
+                b = b.body(body.clone());
+            }
+            let answer = http::send(b).await?;
+            match answer.status {
+                401 if !refreshed => {
+                    tracing::debug!(account = %self.account, "API answered 401; refreshing once");
+                    token = self
+                        .tokens
+                        .refresh_after_rejection(&self.account, &token)
+                        .await?;
+                    refreshed = true;
+                }
+                429 => {
+                    let wait = answer.retry_after.unwrap_or(Duration::from_secs(1));
+                    rate_limited += 1;
+                    if wait > self.max_wait || rate_limited > MAX_RATE_LIMIT_RETRIES {
+                        return Err(classify_api_error(
+                            &answer,
+                            method.as_str(),
+                            path,
+                            &Scopes::default(),
+                        ));
+                    }
+                    tracing::warn!(
+                        wait_s = wait.as_secs_f64(),
+                        "rate limited by the Web API; waiting"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                401 | 403 => {
+                    let granted = self
+                        .tokens
+                        .granted_scopes(&self.account)
+                        .await
+                        .unwrap_or_default();
+                    return Err(classify_api_error(&answer, method.as_str(), path, &granted));
+                }
+                _ => {
+                    return Ok(ApiResponse {
+                        status: answer.status,
+                        headers: answer.headers,
+                        body: answer.body,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Turns the Web API's 401/403/429 into the taxonomy.
+pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &Scopes) -> Error {
+    let message = serde_json::from_slice::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let endpoint = format!("{method} {}", path.split('?').next().unwrap_or(path));
+    match answer.status {
+        401 => Error::AuthorizationNeeded {
+            account: String::new(),
+            reason: spotoken_core::ReauthReason::Flagged(format!(
+                "the Web API rejected a freshly refreshed token ({message})"
+            )),
+        },
+        403 if message.contains("not registered") => Error::Configuration(format!(
+            "this Spotify user is not on the app's allowlist (development mode allows 5 users): add them under \
+             User Management in the Spotify Developer Dashboard; logging in again does not help ({message})"
+        )),
+        403 if message.to_ascii_lowercase().contains("scope") => Error::InsufficientScope {
+            endpoint,
+            missing: scope::missing_for(method, path, granted),
+        },
+        429 => {
+            let reason = serde_json::from_slice::<serde_json::Value>(&answer.body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/reason")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_owned)
+                })
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default();
+            let wait = answer
+                .retry_after
+                .map(|d| format!(" for {}", human_duration(d)))
+                .unwrap_or_default();
+            Error::temporary(
+                format!("rate limited by Spotify{wait} (HTTP 429{reason})"),
+                answer.retry_after,
+            )
+        }
+        s => Error::protocol(Some(s), format!("{endpoint} failed"), &answer.body),
+    }
+}

@@ -1,0 +1,391 @@
+//! Encryption at rest (invariant 4).
+//!
+//! Every secret the store keeps is sealed with XChaCha20-Poly1305 into an
+//! envelope `version ‖ key id ‖ nonce ‖ ciphertext+tag`. The associated data
+//! binds the ciphertext to its account and field, so a ciphertext copied to
+//! another account or field fails to open. A [`KeyRing`] has one active key for
+//! sealing and any number of older keys for opening, which is what `rekey` needs.
+//!
+//! Keys come from `SPOTOKEN_MASTER_KEY` (base64 of 32 bytes; several separated by
+//! commas, the first active) or from a key file created `0600` on first use (one
+//! base64 key per line, the first active).
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore as _;
+use sha2::{Digest, Sha256};
+use spotoken_core::secret::Key32;
+
+use crate::Error;
+
+const ENVELOPE_VERSION: u8 = 1;
+const KEY_ID_LEN: usize = 4;
+const NONCE_LEN: usize = 24;
+const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
+
+/// The environment variable holding the master key(s).
+pub const MASTER_KEY_ENV: &str = "SPOTOKEN_MASTER_KEY";
+
+/// Which secret a ciphertext holds (part of the associated data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// The access token.
+    AccessToken,
+    /// The refresh token.
+    RefreshToken,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::AccessToken => "access_token",
+            Field::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// A key's public identifier: the first bytes of a hash of the key.
+pub type KeyId = [u8; KEY_ID_LEN];
+
+fn key_id(key: &Key32) -> KeyId {
+    let digest = Sha256::new()
+        .chain_update(b"spotoken key id v1")
+        .chain_update(key.expose())
+        .finalize();
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&digest[..KEY_ID_LEN]);
+    id
+}
+
+fn hex(id: &KeyId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One active key and older ones kept for opening.
+#[derive(Clone)]
+pub struct KeyRing {
+    active: KeyId,
+    keys: HashMap<KeyId, Key32>,
+    order: Vec<KeyId>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("active", &hex(&self.active))
+            .field("keys", &self.order.iter().map(hex).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KeyRing {
+    /// A ring from keys; the first is active.
+    pub fn new(keys: Vec<Key32>) -> Result<Self, Error> {
+        let first = keys
+            .first()
+            .ok_or_else(|| Error::Configuration("no encryption key was given".into()))?;
+        let active = key_id(first);
+        let mut map = HashMap::new();
+        let mut order = Vec::new();
+        for k in keys {
+            let id = key_id(&k);
+            if map.insert(id, k).is_none() {
+                order.push(id);
+            }
+        }
+        Ok(Self {
+            active,
+            keys: map,
+            order,
+        })
+    }
+
+    /// A ring with one fresh random key (tests, demos).
+    pub fn generate() -> Self {
+        Self::single(random_key())
+    }
+
+    fn single(key: Key32) -> Self {
+        let id = key_id(&key);
+        Self {
+            active: id,
+            keys: HashMap::from([(id, key)]),
+            order: vec![id],
+        }
+    }
+
+    /// The active key's id, in hex.
+    pub fn active_id(&self) -> String {
+        hex(&self.active)
+    }
+
+    /// Seals `plaintext` for `account`'s `field` with the active key.
+    pub fn seal(&self, account: &str, field: Field, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let key = self
+            .keys
+            .get(&self.active)
+            .ok_or_else(|| Error::Internal("active key missing from the key ring".into()))?;
+        let cipher = XChaCha20Poly1305::new(key.expose().into());
+        let mut nonce_bytes = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce_bytes);
+        let nonce = XNonce::try_from(&nonce_bytes[..])
+            .map_err(|_| Error::Internal("bad nonce length".into()))?;
+        let ad = associated_data(account, field);
+        let ct = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: &ad,
+                },
+            )
+            .map_err(|_| Error::Internal("encryption failed".into()))?;
+        let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
+        out.push(ENVELOPE_VERSION);
+        out.extend_from_slice(&self.active);
+        out.extend_from_slice(nonce.as_slice());
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Opens an envelope sealed for `account`'s `field`.
+    pub fn open(
+        &self,
+        account: &str,
+        field: Field,
+        envelope: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        if envelope.len() < HEADER_LEN + 16 || envelope[0] != ENVELOPE_VERSION {
+            return Err(Error::Internal(format!(
+                "the stored {} of account '{account}' is not a spotoken envelope (corrupted store?)",
+                field.name()
+            )));
+        }
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&envelope[1..1 + KEY_ID_LEN]);
+        let key = self.keys.get(&id).ok_or_else(|| {
+            Error::Configuration(format!(
+                "the stored tokens of account '{account}' were encrypted with key {}, but the key given is {} \
+                 (check {MASTER_KEY_ENV} or the key file); nothing was changed",
+                hex(&id),
+                self.active_id()
+            ))
+        })?;
+        let cipher = XChaCha20Poly1305::new(key.expose().into());
+        let nonce = XNonce::try_from(&envelope[1 + KEY_ID_LEN..HEADER_LEN])
+            .map_err(|_| Error::Internal("bad nonce length".into()))?;
+        let ad = associated_data(account, field);
+        cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &envelope[HEADER_LEN..],
+                    aad: &ad,
+                },
+            )
+            .map(zeroize::Zeroizing::new)
+            .map_err(|_| {
+                Error::Internal(format!(
+                    "the stored {} of account '{account}' failed its integrity check (tampered with, or copied \
+                     from another account); log in again to replace it",
+                    field.name()
+                ))
+            })
+    }
+
+    /// Whether an envelope was sealed with the active key (`rekey` skips those).
+    pub fn is_active(&self, envelope: &[u8]) -> bool {
+        envelope.get(1..1 + KEY_ID_LEN) == Some(&self.active[..])
+    }
+}
+
+fn associated_data(account: &str, field: Field) -> Vec<u8> {
+    format!("spotoken/v1\0{account}\0{}", field.name()).into_bytes()
+}
+
+/// A fresh random 32-byte key from the OS.
+pub fn random_key() -> Key32 {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let key = Key32::new(bytes);
+    zeroize::Zeroize::zeroize(&mut bytes);
+    key
+}
+
+/// Parses base64 keys separated by commas or newlines; blank lines and `#`
+/// comments are skipped.
+pub fn parse_keys(text: &str, source: &str) -> Result<Vec<Key32>, Error> {
+    let mut keys = Vec::new();
+    let items = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|i| !i.is_empty());
+    for item in items {
+        let bytes = zeroize::Zeroizing::new(STANDARD.decode(item).map_err(|_| {
+            Error::Configuration(format!("{source} holds a key that is not valid base64"))
+        })?);
+        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            Error::Configuration(format!(
+                "{source} holds a key of {} bytes; keys are 32 bytes (44 base64 characters)",
+                bytes.len()
+            ))
+        })?;
+        keys.push(Key32::new(arr));
+    }
+    if keys.is_empty() {
+        return Err(Error::Configuration(format!("{source} holds no key")));
+    }
+    Ok(keys)
+}
+
+/// Base64 of a key, for writing it to a key file.
+pub fn encode_key(key: &Key32) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(STANDARD.encode(key.expose()))
+}
+
+/// Loads the key ring: `SPOTOKEN_MASTER_KEY` if set, else the key file at
+/// `key_file`, created with a fresh key (mode 0600) if it does not exist.
+pub fn load_key_ring(key_file: &Path, env_value: Option<&str>) -> Result<KeyRing, Error> {
+    if let Some(v) = env_value {
+        return KeyRing::new(parse_keys(v, MASTER_KEY_ENV)?);
+    }
+    match std::fs::read_to_string(key_file) {
+        Ok(text) => KeyRing::new(parse_keys(
+            &text,
+            &format!("the key file {}", key_file.display()),
+        )?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = random_key();
+            write_key_file(key_file, &[&key])?;
+            Ok(KeyRing::single(key))
+        }
+        Err(e) => Err(Error::Configuration(format!(
+            "cannot read the key file {}: {e}",
+            key_file.display()
+        ))),
+    }
+}
+
+/// Writes keys (first active) to a key file, atomically, mode 0600, in a 0700 directory.
+pub fn write_key_file(path: &Path, keys: &[&Key32]) -> Result<(), Error> {
+    let io = |e: std::io::Error| {
+        Error::Configuration(format!("cannot write the key file {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent() {
+        crate::fs::private_dir(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = crate::fs::create_private_file(&tmp).map_err(io)?;
+    let mut text = zeroize::Zeroizing::new(String::from(
+        "# spotoken master keys: the first one encrypts, the others only decrypt. Keep this file secret.\n",
+    ));
+    for k in keys {
+        text.push_str(&encode_key(k));
+        text.push('\n');
+    }
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    crate::fs::sync_parent(path);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip() {
+        let ring = KeyRing::generate();
+        let env = ring
+            .seal("default", Field::RefreshToken, b"AQsecret")
+            .expect("seal");
+        assert!(!env.windows(8).any(|w| w == b"AQsecret"));
+        assert_eq!(
+            &*ring
+                .open("default", Field::RefreshToken, &env)
+                .expect("open"),
+            b"AQsecret"
+        );
+    }
+
+    #[test]
+    fn ciphertext_is_bound_to_account_and_field() {
+        let ring = KeyRing::generate();
+        let env = ring
+            .seal("alice", Field::RefreshToken, b"AQsecret")
+            .expect("seal");
+        assert!(ring.open("bob", Field::RefreshToken, &env).is_err());
+        assert!(ring.open("alice", Field::AccessToken, &env).is_err());
+    }
+
+    #[test]
+    fn tampering_and_wrong_keys_are_clear_errors() {
+        let ring = KeyRing::generate();
+        let mut env = ring
+            .seal("a", Field::AccessToken, b"BQtoken")
+            .expect("seal");
+        let last = env.len() - 1;
+        env[last] ^= 1;
+        let e = ring.open("a", Field::AccessToken, &env).unwrap_err();
+        assert!(e.to_string().contains("integrity"), "{e}");
+        let good = ring
+            .seal("a", Field::AccessToken, b"BQtoken")
+            .expect("seal");
+        let other = KeyRing::generate();
+        let e = other.open("a", Field::AccessToken, &good).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Configuration);
+        assert!(e.to_string().contains(&ring.active_id()), "{e}");
+    }
+
+    #[test]
+    fn old_keys_still_open_after_rotation() {
+        let old = random_key();
+        let old_ring = KeyRing::new(vec![old.clone()]).expect("ring");
+        let env = old_ring.seal("a", Field::RefreshToken, b"x").expect("seal");
+        let ring = KeyRing::new(vec![random_key(), old]).expect("ring");
+        assert!(!ring.is_active(&env));
+        assert_eq!(
+            &*ring.open("a", Field::RefreshToken, &env).expect("open"),
+            b"x"
+        );
+    }
+
+    #[test]
+    fn key_file_is_created_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("keys").join("master.key");
+        let a = load_key_ring(&path, None).expect("create");
+        let b = load_key_ring(&path, None).expect("reuse");
+        assert_eq!(a.active_id(), b.active_id());
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(path.parent().expect("dir"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+    }
+
+    #[test]
+    fn env_keys_are_validated() {
+        assert!(parse_keys("not base64!", "env").is_err());
+        assert!(parse_keys(&STANDARD.encode([1u8; 16]), "env").is_err());
+        let two = format!(
+            "{},{}",
+            STANDARD.encode([1u8; 32]),
+            STANDARD.encode([2u8; 32])
+        );
+        assert_eq!(parse_keys(&two, "env").expect("ok").len(), 2);
+    }
+}

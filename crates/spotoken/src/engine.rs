@@ -1,0 +1,647 @@
+//! The refresh engine: `access_token(account)` always returns a usable token,
+//! and at most one refresh per account is in flight anywhere.
+//!
+//! Three layers keep refreshes single:
+//! 1. an in-memory cache answers while the token has more than the margin left
+//!    (no I/O: a lock and a copy);
+//! 2. a per-account async mutex in this process: the first caller refreshes,
+//!    the others wait and then find the fresh token in the cache;
+//! 3. the store's per-account lock across processes and instances; after taking
+//!    it the holder re-reads the row and refreshes only if it is still stale.
+//!
+//! A new refresh token is committed durably before the access token that came
+//! with it is handed out; a response without one keeps the old one.
+//! `invalid_grant` flags the account (never deletes it), calls the
+//! re-authorization hook, and stops all further token requests until a login.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spotoken_core::backoff::{Backoff, Retry};
+use spotoken_core::endpoint::Provider;
+use spotoken_core::error::ReauthReason;
+use spotoken_core::freshness::{self, Freshness, REFRESH_TOKEN_LIFETIME};
+use spotoken_core::protocol::{self, ClientAuth, TokenSet};
+use spotoken_core::scope::Scopes;
+use spotoken_core::secret::{AccessToken, RefreshToken};
+
+use crate::crypto::{Field, KeyRing};
+use crate::store::{AccountLock, AccountState, Row, TokenStore, unix_now};
+use crate::{Error, http};
+
+/// Called once when an account moves to "re-authorization required".
+pub type ReauthHook = Arc<dyn Fn(&ReauthEvent) + Send + Sync>;
+
+/// What the re-authorization hook is told.
+#[derive(Debug, Clone)]
+pub struct ReauthEvent {
+    /// The account.
+    pub account: String,
+    /// Why.
+    pub reason: ReauthReason,
+}
+
+#[derive(Clone)]
+struct Cached {
+    token: AccessToken,
+    expires_at: i64,
+    scopes: Arc<Scopes>,
+    /// Bumped each time the cache entry is replaced, so a waiter can tell that
+    /// someone refreshed while it waited.
+    generation: u64,
+}
+
+/// The engine's idea of "now" in unix seconds (injectable for tests).
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub(crate) struct Inner {
+    pub(crate) client: ClientAuth,
+    pub(crate) provider: Provider,
+    pub(crate) store: Arc<dyn TokenStore>,
+    pub(crate) keys: KeyRing,
+    pub(crate) http: reqwest::Client,
+    pub(crate) margin: Duration,
+    pub(crate) backoff: Backoff,
+    on_reauth: Option<ReauthHook>,
+    clock: Clock,
+    cache: Mutex<HashMap<String, Cached>>,
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Fresh tokens for every account in a store. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Tokens {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("client_id", &self.inner.client.client_id)
+            .field("store", &self.inner.store.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds [`Tokens`].
+#[derive(Default)]
+pub struct TokensBuilder {
+    client_id: Option<String>,
+    client_secret: Option<spotoken_core::secret::ClientSecret>,
+    provider: Option<Provider>,
+    store: Option<Arc<dyn TokenStore>>,
+    keys: Option<KeyRing>,
+    margin: Option<Duration>,
+    backoff: Option<Backoff>,
+    timeout: Option<Duration>,
+    on_reauth: Option<ReauthHook>,
+    clock: Option<Clock>,
+}
+
+impl TokensBuilder {
+    /// Replaces the clock (unix seconds). For tests that move time.
+    pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The app's client id (required).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+
+    /// Makes this a confidential client (HTTP Basic at the token endpoint).
+    pub fn client_secret(mut self, secret: spotoken_core::secret::ClientSecret) -> Self {
+        self.client_secret = Some(secret);
+        self
+    }
+
+    /// The provider's endpoints (default: Spotify).
+    pub fn provider(mut self, p: Provider) -> Self {
+        self.provider = Some(p);
+        self
+    }
+
+    /// Where tokens are kept (required).
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Where tokens are kept, already shared.
+    pub fn shared_store(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The encryption keys (required; see [`crate::crypto::load_key_ring`]).
+    pub fn keys(mut self, keys: KeyRing) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Refresh when less than this is left (default five minutes).
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = Some(margin);
+        self
+    }
+
+    /// Retry policy for temporary failures.
+    pub fn backoff(mut self, b: Backoff) -> Self {
+        self.backoff = Some(b);
+        self
+    }
+
+    /// Per-request HTTP timeout (default 30 s).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Called once each time an account needs re-authorization.
+    pub fn on_reauth(mut self, hook: impl Fn(&ReauthEvent) + Send + Sync + 'static) -> Self {
+        self.on_reauth = Some(Arc::new(hook));
+        self
+    }
+
+    /// Checks the configuration and builds.
+    pub fn build(self) -> Result<Tokens, Error> {
+        let client_id = self.client_id.filter(|c| !c.is_empty()).ok_or_else(|| {
+            Error::Configuration("no client id: pass --client-id or set SPOTOKEN_CLIENT_ID".into())
+        })?;
+        let provider = match self.provider {
+            Some(p) => p,
+            None => Provider::spotify()?,
+        };
+        let store = self
+            .store
+            .ok_or_else(|| Error::Configuration("no token store configured".into()))?;
+        let keys = self
+            .keys
+            .ok_or_else(|| Error::Configuration("no encryption key configured".into()))?;
+        Ok(Tokens {
+            inner: Arc::new(Inner {
+                client: ClientAuth {
+                    client_id,
+                    client_secret: self.client_secret,
+                },
+                provider,
+                store,
+                keys,
+                http: http::client(self.timeout.unwrap_or(Duration::from_secs(30)))?,
+                margin: self.margin.unwrap_or(freshness::DEFAULT_MARGIN),
+                backoff: self.backoff.unwrap_or_default(),
+                on_reauth: self.on_reauth,
+                clock: self.clock.unwrap_or_else(|| Arc::new(unix_now)),
+                cache: Mutex::new(HashMap::new()),
+                flights: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// What to refresh past: nothing (refresh only if stale), a token the API
+/// rejected, or anything (a forced refresh).
+#[derive(Clone, Copy)]
+enum Trigger<'a> {
+    Stale,
+    Rejected(&'a AccessToken),
+    Force,
+}
+
+impl Tokens {
+    /// Starts a builder.
+    pub fn builder() -> TokensBuilder {
+        TokensBuilder::default()
+    }
+
+    /// Now, in unix seconds, by the engine's clock.
+    pub fn now(&self) -> i64 {
+        (self.inner.clock)()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn TokenStore> {
+        &self.inner.store
+    }
+
+    /// The provider's endpoints.
+    pub fn provider(&self) -> &Provider {
+        &self.inner.provider
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client.client_id
+    }
+
+    /// A token with more than the configured margin left, refreshing first if needed.
+    pub async fn access_token(&self, account: &str) -> Result<AccessToken, Error> {
+        self.access_token_with(account, self.inner.margin).await
+    }
+
+    /// A token with more than `min_valid` left, refreshing first if needed.
+    pub async fn access_token_with(
+        &self,
+        account: &str,
+        min_valid: Duration,
+    ) -> Result<AccessToken, Error> {
+        if let Some(t) = self.cached(account, min_valid) {
+            return Ok(t.token);
+        }
+        self.slow_path(account, min_valid, Trigger::Stale)
+            .await
+            .map(|c| c.token)
+    }
+
+    /// Refreshes now, whatever the expiry (`spotoken refresh`). Still single-flight.
+    pub async fn force_refresh(&self, account: &str) -> Result<AccessToken, Error> {
+        self.slow_path(account, self.inner.margin, Trigger::Force)
+            .await
+            .map(|c| c.token)
+    }
+
+    /// After the API answered 401 to `rejected`: a different token if someone
+    /// already refreshed, else a refresh. Many callers rejected at once cause
+    /// one refresh.
+    pub async fn refresh_after_rejection(
+        &self,
+        account: &str,
+        rejected: &AccessToken,
+    ) -> Result<AccessToken, Error> {
+        self.slow_path(account, self.inner.margin, Trigger::Rejected(rejected))
+            .await
+            .map(|c| c.token)
+    }
+
+    /// The granted scopes as last known (cache, else store).
+    pub async fn granted_scopes(&self, account: &str) -> Result<Scopes, Error> {
+        if let Some(c) = self.peek_cache(account) {
+            return Ok((*c.scopes).clone());
+        }
+        Ok(self
+            .inner
+            .store
+            .load(account)
+            .await?
+            .map(|r| r.scopes)
+            .unwrap_or_default())
+    }
+
+    fn peek_cache(&self, account: &str) -> Option<Cached> {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(account)
+            .cloned()
+    }
+
+    fn cached(&self, account: &str, min_valid: Duration) -> Option<Cached> {
+        let cache = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let c = cache.get(account)?;
+        (freshness::freshness(c.expires_at, self.now(), min_valid) == Freshness::Fresh)
+            .then(|| c.clone())
+    }
+
+    pub(crate) fn evict(&self, account: &str) {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(account);
+    }
+
+    fn flight(&self, account: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(account.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Decrypts the row's access token if it satisfies the trigger.
+    fn usable(
+        &self,
+        row: &Row,
+        min_valid: Duration,
+        trigger: Trigger<'_>,
+    ) -> Result<Option<Cached>, Error> {
+        if matches!(trigger, Trigger::Force) {
+            return Ok(None);
+        }
+        let Some(sealed) = &row.access_token else {
+            return Ok(None);
+        };
+        if freshness::freshness(row.access_expires_at, self.now(), min_valid) != Freshness::Fresh {
+            return Ok(None);
+        }
+        let plain = self
+            .inner
+            .keys
+            .open(&row.account, Field::AccessToken, sealed)?;
+        let token = AccessToken::new(String::from_utf8_lossy(&plain).into_owned());
+        if let Trigger::Rejected(r) = trigger
+            && r.expose() == token.expose()
+        {
+            return Ok(None);
+        }
+        Ok(Some(Cached {
+            token,
+            expires_at: row.access_expires_at,
+            scopes: Arc::new(row.scopes.clone()),
+            generation: 0,
+        }))
+    }
+
+    fn remember(&self, account: &str, c: &Cached) {
+        let mut cache = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generation = cache.get(account).map_or(1, |old| old.generation + 1);
+        cache.insert(
+            account.to_owned(),
+            Cached {
+                generation,
+                ..c.clone()
+            },
+        );
+    }
+
+    /// Whether a token someone else obtained while we waited will do: any
+    /// unexpired token that is new to us (the provider's lifetime may be shorter
+    /// than the caller's `min_valid`; refreshing again would not help).
+    fn newer_will_do(trigger: Trigger<'_>, token: &AccessToken) -> bool {
+        match trigger {
+            Trigger::Stale => true,
+            Trigger::Rejected(r) => r.expose() != token.expose(),
+            Trigger::Force => false,
+        }
+    }
+
+    fn check_state(row: &Row) -> Result<(), Error> {
+        match &row.state {
+            AccountState::Active => Ok(()),
+            AccountState::ReauthRequired(reason) => Err(Error::AuthorizationNeeded {
+                account: row.account.clone(),
+                reason: ReauthReason::Flagged(reason.clone()),
+            }),
+        }
+    }
+
+    async fn slow_path(
+        &self,
+        account: &str,
+        min_valid: Duration,
+        trigger: Trigger<'_>,
+    ) -> Result<Cached, Error> {
+        let seen_generation = self.peek_cache(account).map(|c| c.generation);
+        let flight = self.flight(account);
+        let _in_flight = flight.lock().await;
+        // Someone ahead of us in this process may have refreshed already.
+        if let Some(c) = self.peek_cache(account) {
+            let fresh =
+                freshness::freshness(c.expires_at, self.now(), min_valid) == Freshness::Fresh;
+            let newer = Some(c.generation) != seen_generation && c.expires_at > self.now();
+            if (fresh || newer) && Self::newer_will_do(trigger, &c.token) {
+                return Ok(c);
+            }
+        }
+        let row = self
+            .inner
+            .store
+            .load(account)
+            .await?
+            .ok_or_else(|| not_logged_in(account))?;
+        Self::check_state(&row)?;
+        if let Some(c) = self.usable(&row, min_valid, trigger)? {
+            self.remember(account, &c);
+            return Ok(c);
+        }
+        let mut lock = self.inner.store.lock(account).await?;
+        let result = self
+            .refresh_locked(&mut *lock, account, min_valid, trigger, row.version)
+            .await;
+        if let Err(e) = lock.release().await {
+            tracing::warn!(account, error = %e, "releasing the refresh lock failed");
+        }
+        let c = result?;
+        self.remember(account, &c);
+        Ok(c)
+    }
+
+    async fn refresh_locked(
+        &self,
+        lock: &mut dyn AccountLock,
+        account: &str,
+        min_valid: Duration,
+        trigger: Trigger<'_>,
+        seen_version: i64,
+    ) -> Result<Cached, Error> {
+        // Re-read under the lock: another process or instance may have refreshed.
+        let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
+        Self::check_state(&row)?;
+        if let Some(c) = self.usable(&row, min_valid, trigger)? {
+            tracing::debug!(account, "token was refreshed by another holder of the lock");
+            return Ok(c);
+        }
+        if row.version != seen_version
+            && !matches!(trigger, Trigger::Force)
+            && let Some(c) = self.usable(&row, Duration::from_secs(1), trigger)?
+        {
+            tracing::debug!(account, "token was refreshed by another holder of the lock");
+            return Ok(c);
+        }
+        let refresh = {
+            let plain = self
+                .inner
+                .keys
+                .open(account, Field::RefreshToken, &row.refresh_token)?;
+            RefreshToken::new(String::from_utf8_lossy(&plain).into_owned())
+        };
+        let set = match self.request_refresh(account, &refresh).await {
+            Ok(set) => set,
+            Err(Error::AuthorizationNeeded { reason, .. }) => {
+                let reason = match reason {
+                    ReauthReason::InvalidGrant { .. }
+                        if freshness::refresh_token_lifetime(
+                            row.authorized_at,
+                            self.now(),
+                            REFRESH_TOKEN_LIFETIME,
+                        ) == freshness::Lifetime::Expired =>
+                    {
+                        ReauthReason::RefreshTokenExpired
+                    }
+                    r => r,
+                };
+                self.flag_reauth(lock, row, &reason).await;
+                return Err(Error::AuthorizationNeeded {
+                    account: account.to_owned(),
+                    reason,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let rotated = set.refresh_token.is_some();
+        let now = self.now();
+        let expires_at = now + i64::try_from(set.expires_in.as_secs()).unwrap_or(3600);
+        let mut next = row.clone();
+        next.access_token = Some(self.inner.keys.seal(
+            account,
+            Field::AccessToken,
+            set.access_token.expose().as_bytes(),
+        )?);
+        next.access_expires_at = expires_at;
+        if let Some(rt) = &set.refresh_token {
+            next.refresh_token =
+                self.inner
+                    .keys
+                    .seal(account, Field::RefreshToken, rt.expose().as_bytes())?;
+        }
+        if let Some(s) = set.scope {
+            next.scopes = s;
+        }
+        next.last_refresh = Some(now);
+        next.state = AccountState::Active;
+        match lock.update(next).await? {
+            Some(written) => {
+                tracing::info!(
+                    account,
+                    rotated,
+                    expires_in = set.expires_in.as_secs(),
+                    "refreshed"
+                );
+                Ok(Cached {
+                    token: set.access_token,
+                    expires_at,
+                    scopes: Arc::new(written.scopes),
+                    generation: 0,
+                })
+            }
+            None => {
+                // Someone wrote the row meanwhile (a new login): theirs wins.
+                let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
+                Self::check_state(&row)?;
+                self.usable(&row, Duration::ZERO, Trigger::Stale)?
+                    .ok_or_else(|| {
+                        Error::temporary(
+                            "the account changed while refreshing (a new login?); try again",
+                            None,
+                        )
+                    })
+            }
+        }
+    }
+
+    /// One refresh request, retried within the backoff budget.
+    async fn request_refresh(
+        &self,
+        account: &str,
+        refresh: &RefreshToken,
+    ) -> Result<TokenSet, Error> {
+        let req =
+            protocol::refresh_request(&self.inner.provider.token_url, &self.inner.client, refresh);
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            let outcome = match http::send_form(&self.inner.http, &req).await {
+                Ok(answer) => protocol::parse_token_answer(answer.as_core(), account),
+                Err(e) => Err(e),
+            };
+            let err = match outcome {
+                Ok(set) => return Ok(set),
+                Err(e) => e,
+            };
+            match self
+                .inner
+                .backoff
+                .decide(err, attempt, started.elapsed(), rand::random())
+            {
+                Retry::After(d) => {
+                    tracing::warn!(
+                        account,
+                        attempt,
+                        wait_ms = d.as_millis() as u64,
+                        "refresh failed; retrying"
+                    );
+                    tokio::time::sleep(d).await;
+                    attempt += 1;
+                }
+                Retry::GiveUp(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn flag_reauth(&self, lock: &mut dyn AccountLock, mut row: Row, reason: &ReauthReason) {
+        let account = row.account.clone();
+        row.state = AccountState::ReauthRequired(reason.to_string());
+        row.access_token = None;
+        match lock.update(row).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(account, error = %e, "could not flag the account for re-authorization")
+            }
+        }
+        self.evict(&account);
+        tracing::warn!(account, %reason, "re-authorization required");
+        if let Some(hook) = &self.inner.on_reauth {
+            hook(&ReauthEvent {
+                account,
+                reason: reason.clone(),
+            });
+        }
+    }
+
+    /// Re-encrypts every row not sealed with the active key; returns how many.
+    pub async fn rekey(&self) -> Result<usize, Error> {
+        let mut n = 0;
+        for listed in self.inner.store.list().await? {
+            let account = listed.account.clone();
+            let stale = !self.inner.keys.is_active(&listed.refresh_token)
+                || listed
+                    .access_token
+                    .as_ref()
+                    .is_some_and(|a| !self.inner.keys.is_active(a));
+            if !stale {
+                continue;
+            }
+            let mut lock = self.inner.store.lock(&account).await?;
+            let result = async {
+                let Some(mut row) = lock.load().await? else {
+                    return Ok(false);
+                };
+                let keys = &self.inner.keys;
+                let rt = keys.open(&account, Field::RefreshToken, &row.refresh_token)?;
+                row.refresh_token = keys.seal(&account, Field::RefreshToken, &rt)?;
+                if let Some(at) = &row.access_token {
+                    let at = keys.open(&account, Field::AccessToken, at)?;
+                    row.access_token = Some(keys.seal(&account, Field::AccessToken, &at)?);
+                }
+                Ok::<_, Error>(lock.update(row).await?.is_some())
+            }
+            .await;
+            lock.release().await?;
+            if result? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn not_logged_in(account: &str) -> Error {
+    Error::AuthorizationNeeded {
+        account: account.to_owned(),
+        reason: ReauthReason::NotLoggedIn,
+    }
+}

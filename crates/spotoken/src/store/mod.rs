@@ -1,0 +1,259 @@
+//! The token store: one trait, one implementation per backend.
+//!
+//! A store keeps one [`Row`] per account. Secrets in a row are already sealed
+//! (see [`crate::crypto`]); backends never see plaintext tokens. Every row has a
+//! version that each write bumps, so a writer that lost a race finds out
+//! ([`TokenStore::update`] answers `None`) instead of overwriting a newer refresh
+//! token.
+//!
+//! Refreshing is one critical section per account across tasks, processes and
+//! server instances: [`TokenStore::lock`] returns an [`AccountLock`] under which
+//! the engine re-reads the row, refreshes if still needed, and commits
+//! durably before releasing. SQLite implements it with a per-account file lock,
+//! PostgreSQL with a transaction-scoped advisory lock.
+
+pub mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+use async_trait::async_trait;
+use spotoken_core::scope::Scopes;
+
+use crate::Error;
+
+pub use sqlite::Sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::Postgres;
+
+/// Whether an account can be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountState {
+    /// Tokens are usable.
+    Active,
+    /// The user must authorize again; the reason is kept for `status`.
+    ReauthRequired(String),
+}
+
+/// One account as stored: metadata in the clear, tokens sealed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Row {
+    /// The account name (`default` unless chosen).
+    pub account: String,
+    /// The client id the tokens were issued to.
+    pub client_id: String,
+    /// Spotify user id, from `/v1/me` at login.
+    pub user_id: Option<String>,
+    /// Spotify display name.
+    pub display_name: Option<String>,
+    /// Scopes actually granted.
+    pub scopes: Scopes,
+    /// When the user authorized (unix seconds); the refresh token's lifetime counts from here.
+    pub authorized_at: i64,
+    /// Sealed access token.
+    pub access_token: Option<Vec<u8>>,
+    /// When the access token expires (unix seconds).
+    pub access_expires_at: i64,
+    /// Sealed refresh token.
+    pub refresh_token: Vec<u8>,
+    /// Last successful refresh (unix seconds).
+    pub last_refresh: Option<i64>,
+    /// Active or needing re-authorization.
+    pub state: AccountState,
+    /// Bumped by every write.
+    pub version: i64,
+    /// Last write (unix seconds).
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Row")
+            .field("account", &self.account)
+            .field("client_id", &self.client_id)
+            .field("user_id", &self.user_id)
+            .field("scopes", &self.scopes.to_wire())
+            .field("authorized_at", &self.authorized_at)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("last_refresh", &self.last_refresh)
+            .field("state", &self.state)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Row {
+    /// The state as stored: `active` or `reauth_required`, and the reason.
+    pub fn state_columns(&self) -> (&'static str, Option<&str>) {
+        match &self.state {
+            AccountState::Active => ("active", None),
+            AccountState::ReauthRequired(r) => ("reauth_required", Some(r.as_str())),
+        }
+    }
+
+    /// Rebuilds the state from stored columns.
+    pub fn state_from_columns(state: &str, reason: Option<String>) -> AccountState {
+        if state == "active" {
+            AccountState::Active
+        } else {
+            AccountState::ReauthRequired(
+                reason.unwrap_or_else(|| "re-authorization required".into()),
+            )
+        }
+    }
+}
+
+/// A store of accounts' tokens.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// One account's row.
+    async fn load(&self, account: &str) -> Result<Option<Row>, Error>;
+    /// Every row, ordered by account.
+    async fn list(&self) -> Result<Vec<Row>, Error>;
+    /// Inserts or replaces a row whatever its version (a fresh login); durable on return.
+    async fn upsert(&self, row: Row) -> Result<Row, Error>;
+    /// Writes `row` if the stored version is still `row.version`; returns the
+    /// stored row (version bumped), or `None` if someone else wrote first.
+    async fn update(&self, row: Row) -> Result<Option<Row>, Error>;
+    /// Removes an account's row (and, where the backend can, its old pages).
+    async fn delete(&self, account: &str) -> Result<bool, Error>;
+    /// Takes the account's refresh lock, waiting for it.
+    async fn lock(&self, account: &str) -> Result<Box<dyn AccountLock>, Error>;
+    /// Whether the store answers (readiness).
+    async fn ping(&self) -> Result<(), Error>;
+    /// Where the store is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// The refresh lock on one account. Dropping it releases the lock too.
+#[async_trait]
+pub trait AccountLock: Send {
+    /// Re-reads the row under the lock.
+    async fn load(&mut self) -> Result<Option<Row>, Error>;
+    /// Writes under the lock, durably, with the version check of [`TokenStore::update`].
+    async fn update(&mut self, row: Row) -> Result<Option<Row>, Error>;
+    /// Releases the lock.
+    async fn release(self: Box<Self>) -> Result<(), Error>;
+}
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The suite every backend must pass.
+#[cfg(test)]
+pub(crate) mod suite {
+    use super::*;
+    use std::sync::Arc;
+
+    pub fn row(account: &str) -> Row {
+        Row {
+            account: account.into(),
+            client_id: "cid".into(),
+            user_id: Some("alice".into()),
+            display_name: Some("Alice".into()),
+            scopes: Scopes::parse("user-read-private"),
+            authorized_at: 1_700_000_000,
+            access_token: Some(vec![1, 2, 3]),
+            access_expires_at: 1_700_003_600,
+            refresh_token: vec![4, 5, 6],
+            last_refresh: None,
+            state: AccountState::Active,
+            version: 0,
+            updated_at: 0,
+        }
+    }
+
+    pub async fn run_all(store: Arc<dyn TokenStore>) {
+        upsert_load_list_delete(&*store).await;
+        update_checks_version(&*store).await;
+        lock_serializes_and_rereads(store.clone()).await;
+        state_round_trips(&*store).await;
+        store.ping().await.expect("ping");
+    }
+
+    async fn upsert_load_list_delete(store: &dyn TokenStore) {
+        assert!(store.load("s1").await.expect("load").is_none());
+        let saved = store.upsert(row("s1")).await.expect("upsert");
+        assert_eq!(saved.version, 1);
+        let loaded = store.load("s1").await.expect("load").expect("row");
+        assert_eq!(loaded, saved);
+        let again = store.upsert(row("s1")).await.expect("upsert");
+        assert_eq!(again.version, 2, "a new login bumps the version");
+        store.upsert(row("s0")).await.expect("upsert");
+        let names: Vec<String> = store
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.account)
+            .collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "ordered: {names:?}");
+        assert!(names.contains(&"s0".to_owned()) && names.contains(&"s1".to_owned()));
+        assert!(store.delete("s1").await.expect("delete"));
+        assert!(!store.delete("s1").await.expect("delete"));
+        assert!(store.load("s1").await.expect("load").is_none());
+    }
+
+    async fn update_checks_version(store: &dyn TokenStore) {
+        let saved = store.upsert(row("s2")).await.expect("upsert");
+        let mut next = saved.clone();
+        next.refresh_token = vec![9, 9, 9];
+        let written = store
+            .update(next.clone())
+            .await
+            .expect("update")
+            .expect("won");
+        assert_eq!(written.version, saved.version + 1);
+        // A writer holding the old version loses.
+        assert!(store.update(next).await.expect("update").is_none());
+        assert_eq!(
+            store
+                .load("s2")
+                .await
+                .expect("load")
+                .expect("row")
+                .refresh_token,
+            vec![9, 9, 9]
+        );
+    }
+
+    async fn lock_serializes_and_rereads(store: Arc<dyn TokenStore>) {
+        store.upsert(row("s3")).await.expect("upsert");
+        let mut tasks = Vec::new();
+        for i in 0..8u8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lock = store.lock("s3").await.expect("lock");
+                let mut r = lock.load().await.expect("load").expect("row");
+                // Read-modify-write under the lock: no update may be lost.
+                r.refresh_token.push(i);
+                lock.update(r)
+                    .await
+                    .expect("update")
+                    .expect("no conflict under the lock");
+                lock.release().await.expect("release");
+            }));
+        }
+        for t in tasks {
+            t.await.expect("join");
+        }
+        let r = store.load("s3").await.expect("load").expect("row");
+        assert_eq!(r.refresh_token.len(), 3 + 8, "every locked update kept");
+    }
+
+    async fn state_round_trips(store: &dyn TokenStore) {
+        let mut r = row("s4");
+        r.state = AccountState::ReauthRequired("invalid_grant: Refresh token revoked".into());
+        store.upsert(r).await.expect("upsert");
+        let back = store.load("s4").await.expect("load").expect("row");
+        assert_eq!(
+            back.state,
+            AccountState::ReauthRequired("invalid_grant: Refresh token revoked".into())
+        );
+    }
+}

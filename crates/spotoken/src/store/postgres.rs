@@ -1,0 +1,456 @@
+//! The shared store for several server instances: PostgreSQL.
+//!
+//! Same row shape as SQLite (BYTEA for sealed tokens), its own migrations kept in
+//! a `spotoken_schema` table and run under an advisory lock so two instances
+//! starting together do not race. The refresh lock is a transaction-scoped
+//! advisory lock keyed by schema and account, held on one pooled connection
+//! across read → refresh → write; if the holder vanishes, PostgreSQL ends the
+//! transaction and the lock with it.
+
+use std::str::FromStr as _;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use spotoken_core::scope::Scopes;
+use tokio_postgres::NoTls;
+
+use super::{AccountLock, Row, TokenStore, unix_now};
+use crate::Error;
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE spotoken_accounts (
+        account TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        user_id TEXT,
+        display_name TEXT,
+        scopes TEXT NOT NULL DEFAULT '',
+        authorized_at BIGINT NOT NULL,
+        access_token BYTEA,
+        access_expires_at BIGINT NOT NULL DEFAULT 0,
+        refresh_token BYTEA NOT NULL,
+        last_refresh BIGINT,
+        state TEXT NOT NULL DEFAULT 'active',
+        state_reason TEXT,
+        version BIGINT NOT NULL DEFAULT 1,
+        updated_at BIGINT NOT NULL
+    )"];
+
+const COLUMNS: &str = "account, client_id, user_id, display_name, scopes, authorized_at, access_token, \
+     access_expires_at, refresh_token, last_refresh, state, state_reason, version, updated_at";
+
+/// An arbitrary constant: the advisory lock that serializes migrations.
+const MIGRATION_LOCK: i64 = 0x5370_6f74_6f6b_656e; // "Spotoken"
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct Postgres {
+    pool: Pool,
+    describe: String,
+}
+
+fn pg_err(e: tokio_postgres::Error) -> Error {
+    match e.as_db_error() {
+        Some(db) => Error::Internal(format!(
+            "PostgreSQL store: {} ({})",
+            db.message(),
+            db.code().code()
+        )),
+        None if e.is_closed() => {
+            Error::temporary(format!("PostgreSQL connection closed: {e}"), None)
+        }
+        None => Error::Internal(format!("PostgreSQL store: {e}")),
+    }
+}
+
+impl Postgres {
+    /// Connects to `url` (`postgres://user@host:port/db`) and runs migrations.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_in_schema(url, None).await
+    }
+
+    /// As [`connect`](Self::connect), keeping tables in `schema` (created if
+    /// missing); used to isolate tests and tenants.
+    pub async fn connect_in_schema(url: &str, schema: Option<&str>) -> Result<Self, Error> {
+        let mut cfg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| Error::Configuration(format!("the database URL is not valid: {e}")))?;
+        if let Some(s) = schema {
+            if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(Error::Configuration(format!(
+                    "schema name '{s}' must be [A-Za-z0-9_]"
+                )));
+            }
+            cfg.options(format!("-c search_path={s}"));
+        }
+        let host = cfg
+            .get_hosts()
+            .first()
+            .map(|h| format!("{h:?}"))
+            .unwrap_or_default();
+        let describe = format!(
+            "PostgreSQL {} {}{}",
+            host,
+            cfg.get_dbname().unwrap_or(""),
+            schema.map(|s| format!(" (schema {s})")).unwrap_or_default()
+        );
+        let mgr = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(16)
+            .build()
+            .map_err(|e| Error::Internal(format!("PostgreSQL pool: {e}")))?;
+        let store = Self { pool, describe };
+        store.migrate(schema).await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
+        self.pool.get().await.map_err(|e| {
+            Error::temporary(
+                format!("cannot reach PostgreSQL ({}): {e}", self.describe),
+                None,
+            )
+        })
+    }
+
+    async fn migrate(&self, schema: Option<&str>) -> Result<(), Error> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_err)?;
+        if let Some(s) = schema {
+            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))
+                .await
+                .map_err(pg_err)?;
+        }
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS spotoken_schema (version INT NOT NULL)")
+            .await
+            .map_err(pg_err)?;
+        let current: i32 = tx
+            .query_opt("SELECT version FROM spotoken_schema", &[])
+            .await
+            .map_err(pg_err)?
+            .map_or(0, |r| r.get(0));
+        let target = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        if current > target {
+            return Err(Error::Configuration(format!(
+                "the database has spotoken schema version {current}, newer than this spotoken ({target}); upgrade spotoken"
+            )));
+        }
+        for sql in MIGRATIONS
+            .iter()
+            .skip(usize::try_from(current).unwrap_or(0))
+        {
+            tx.batch_execute(sql).await.map_err(pg_err)?;
+        }
+        tx.batch_execute("DELETE FROM spotoken_schema")
+            .await
+            .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO spotoken_schema (version) VALUES ($1)",
+            &[&target],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
+    }
+}
+
+fn row_from_pg(r: &tokio_postgres::Row) -> Row {
+    let scopes: String = r.get(4);
+    let state: String = r.get(10);
+    Row {
+        account: r.get(0),
+        client_id: r.get(1),
+        user_id: r.get(2),
+        display_name: r.get(3),
+        scopes: Scopes::parse(&scopes),
+        authorized_at: r.get(5),
+        access_token: r.get(6),
+        access_expires_at: r.get(7),
+        refresh_token: r.get(8),
+        last_refresh: r.get(9),
+        state: Row::state_from_columns(&state, r.get(11)),
+        version: r.get(12),
+        updated_at: r.get(13),
+    }
+}
+
+async fn load_with(
+    client: &deadpool_postgres::Object,
+    account: &str,
+) -> Result<Option<Row>, Error> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM spotoken_accounts WHERE account = $1"
+        ))
+        .await
+        .map_err(pg_err)?;
+    Ok(client
+        .query_opt(&stmt, &[&account])
+        .await
+        .map_err(pg_err)?
+        .as_ref()
+        .map(row_from_pg))
+}
+
+/// Writes `row` as version `row.version + 1` if the stored version is `row.version`.
+async fn cas_with(client: &deadpool_postgres::Object, mut row: Row) -> Result<Option<Row>, Error> {
+    let now = unix_now();
+    let (state, reason) = row.state_columns();
+    let n = client
+        .execute(
+            "UPDATE spotoken_accounts SET client_id = $2, user_id = $3, display_name = $4, scopes = $5,
+                 authorized_at = $6, access_token = $7, access_expires_at = $8, refresh_token = $9,
+                 last_refresh = $10, state = $11, state_reason = $12, version = version + 1, updated_at = $13
+             WHERE account = $1 AND version = $14",
+            &[
+                &row.account,
+                &row.client_id,
+                &row.user_id,
+                &row.display_name,
+                &row.scopes.to_wire(),
+                &row.authorized_at,
+                &row.access_token,
+                &row.access_expires_at,
+                &row.refresh_token,
+                &row.last_refresh,
+                &state,
+                &reason,
+                &now,
+                &row.version,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    row.version += 1;
+    row.updated_at = now;
+    Ok(Some(row))
+}
+
+#[async_trait]
+impl TokenStore for Postgres {
+    async fn load(&self, account: &str) -> Result<Option<Row>, Error> {
+        let client = self.client().await?;
+        load_with(&client, account).await
+    }
+
+    async fn list(&self) -> Result<Vec<Row>, Error> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {COLUMNS} FROM spotoken_accounts ORDER BY account"),
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(row_from_pg).collect())
+    }
+
+    async fn upsert(&self, mut row: Row) -> Result<Row, Error> {
+        let client = self.client().await?;
+        let now = unix_now();
+        let (state, reason) = row.state_columns();
+        let version: i64 = client
+            .query_one(
+                &format!(
+                    "INSERT INTO spotoken_accounts ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,1,$13)
+                     ON CONFLICT (account) DO UPDATE SET client_id = EXCLUDED.client_id, user_id = EXCLUDED.user_id,
+                       display_name = EXCLUDED.display_name, scopes = EXCLUDED.scopes,
+                       authorized_at = EXCLUDED.authorized_at, access_token = EXCLUDED.access_token,
+                       access_expires_at = EXCLUDED.access_expires_at, refresh_token = EXCLUDED.refresh_token,
+                       last_refresh = EXCLUDED.last_refresh, state = EXCLUDED.state,
+                       state_reason = EXCLUDED.state_reason, version = spotoken_accounts.version + 1,
+                       updated_at = EXCLUDED.updated_at
+                     RETURNING version"
+                ),
+                &[
+                    &row.account,
+                    &row.client_id,
+                    &row.user_id,
+                    &row.display_name,
+                    &row.scopes.to_wire(),
+                    &row.authorized_at,
+                    &row.access_token,
+                    &row.access_expires_at,
+                    &row.refresh_token,
+                    &row.last_refresh,
+                    &state,
+                    &reason,
+                    &now,
+                ],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        row.version = version;
+        row.updated_at = now;
+        Ok(row)
+    }
+
+    async fn update(&self, row: Row) -> Result<Option<Row>, Error> {
+        let client = self.client().await?;
+        cas_with(&client, row).await
+    }
+
+    async fn delete(&self, account: &str) -> Result<bool, Error> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "DELETE FROM spotoken_accounts WHERE account = $1",
+                &[&account],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n > 0)
+    }
+
+    async fn lock(&self, account: &str) -> Result<Box<dyn AccountLock>, Error> {
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await.map_err(pg_err)?;
+        let locked = client
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '/' || $1, 0))",
+                &[&account],
+            )
+            .await;
+        if let Err(e) = locked {
+            drop(deadpool_postgres::Object::take(client));
+            return Err(pg_err(e));
+        }
+        Ok(Box::new(PgLock {
+            client: Some(client),
+            account: account.to_owned(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        let client = self.client().await?;
+        client.batch_execute("SELECT 1").await.map_err(pg_err)
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+struct PgLock {
+    client: Option<deadpool_postgres::Object>,
+    account: String,
+}
+
+impl PgLock {
+    fn client(&self) -> Result<&deadpool_postgres::Object, Error> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| Error::Internal("refresh lock used after release".into()))
+    }
+}
+
+#[async_trait]
+impl AccountLock for PgLock {
+    async fn load(&mut self) -> Result<Option<Row>, Error> {
+        load_with(self.client()?, &self.account).await
+    }
+
+    async fn update(&mut self, row: Row) -> Result<Option<Row>, Error> {
+        let client = self.client()?;
+        let written = cas_with(client, row).await?;
+        // Commit now: the new refresh token must be durable before anyone uses
+        // the access token that came with it. This also ends the lock.
+        client.batch_execute("COMMIT").await.map_err(pg_err)?;
+        client.batch_execute("BEGIN").await.map_err(pg_err)?;
+        client
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '/' || $1, 0))",
+                &[&self.account],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(written)
+    }
+
+    async fn release(mut self: Box<Self>) -> Result<(), Error> {
+        if let Some(client) = self.client.take()
+            && let Err(e) = client.batch_execute("COMMIT").await
+        {
+            drop(deadpool_postgres::Object::take(client));
+            return Err(pg_err(e));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgLock {
+    fn drop(&mut self) {
+        // Released without `release` (a panic or a cancelled task): the
+        // connection is mid-transaction, so close it rather than return it to
+        // the pool; PostgreSQL then drops the lock.
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::suite;
+    use std::sync::Arc;
+
+    /// The URL of a test database, or a visible skip.
+    pub(crate) fn test_url() -> Option<String> {
+        match std::env::var("SPOTOKEN_TEST_DATABASE_URL") {
+            Ok(u) if !u.is_empty() => Some(u),
+            _ => {
+                eprintln!(
+                    "SKIPPED: SPOTOKEN_TEST_DATABASE_URL is unset; PostgreSQL store tests did not run"
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn fresh_schema(tag: &str) -> String {
+        format!("spotoken_test_{tag}_{}_{}", std::process::id(), unix_now())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_passes_the_store_suite() {
+        let Some(url) = test_url() else { return };
+        let schema = fresh_schema("suite");
+        let store = Postgres::connect_in_schema(&url, Some(&schema))
+            .await
+            .expect("connect");
+        suite::run_all(Arc::new(store.clone())).await;
+        let client = store.client().await.expect("client");
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_across_instances() {
+        let Some(url) = test_url() else { return };
+        let schema = fresh_schema("migr");
+        let (a, b) = tokio::join!(
+            Postgres::connect_in_schema(&url, Some(&schema)),
+            Postgres::connect_in_schema(&url, Some(&schema))
+        );
+        let (a, _b) = (a.expect("a"), b.expect("b"));
+        a.client()
+            .await
+            .expect("client")
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .expect("cleanup");
+    }
+}
