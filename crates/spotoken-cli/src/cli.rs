@@ -1,12 +1,28 @@
 //! The command-line surface, as clap types: global options with their
-//! environment fallbacks (see DESIGN.md's command-line contract) and one
-//! subcommand per command module.
+//! environment fallbacks (DESIGN.md's command-line contract) and one subcommand
+//! per command module.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::commands;
+use crate::config::parse_duration_arg;
+
 /// Keeps Spotify OAuth tokens valid, safe and usable.
+///
+/// Log in once with `spotoken login`, then `spotoken token` prints a fresh access
+/// token for ever after. Exit codes: 0 ok, 1 unexpected failure, 2 usage or
+/// configuration error, 3 authorization needed, 4 temporary failure, 5 insufficient scope.
 #[derive(Debug, Parser)]
-#[command(name = "spotoken", version, about, propagate_version = true)]
+#[command(
+    name = "spotoken",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 pub struct Args {
     #[command(flatten)]
     pub global: Global,
@@ -15,8 +31,23 @@ pub struct Args {
 }
 
 /// Options every command accepts.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Global {
+    /// Directory for config, store and key file [default: the platform's data dir]
+    #[arg(long, global = true, env = "SPOTOKEN_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Account name [default: config's default_account, else "default"]
+    #[arg(long, global = true, env = "SPOTOKEN_ACCOUNT", value_name = "NAME")]
+    pub account: Option<String>,
+    /// The Spotify app's client id [default: from config]
+    #[arg(long, global = true, env = "SPOTOKEN_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Accounts service base URL [default: https://accounts.spotify.com]
+    #[arg(long, global = true, env = "SPOTOKEN_ACCOUNTS_URL", value_name = "URL")]
+    pub accounts_url: Option<String>,
+    /// Web API base URL [default: https://api.spotify.com]
+    #[arg(long, global = true, env = "SPOTOKEN_API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -30,13 +61,62 @@ pub struct Global {
 pub enum Output {
     /// For people.
     Text,
-    /// For scripts: one JSON document on stdout.
+    /// For scripts: JSON on stdout, logs stay on stderr.
     Json,
 }
 
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Log in through the browser (PKCE) and store the tokens, encrypted.
+    Login(commands::login::LoginArgs),
+    /// Print a fresh access token (and nothing else) on stdout.
+    Token(TokenArgs),
+    /// Show each account: user, scopes, expiries, state. Exit 3 if any needs a login.
+    Status,
+    /// Call the Web API with the account's token (refresh on 401, Retry-After honoured).
+    Api(commands::api::ApiArgs),
+    /// Refresh the access token now.
+    Refresh,
+    /// Delete the account's tokens (revoking where the provider can).
+    Logout(LogoutArgs),
+    /// List accounts, or choose the default one.
+    Accounts(AccountsArgs),
+    /// Keep every account's token fresh in the background.
+    Daemon(commands::daemon::DaemonArgs),
+    /// A guided tour against a built-in Spotify emulator: no setup, no network.
+    Demo,
     /// Run the Spotify emulator (Accounts service + Web API) on a loopback port.
-    Emulate(crate::commands::emulate::EmulateArgs),
+    Emulate(commands::emulate::EmulateArgs),
+    /// Re-encrypt the store under a new master key (the old one is kept for reading).
+    Rekey,
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Options of `token`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// Refresh first if the token expires within this (90, 90s, 5m, 2h).
+    #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
+    pub min_valid: Duration,
+}
+
+/// Options of `logout`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogoutArgs {
+    /// Log out every account.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Options of `accounts`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccountsArgs {
+    /// Make this account the default (written to config.toml).
+    #[arg(long, value_name = "NAME")]
+    pub set_default: Option<String>,
 }

@@ -1,9 +1,13 @@
 //! The `spotoken` binary: parse the command line, run one command, map the
-//! outcome to an exit code. Everything else lives in the command modules and in
-//! the `spotoken` library.
+//! outcome to an exit code (DESIGN.md): 0 ok, 1 unexpected failure, 2 usage or
+//! configuration error, 3 authorization needed, 4 temporary failure, 5
+//! insufficient scope. Everything else lives in the command modules and in the
+//! `spotoken` library.
 
 mod cli;
 mod commands;
+mod config;
+mod output;
 
 use std::process::ExitCode;
 
@@ -12,6 +16,13 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     init_logging(args.global.verbose);
+    // `spotoken token` with a fresh cached token answers without an async
+    // runtime, without migrations and without the network.
+    if let cli::Command::Token(t) = &args.command
+        && let Some(code) = commands::token::fast_path(&args.global, t)
+    {
+        return ExitCode::from(code);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -23,25 +34,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    let code = match runtime.block_on(commands::run(args)) {
+        Ok(code) => code,
+        Err(e) => output::report(&e),
+    };
+    // Do not wait for background tasks (an idle keep-alive connection, say).
+    runtime.shutdown_background();
+    ExitCode::from(code)
 }
 
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "warn",
-        1 => "info,spotoken=debug",
+        1 => "info",
         _ => "debug,spotoken=trace",
     };
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .try_init();
 }

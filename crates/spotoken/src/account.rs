@@ -97,7 +97,8 @@ pub struct AccountStatus {
 }
 
 impl AccountStatus {
-    fn from_row(r: &Row, now: i64) -> Self {
+    /// The status of a stored row at `now`.
+    pub fn from_row(r: &Row, now: i64) -> Self {
         let (state, reason) = r.state_columns();
         let end = r.authorized_at + REFRESH_TOKEN_LIFETIME.as_secs() as i64;
         Self {

@@ -2,6 +2,7 @@
 //! spotoken without a Spotify app and for testing other Spotify apps against
 //! expiry, rotation, revocation and rate limits.
 
+use spotoken::Error;
 use spotoken_emulator::{
     Client, DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_SECRET,
     Emulator,
@@ -15,41 +16,41 @@ pub struct EmulateArgs {
     /// Port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// Also accept this client id (public PKCE client unless --client-secret is given).
-    #[arg(long)]
-    pub client_id: Option<String>,
-    /// Secret for --client-id, making it a confidential client.
-    #[arg(
-        long,
-        env = "SPOTOKEN_EMULATOR_CLIENT_SECRET",
-        hide_env_values = true,
-        requires = "client_id"
-    )]
+    /// Secret for the client named by --client-id, making it a confidential client.
+    #[arg(long, env = "SPOTOKEN_EMULATOR_CLIENT_SECRET", hide_env_values = true)]
     pub client_secret: Option<String>,
-    /// Redirect URIs registered for --client-id (default: loopback /callback and
-    /// /auth/callback on any port).
-    #[arg(long = "redirect-uri", requires = "client_id")]
+    /// Redirect URIs registered for the client named by --client-id (default:
+    /// loopback /callback and /auth/callback on any port).
+    #[arg(long = "redirect-uri")]
     pub redirect_uris: Vec<String>,
 }
 
 /// Starts the emulator, prints where it is, serves until SIGINT or SIGTERM.
-pub async fn exec(global: &Global, args: EmulateArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let extra = args.client_id.clone().map(|id| Client {
+pub async fn exec(global: &Global, args: EmulateArgs) -> Result<u8, Error> {
+    // `--client-id` (a global option) names an extra client to accept.
+    let extra_id = global.client_id.clone();
+    if extra_id.is_none() && (args.client_secret.is_some() || !args.redirect_uris.is_empty()) {
+        return Err(Error::Configuration(
+            "--client-secret and --redirect-uri need --client-id".into(),
+        ));
+    }
+    let extra = extra_id.map(|id| Client {
         id,
         secret: args.client_secret.clone(),
         redirect_uris: if args.redirect_uris.is_empty() {
-            [
-                "http://127.0.0.1/callback",
-                "http://[::1]/callback",
-                "http://127.0.0.1/auth/callback",
-            ]
-            .map(String::from)
-            .to_vec()
+            spotoken_emulator::DEFAULT_REDIRECT_URIS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
         } else {
             args.redirect_uris.clone()
         },
     });
-    let emu = Emulator::start_on(args.port, extra.clone()).await?;
+    let emu = Emulator::start_on(args.port, extra.clone())
+        .await
+        .map_err(|e| {
+            Error::Configuration(format!("cannot listen on 127.0.0.1:{}: {e}", args.port))
+        })?;
     let url = emu.url();
     let mut clients = vec![
         serde_json::json!({"client_id": DEFAULT_CLIENT_ID, "type": "public"}),
@@ -64,43 +65,43 @@ pub async fn exec(global: &Global, args: EmulateArgs) -> Result<(), Box<dyn std:
         clients.push(serde_json::json!({"client_id": c.id, "type": kind}));
     }
     match global.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::json!({"url": url, "accounts_url": url, "api_url": url, "clients": clients})
+        Output::Json => crate::output::json(
+            &serde_json::json!({"url": url, "accounts_url": url, "api_url": url, "clients": clients}),
         ),
         Output::Text => {
-            println!("spotoken emulator listening on {url}");
-            println!("  accounts url: {url}   (SPOTOKEN_ACCOUNTS_URL)");
-            println!("  api url:      {url}   (SPOTOKEN_API_URL)");
-            println!("  public client id:       {DEFAULT_CLIENT_ID}");
-            println!(
+            let p = crate::output::line;
+            p(&format!("spotoken emulator listening on {url}"));
+            p(&format!("  accounts url: {url}   (SPOTOKEN_ACCOUNTS_URL)"));
+            p(&format!("  api url:      {url}   (SPOTOKEN_API_URL)"));
+            p(&format!("  public client id:       {DEFAULT_CLIENT_ID}"));
+            p(&format!(
                 "  confidential client id: {DEFAULT_CONFIDENTIAL_CLIENT_ID} (secret {DEFAULT_CONFIDENTIAL_CLIENT_SECRET})"
-            );
+            ));
             if let Some(c) = &extra {
                 let kind = if c.secret.is_some() {
                     "confidential"
                 } else {
                     "public"
                 };
-                println!("  your client id:         {} ({kind})", c.id);
+                p(&format!("  your client id:         {} ({kind})", c.id));
             }
-            println!("  redirect URIs: http://127.0.0.1/callback and /auth/callback, any port");
-            println!("  control plane: {url}/_emulator/settings, /_emulator/counters, ...");
-            println!("Press Ctrl-C to stop.");
+            p("  redirect URIs: http://127.0.0.1/callback and /auth/callback, any port");
+            p(&format!(
+                "  control plane: {url}/_emulator/settings, /_emulator/counters, ..."
+            ));
+            p("Press Ctrl-C to stop.");
         }
     }
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
     shutdown_signal().await;
     emu.shutdown().await;
-    Ok(())
+    Ok(0)
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -109,8 +110,6 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},

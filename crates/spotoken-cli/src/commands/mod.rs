@@ -1,13 +1,45 @@
 //! One module per command; each turns resolved options into library calls and
-//! formats the result.
+//! formats the result. `run` returns the exit code for outcomes that are not
+//! errors but still matter to scripts (`status` with an account needing login).
 
+pub mod accounts;
+pub mod api;
+pub mod daemon;
+pub mod demo;
 pub mod emulate;
+pub mod login;
+pub mod status;
+pub mod token;
+
+use clap::CommandFactory as _;
+use spotoken::Error;
 
 use crate::cli::{Args, Command};
+use crate::config;
 
-/// Runs the parsed command.
-pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Runs the parsed command; `Ok(code)` is the exit code.
+pub async fn run(args: Args) -> Result<u8, Error> {
+    let g = args.global.clone();
     match args.command {
-        Command::Emulate(a) => emulate::exec(&args.global, a).await,
+        Command::Emulate(a) => emulate::exec(&g, a).await,
+        Command::Demo => demo::exec(&g).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Args::command(),
+                "spotoken",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Login(a) => login::exec(&config::resolve(&g)?, a).await,
+        Command::Token(a) => token::exec(&config::resolve(&g)?, &a).await,
+        Command::Status => status::exec(&config::resolve(&g)?).await,
+        Command::Api(a) => api::exec(&config::resolve(&g)?, a).await,
+        Command::Refresh => token::refresh(&config::resolve(&g)?).await,
+        Command::Logout(a) => accounts::logout(&config::resolve(&g)?, &a).await,
+        Command::Accounts(a) => accounts::exec(&config::resolve(&g)?, &a).await,
+        Command::Daemon(a) => daemon::exec(&config::resolve(&g)?, a).await,
+        Command::Rekey => accounts::rekey(&config::resolve(&g)?).await,
     }
 }

@@ -1,0 +1,177 @@
+//! `spotoken daemon`: keeps every account's access token fresh ahead of expiry.
+//!
+//! Each account is refreshed at a jittered point before its margin (so many
+//! accounts, or many machines, do not refresh in the same second), backs off on
+//! temporary failures, and when an account needs re-authorization the notify
+//! command runs once per change of state. Stops cleanly on SIGTERM/SIGINT.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use spotoken::core::freshness::refresh_at;
+use spotoken::store::{AccountState, unix_now};
+use spotoken::{Error, ErrorKind, Tokens};
+
+use crate::config::{Resolved, parse_duration_arg};
+
+/// Options of `spotoken daemon`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonArgs {
+    /// Command to run when an account needs a login; gets the account, the
+    /// reason and the login command as $1 $2 $3 and as SPOTOKEN_ACCOUNT,
+    /// SPOTOKEN_REASON, SPOTOKEN_LOGIN_COMMAND [default: config's notify_cmd]
+    #[arg(long, env = "SPOTOKEN_NOTIFY_CMD")]
+    pub notify_cmd: Option<String>,
+    /// Refresh this long before expiry.
+    #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
+    pub margin: Duration,
+    /// Spread refreshes over up to this much earlier.
+    #[arg(long, default_value = "2m", value_parser = parse_duration_arg)]
+    pub jitter: Duration,
+    /// Do one pass over the accounts and exit (for cron).
+    #[arg(long)]
+    pub once: bool,
+}
+
+struct Schedule {
+    next: HashMap<String, i64>,
+    failures: HashMap<String, u32>,
+    notified: HashSet<String>,
+}
+
+/// Runs the daemon until a signal (or after one pass with `--once`).
+pub async fn exec(cfg: &Resolved, args: DaemonArgs) -> Result<u8, Error> {
+    let tokens = cfg.tokens_for_logout()?;
+    let notify = args.notify_cmd.clone().or_else(|| cfg.notify_cmd.clone());
+    let mut s = Schedule {
+        next: HashMap::new(),
+        failures: HashMap::new(),
+        notified: HashSet::new(),
+    };
+    tracing::info!(store = %tokens.store().describe(), "daemon started");
+    let stop = crate::commands::emulate::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let wake = pass(&tokens, &args, notify.as_deref(), &mut s).await;
+        if args.once {
+            break;
+        }
+        // Wake for the next due account, and at least once a minute to notice logins.
+        let sleep =
+            Duration::from_secs(wake.saturating_sub(unix_now()).clamp(1, 60).unsigned_abs());
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            () = &mut stop => {
+                tracing::info!("daemon stopping");
+                break;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// One pass; returns the unix time of the next due refresh.
+async fn pass(tokens: &Tokens, args: &DaemonArgs, notify: Option<&str>, s: &mut Schedule) -> i64 {
+    let now = unix_now();
+    let mut wake = now + 60;
+    let rows = match tokens.store().list().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the store");
+            return now + 30;
+        }
+    };
+    for row in rows {
+        let account = row.account.clone();
+        if let AccountState::ReauthRequired(reason) = &row.state {
+            notify_once(notify, &account, reason, s);
+            continue;
+        }
+        s.notified.remove(&account);
+        let due = *s.next.entry(account.clone()).or_insert_with(|| {
+            refresh_at(
+                row.access_expires_at,
+                now,
+                args.margin,
+                args.jitter,
+                rand::random(),
+            )
+        });
+        if due > now {
+            wake = wake.min(due);
+            continue;
+        }
+        match tokens
+            .access_token_with(&account, args.margin + args.jitter)
+            .await
+        {
+            Ok(_) => {
+                s.failures.remove(&account);
+                let expires = tokens
+                    .store()
+                    .load(&account)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(now + 3600, |r| r.access_expires_at);
+                let next = refresh_at(
+                    expires,
+                    unix_now(),
+                    args.margin,
+                    args.jitter,
+                    rand::random(),
+                );
+                tracing::info!(
+                    account,
+                    next_refresh_in_s = next - unix_now(),
+                    "token is fresh"
+                );
+                s.next.insert(account, next);
+                wake = wake.min(next);
+            }
+            Err(e) if e.kind() == ErrorKind::AuthorizationNeeded => {
+                tracing::warn!(account, error = %e, "re-authorization required");
+                notify_once(notify, &account, &e.to_string(), s);
+                s.next.remove(&account);
+            }
+            Err(e) => {
+                let n = s.failures.entry(account.clone()).or_default();
+                *n += 1;
+                let backoff = (30i64 << (*n).min(5)).min(900);
+                let wait = e.retry_after().map_or(backoff, |d| {
+                    i64::try_from(d.as_secs()).unwrap_or(backoff).max(backoff)
+                });
+                tracing::warn!(account, error = %e, retry_in_s = wait, "refresh failed; backing off");
+                s.next.insert(account, unix_now() + wait);
+                wake = wake.min(unix_now() + wait);
+            }
+        }
+    }
+    wake
+}
+
+fn notify_once(cmd: Option<&str>, account: &str, reason: &str, s: &mut Schedule) {
+    if !s.notified.insert(account.to_owned()) {
+        return;
+    }
+    let login = format!("spotoken login --account {account}");
+    tracing::warn!(account, reason, "account needs a login: {login}");
+    let Some(cmd) = cmd else { return };
+    let spawned = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .arg("spotoken-notify")
+        .arg(account)
+        .arg(reason)
+        .arg(&login)
+        .env("SPOTOKEN_ACCOUNT", account)
+        .env("SPOTOKEN_REASON", reason)
+        .env("SPOTOKEN_LOGIN_COMMAND", &login)
+        .stdin(std::process::Stdio::null())
+        .status();
+    match spawned {
+        Ok(st) if st.success() => tracing::info!(account, "notify command ran"),
+        Ok(st) => tracing::warn!(account, status = %st, "notify command failed"),
+        Err(e) => tracing::warn!(account, error = %e, "cannot run the notify command"),
+    }
+}

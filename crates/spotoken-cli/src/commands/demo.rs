@@ -1,0 +1,185 @@
+//! `spotoken demo`: the whole life of a Spotify token in a minute, against the
+//! built-in emulator, with a temporary home, no configuration and no network.
+//! It narrates each step and checks the numbers it claims (from the
+//! emulator's counters), failing if any claim is false.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use spotoken::core::endpoint::Provider;
+use spotoken::core::scope::Scopes;
+use spotoken::crypto::KeyRing;
+use spotoken::store::{Sqlite, unix_now};
+use spotoken::{Error, Tokens};
+use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator, Rotation};
+
+use crate::cli::Global;
+
+fn step(n: u32, title: &str) {
+    crate::output::line(&format!("\n{n}. {title}"));
+}
+
+fn say(s: &str) {
+    crate::output::line(&format!("   {s}"));
+}
+
+fn check(ok: bool, claim: &str) -> Result<(), Error> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!(
+            "the demo's claim did not hold: {claim}"
+        )))
+    }
+}
+
+/// Runs the demo.
+pub async fn exec(_g: &Global) -> Result<u8, Error> {
+    let emu = Emulator::start()
+        .await
+        .map_err(|e| Error::Internal(format!("cannot start the emulator: {e}")))?;
+    let home = std::env::temp_dir().join(format!(
+        "spotoken-demo-{}-{}",
+        std::process::id(),
+        unix_now()
+    ));
+    let result = run(&emu, &home).await;
+    let _ = std::fs::remove_dir_all(&home);
+    result.map(|()| 0)
+}
+
+async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
+    crate::output::line(
+        "spotoken demo: a Spotify token's life, against a local emulator (no network, no setup)",
+    );
+    say(&format!(
+        "emulator: {}   temporary home: {}",
+        emu.url(),
+        home.display()
+    ));
+    let offset = Arc::new(AtomicI64::new(0));
+    let o = offset.clone();
+    let tokens = Tokens::builder()
+        .client_id(DEFAULT_CLIENT_ID)
+        .provider(Provider::spotify_like(&emu.url(), &emu.url())?)
+        .store(Sqlite::open(home.join("tokens.db"))?)
+        .keys(KeyRing::generate())
+        .clock(move || unix_now() + o.load(Ordering::SeqCst))
+        .build()?;
+
+    step(
+        1,
+        "Log in with PKCE (the emulator approves at once, as a user clicking Agree would)",
+    );
+    let pending = tokens.begin_login(
+        "http://127.0.0.1:8888/callback",
+        &Scopes::parse("user-read-private user-read-email"),
+        false,
+    )?;
+    say(&format!(
+        "authorize URL: {}…",
+        &pending.url.as_str()[..pending.url.as_str().len().min(90)]
+    ));
+    spotoken::http::install_crypto_provider();
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let r = browser
+        .get(pending.url.clone())
+        .send()
+        .await
+        .map_err(|e| Error::Internal(format!("the emulator did not answer: {e}")))?;
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Error::Internal("no redirect from /authorize".into()))?
+        .to_owned();
+    say("redirected back with a code and our state; exchanging it with the PKCE verifier");
+    let login = tokens
+        .complete_login("default", &pending, &location)
+        .await?;
+    say(&format!(
+        "logged in as {} ({}), scopes granted: {}",
+        login.display_name.as_deref().unwrap_or("?"),
+        login.user_id.as_deref().unwrap_or("?"),
+        login.granted.to_wire()
+    ));
+    say("the refresh token is in SQLite, encrypted (XChaCha20-Poly1305), file mode 0600");
+
+    step(2, "Call the Web API");
+    let me: serde_json::Value = tokens.api("default").get("/v1/me").await?.json()?;
+    say(&format!(
+        "GET /v1/me -> {} <{}>",
+        me["display_name"],
+        me["email"].as_str().unwrap_or("")
+    ));
+
+    step(
+        3,
+        "An hour passes: the token expires and is refreshed silently (with rotation on)",
+    );
+    emu.update(|s| s.rotation = Rotation::RotateReuseDetection);
+    offset.fetch_add(3600, Ordering::SeqCst);
+    tokens.access_token("default").await?;
+    let c = emu.counters();
+    check(c.token_outcome("refresh_token", "ok") == 1, "one refresh")?;
+    say("access_token(\"default\") refreshed once; Spotify handed back a new refresh token,");
+    say("which was committed to disk before the new access token was returned");
+
+    step(4, "Another hour; 100 callers ask at the same moment");
+    emu.update(|s| s.token_latency_ms = 150);
+    offset.fetch_add(3600, Ordering::SeqCst);
+    let before = emu.counters().token_requests_for("refresh_token");
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let t = tokens.clone();
+        tasks.push(tokio::spawn(async move { t.access_token("default").await }));
+    }
+    let mut failures = 0;
+    for t in tasks {
+        if !matches!(t.await, Ok(Ok(_))) {
+            failures += 1;
+        }
+    }
+    let c = emu.counters();
+    let refreshes = c.token_requests_for("refresh_token") - before;
+    say(&format!(
+        "100 callers -> {refreshes} token request, {failures} failures, peak concurrent refreshes {}",
+        c.max_peak_concurrent_refreshes()
+    ));
+    check(
+        refreshes == 1 && failures == 0,
+        "100 concurrent callers cause exactly one refresh",
+    )?;
+    say("(a naive client would have sent 100 refreshes; with rotation and reuse detection,");
+    say(" the second one would have revoked the user's whole grant)");
+
+    step(5, "The user removes the app's access at Spotify");
+    emu.revoke(None);
+    offset.fetch_add(3600, Ordering::SeqCst);
+    match tokens.access_token("default").await {
+        Err(e) if e.kind() == spotoken::ErrorKind::AuthorizationNeeded => {
+            say(&format!("error (exit code {}): {e}", e.kind().exit_code()));
+            say("the account is flagged, not deleted; no further token requests until a new login");
+        }
+        other => {
+            return Err(Error::Internal(format!(
+                "expected an authorization-needed error, got {:?}",
+                other.map(|_| "a token")
+            )));
+        }
+    }
+    let status = tokens
+        .status("default")
+        .await?
+        .map(|s| s.state)
+        .unwrap_or_default();
+    check(status == "reauth_required", "the account is flagged")?;
+
+    crate::output::line(
+        "\nDone. With a real Spotify app: spotoken login --client-id YOUR_ID, then spotoken token.",
+    );
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! From raw options to resolved settings: command line, then environment, then
+//! `config.toml` under the home, then defaults (DESIGN.md's command-line
+//! contract). Parse first, then resolve; commands only see [`Resolved`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use spotoken::Error;
+use spotoken::core::endpoint::{SPOTIFY_ACCOUNTS_URL, SPOTIFY_API_URL};
+use spotoken::core::scope::Scopes;
+use spotoken::core::secret::ClientSecret;
+
+use crate::cli::{Global, Output};
+
+/// `config.toml`: every field optional.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The Spotify app's client id.
+    pub client_id: Option<String>,
+    /// Redirect URI registered with the app (login listens there).
+    pub redirect_uri: Option<String>,
+    /// Scopes to request at login, comma- or space-separated.
+    pub scopes: Option<String>,
+    /// Accounts service base URL.
+    pub accounts_url: Option<String>,
+    /// Web API base URL.
+    pub api_url: Option<String>,
+    /// RFC 7009 revocation endpoint, for providers that have one.
+    pub revocation_url: Option<String>,
+    /// Command the daemon runs when an account needs re-authorization.
+    pub notify_cmd: Option<String>,
+    /// Where the master key comes from: `file` (default) or `env`.
+    pub key_source: Option<String>,
+    /// The account used when `--account` is not given.
+    pub default_account: Option<String>,
+}
+
+/// Where the key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// The key file under the home (created on first use).
+    File,
+    /// `SPOTOKEN_MASTER_KEY` only.
+    Env,
+}
+
+/// Settings every command works from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Where config.toml is.
+    pub config_path: PathBuf,
+    /// The SQLite store.
+    pub store_path: PathBuf,
+    /// The key file.
+    pub key_path: PathBuf,
+    /// The account.
+    pub account: String,
+    /// The client id, if configured anywhere.
+    pub client_id: Option<String>,
+    /// The client secret (environment only).
+    pub client_secret: Option<ClientSecret>,
+    /// Accounts base URL.
+    pub accounts_url: String,
+    /// API base URL.
+    pub api_url: String,
+    /// Revocation endpoint.
+    pub revocation_url: Option<String>,
+    /// Configured redirect URI.
+    pub redirect_uri: Option<String>,
+    /// Configured login scopes.
+    pub scopes: Option<Scopes>,
+    /// Notify command.
+    pub notify_cmd: Option<String>,
+    /// Key source.
+    pub key_source: KeySource,
+    /// `SPOTOKEN_MASTER_KEY`, if set.
+    pub master_key_env: Option<String>,
+    /// Output format.
+    pub output: Output,
+    /// The parsed config file (for commands that rewrite it).
+    pub file: ConfigFile,
+}
+
+/// The platform's default home: `$XDG_DATA_HOME/spotoken` on Linux.
+fn default_home() -> Result<PathBuf, Error> {
+    directories::ProjectDirs::from("", "", "spotoken")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or_else(|| {
+            Error::Configuration(
+                "cannot find a home directory: set SPOTOKEN_HOME or pass --home".into(),
+            )
+        })
+}
+
+/// Reads `config.toml` if it exists.
+pub fn read_config(path: &Path) -> Result<ConfigFile, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text)
+            .map_err(|e| Error::Configuration(format!("{} is not valid: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Err(e) => Err(Error::Configuration(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes `config.toml` (0600, atomically).
+pub fn write_config(path: &Path, cfg: &ConfigFile) -> Result<(), Error> {
+    use std::io::Write as _;
+    let text = toml::to_string(cfg)
+        .map_err(|e| Error::Internal(format!("cannot serialize the config: {e}")))?;
+    if let Some(dir) = path.parent() {
+        spotoken::fs::private_dir(dir)?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    let io =
+        |e: std::io::Error| Error::Configuration(format!("cannot write {}: {e}", path.display()));
+    let mut f = spotoken::fs::create_private_file(&tmp).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(())
+}
+
+/// Resolves the global options.
+pub fn resolve(g: &Global) -> Result<Resolved, Error> {
+    let home = match &g.home {
+        Some(h) => h.clone(),
+        None => default_home()?,
+    };
+    let config_path = home.join("config.toml");
+    let file = read_config(&config_path)?;
+    let nonempty = |s: Option<String>| s.filter(|v| !v.trim().is_empty());
+    let account = nonempty(g.account.clone())
+        .or_else(|| nonempty(file.default_account.clone()))
+        .unwrap_or_else(|| "default".to_owned());
+    spotoken::account::validate_account_name(&account)?;
+    let key_source = match file.key_source.as_deref() {
+        None | Some("file") => KeySource::File,
+        Some("env") => KeySource::Env,
+        Some(other) => {
+            return Err(Error::Configuration(format!(
+                "key_source = '{other}' in {}: use 'file' or 'env'",
+                config_path.display()
+            )));
+        }
+    };
+    let scopes = file.scopes.as_deref().map(Scopes::parse);
+    Ok(Resolved {
+        store_path: home.join("tokens.db"),
+        key_path: home.join("master.key"),
+        config_path,
+        account,
+        client_id: nonempty(g.client_id.clone()).or_else(|| nonempty(file.client_id.clone())),
+        client_secret: nonempty(std::env::var("SPOTOKEN_CLIENT_SECRET").ok())
+            .map(ClientSecret::new),
+        accounts_url: nonempty(g.accounts_url.clone())
+            .or_else(|| nonempty(file.accounts_url.clone()))
+            .unwrap_or_else(|| SPOTIFY_ACCOUNTS_URL.to_owned()),
+        api_url: nonempty(g.api_url.clone())
+            .or_else(|| nonempty(file.api_url.clone()))
+            .unwrap_or_else(|| SPOTIFY_API_URL.to_owned()),
+        revocation_url: nonempty(file.revocation_url.clone()),
+        redirect_uri: nonempty(file.redirect_uri.clone()),
+        scopes,
+        notify_cmd: nonempty(file.notify_cmd.clone()),
+        key_source,
+        master_key_env: nonempty(std::env::var(spotoken::crypto::MASTER_KEY_ENV).ok()),
+        output: g.output,
+        file,
+    })
+}
+
+impl Resolved {
+    /// The key ring from the configured source.
+    pub fn key_ring(&self) -> Result<spotoken::crypto::KeyRing, Error> {
+        if self.key_source == KeySource::Env && self.master_key_env.is_none() {
+            return Err(Error::Configuration(format!(
+                "key_source = 'env' but {} is not set",
+                spotoken::crypto::MASTER_KEY_ENV
+            )));
+        }
+        spotoken::crypto::load_key_ring(&self.key_path, self.master_key_env.as_deref())
+    }
+
+    /// The engine over the SQLite store under the home.
+    pub fn tokens(&self) -> Result<spotoken::Tokens, Error> {
+        // After a login the store knows the client id, so later commands need no flag.
+        let stored = || {
+            spotoken::store::Sqlite::load_blocking(&self.store_path, &self.account)
+                .ok()
+                .flatten()
+                .map(|r| r.client_id)
+        };
+        let client_id = self.client_id.clone().or_else(stored).ok_or_else(|| {
+            Error::Configuration(
+                "no client id: pass --client-id, set SPOTOKEN_CLIENT_ID, or put client_id in config.toml".into(),
+            )
+        })?;
+        let mut provider =
+            spotoken::core::endpoint::Provider::spotify_like(&self.accounts_url, &self.api_url)?;
+        if let Some(r) = &self.revocation_url {
+            provider = provider.with_revocation(r)?;
+        }
+        let mut b = spotoken::Tokens::builder()
+            .client_id(client_id)
+            .provider(provider)
+            .store(spotoken::store::Sqlite::open(&self.store_path)?)
+            .keys(self.key_ring()?);
+        if let Some(s) = &self.client_secret {
+            b = b.client_secret(s.clone());
+        }
+        b.build()
+    }
+}
+
+impl Resolved {
+    /// The engine for commands that only manage stored rows (logout, rekey):
+    /// they work even when no client id is configured.
+    pub fn tokens_for_logout(&self) -> Result<spotoken::Tokens, Error> {
+        if self.client_id.is_some()
+            || spotoken::store::Sqlite::load_blocking(&self.store_path, &self.account)
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            return self.tokens();
+        }
+        let mut r = self.clone();
+        r.client_id = Some("unknown-client".into());
+        r.tokens()
+    }
+}
+
+/// Parses a duration option (`90`, `90s`, `5m`, `2h`).
+pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    spotoken::core::wait::parse_duration(s)
+}

@@ -1,0 +1,437 @@
+//! The real `spotoken` binary against the emulator, with a temporary home.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+
+use serde_json::Value;
+use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator, Endpoint, Failure, Rotation};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_spotoken");
+
+struct Env {
+    emu: Emulator,
+    home: tempfile::TempDir,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self {
+            emu: Emulator::start().await.expect("emulator"),
+            home: tempfile::tempdir().expect("tmp"),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SPOTOKEN_") || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        c.args(args)
+            .env("SPOTOKEN_HOME", self.home.path())
+            .env("SPOTOKEN_CLIENT_ID", DEFAULT_CLIENT_ID)
+            .env("SPOTOKEN_ACCOUNTS_URL", self.emu.url())
+            .env("SPOTOKEN_API_URL", self.emu.url())
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn run(&self, args: &[&str]) -> Out {
+        let o = self.cmd(args).output().await.expect("run spotoken");
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// `spotoken login --no-browser`, followed by a plain HTTP client as the
+    /// browser. `tamper` may change the callback URL before it is visited.
+    async fn login(&self, extra: &[&str], tamper: impl FnOnce(String) -> String) -> Out {
+        let mut args = vec!["login", "--no-browser", "--timeout", "30s"];
+        args.extend_from_slice(extra);
+        let mut child = self.cmd(&args).spawn().expect("spawn login");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut seen = String::new();
+        let url = loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read")
+                .expect("the URL is printed");
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("http") && line.contains("/authorize?") {
+                break line;
+            }
+        };
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let r = browser.get(&url).send().await.expect("authorize");
+        let location = r.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned();
+        // A stray favicon request must not disturb the listener.
+        let origin = url::Url::parse(&location).expect("url");
+        let favicon = format!(
+            "http://{}/favicon.ico",
+            origin
+                .host_str()
+                .zip(origin.port())
+                .map(|(h, p)| format!("{h}:{p}"))
+                .expect("host")
+        );
+        assert_eq!(
+            browser
+                .get(&favicon)
+                .send()
+                .await
+                .expect("favicon")
+                .status(),
+            404
+        );
+        let page = browser
+            .get(tamper(location))
+            .send()
+            .await
+            .expect("callback");
+        let page_text = page.text().await.unwrap_or_default();
+        let mut rest = String::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            rest.push_str(&l);
+            rest.push('\n');
+        }
+        let status = child.wait().await.expect("wait");
+        let mut stdout = String::new();
+        if let Some(mut so) = child.stdout.take() {
+            use tokio::io::AsyncReadExt as _;
+            so.read_to_string(&mut stdout).await.expect("stdout");
+        }
+        Out {
+            code: status.code().unwrap_or(-1),
+            stdout: format!("{stdout}{page_text}"),
+            stderr: format!("{seen}{rest}"),
+        }
+    }
+}
+
+fn refresh_tokens_seen(emu: &Emulator) -> Vec<String> {
+    emu.counters().refresh_token_uses.keys().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_token_status_logout_round_trip() {
+    let env = Env::new().await;
+    let out = env
+        .login(&["--scopes", "user-read-private,user-read-email"], |l| l)
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Logged in as Alice Emulated (alice)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("Logged in"),
+        "the browser is told: {}",
+        out.stdout
+    );
+
+    let token = env.run(&["token"]).await;
+    assert_eq!(token.code, 0, "{}", token.stderr);
+    let t = token.stdout.trim_end_matches('\n');
+    assert!(
+        t.starts_with("BQ") && !t.contains('\n'),
+        "only the token on stdout: {:?}",
+        token.stdout
+    );
+    assert_eq!(token.stdout, format!("{t}\n"));
+
+    let status = env.run(&["status", "--output", "json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let v: Value = serde_json::from_str(&status.stdout).expect("status is JSON");
+    let a = &v["accounts"][0];
+    assert_eq!(a["account"], "default");
+    assert_eq!(a["user_id"], "alice");
+    assert_eq!(a["state"], "active");
+    for field in [
+        "scopes",
+        "access_expires_at",
+        "authorized_at",
+        "refresh_token_seconds_left",
+        "last_refresh",
+    ] {
+        assert!(a.get(field).is_some(), "status has {field}");
+    }
+    let me = env.run(&["api", "/v1/me"]).await;
+    assert_eq!(me.code, 0, "{}", me.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&me.stdout).expect("json")["id"],
+        "alice"
+    );
+
+    let logout = env.run(&["logout"]).await;
+    assert_eq!(logout.code, 0);
+    assert!(
+        logout
+            .stderr
+            .contains("https://www.spotify.com/account/apps/")
+    );
+    let after = env.run(&["token"]).await;
+    assert_eq!(after.code, 3, "{}", after.stderr);
+    assert!(after.stderr.contains("spotoken login"), "{}", after.stderr);
+    assert!(after.stdout.is_empty());
+
+    // A trace-level log of the whole session holds no token.
+    let mut all_logs = out.stderr.clone();
+    for o in [&token, &status, &me, &logout, &after] {
+        all_logs.push_str(&o.stderr);
+    }
+    assert!(
+        all_logs.contains("TRACE") || all_logs.contains("DEBUG"),
+        "logs were captured at trace level"
+    );
+    assert!(!all_logs.contains(t), "the access token leaked into logs");
+    for rt in refresh_tokens_seen(&env.emu) {
+        assert!(!all_logs.contains(&rt), "a refresh token leaked into logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_with_the_wrong_state_is_refused_and_stores_nothing() {
+    let env = Env::new().await;
+    let out = env
+        .login(&[], |loc| {
+            let mut u = url::Url::parse(&loc).expect("url");
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let forged = k == "state";
+                    (
+                        k.into_owned(),
+                        if forged {
+                            "forged".into()
+                        } else {
+                            v.into_owned()
+                        },
+                    )
+                })
+                .collect();
+            u.query_pairs_mut().clear().extend_pairs(pairs);
+            u.to_string()
+        })
+        .await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("state"), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("Login failed"),
+        "the browser is told: {}",
+        out.stdout
+    );
+    assert_eq!(env.run(&["token"]).await.code, 3, "nothing was stored");
+    assert_eq!(
+        env.emu.counters().token_requests_for("authorization_code"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_processes_after_expiry_make_one_refresh() {
+    let env = Env::new().await;
+    env.emu.update(|s| {
+        s.rotation = Rotation::RotateReuseDetection;
+        s.access_token_lifetime_secs = 600;
+    });
+    assert_eq!(env.login(&[], |l| l).await.code, 0);
+    env.emu.update(|s| s.token_latency_ms = 100);
+    // Every process wants 15 minutes of validity: the stored token (10 min) is stale for all.
+    let mut children = Vec::new();
+    for _ in 0..16 {
+        children.push(
+            env.cmd(&["token", "--min-valid", "15m"])
+                .spawn()
+                .expect("spawn"),
+        );
+    }
+    let mut outputs = Vec::new();
+    for c in children {
+        let o = c.wait_with_output().await.expect("wait");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outputs.push(String::from_utf8_lossy(&o.stdout).into_owned());
+    }
+    let c = env.emu.counters();
+    assert_eq!(
+        c.token_requests_for("refresh_token"),
+        1,
+        "one refresh for 16 processes"
+    );
+    assert_eq!(c.token_outcome("refresh_token", "invalid_grant"), 0);
+    let first = &outputs[0];
+    assert!(outputs.iter().all(|o| o == first), "16 identical tokens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_match_their_situations() {
+    let env = Env::new().await;
+    // 2: usage.
+    assert_eq!(env.run(&["token", "--min-valid", "soon"]).await.code, 2);
+    assert_eq!(env.run(&["no-such-command"]).await.code, 2);
+    // 2: configuration (no client id anywhere).
+    let mut c = env.cmd(&["token"]);
+    c.env_remove("SPOTOKEN_CLIENT_ID");
+    let o = c.output().await.expect("run");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // 2: plain http to a non-loopback host.
+    let mut c = env.cmd(&["token"]);
+    c.env("SPOTOKEN_ACCOUNTS_URL", "http://accounts.example.com");
+    assert_eq!(c.output().await.expect("run").status.code(), Some(2));
+    // 3: not logged in.
+    assert_eq!(env.run(&["token"]).await.code, 3);
+    assert_eq!(env.run(&["status"]).await.code, 3);
+
+    assert_eq!(env.login(&[], |l| l).await.code, 0);
+    // 5: insufficient scope, naming it.
+    let o = env.run(&["api", "/v1/me/playlists"]).await;
+    assert_eq!(o.code, 5, "{}", o.stderr);
+    assert!(o.stderr.contains("playlist-read-private"), "{}", o.stderr);
+    // 4: temporary failure after retries.
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        status: 503,
+        times: 100,
+        ..Failure::default()
+    });
+    let o = env.run(&["refresh"]).await;
+    assert_eq!(o.code, 4, "{}", o.stderr);
+    let _ = reqwest::Client::new()
+        .delete(format!("{}/_emulator/failures", env.emu.url()))
+        .send()
+        .await;
+    // 4: rate limited for hours: immediate, naming the wait.
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Api,
+        status: 429,
+        headers: [("Retry-After".to_owned(), "7980".to_owned())].into(),
+        ..Failure::default()
+    });
+    let o = env.run(&["api", "/v1/me"]).await;
+    assert_eq!(o.code, 4, "{}", o.stderr);
+    assert!(o.stderr.contains("2 h 13 min"), "{}", o.stderr);
+    // 1: the provider answers nonsense.
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        status: 200,
+        text: Some("<html>not a token</html>".into()),
+        ..Failure::default()
+    });
+    let o = env.run(&["refresh"]).await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    // 3: revoked.
+    env.emu.revoke(None);
+    let o = env.run(&["refresh"]).await;
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(o.stderr.contains("Refresh token revoked"), "{}", o.stderr);
+    let status = env.run(&["status", "--output", "json"]).await;
+    assert_eq!(status.code, 3);
+    let v: Value = serde_json::from_str(&status.stdout).expect("json");
+    assert_eq!(v["accounts"][0]["state"], "reauth_required");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_notifies_once_when_an_account_needs_a_login() {
+    let env = Env::new().await;
+    assert_eq!(env.login(&[], |l| l).await.code, 0);
+    env.emu.update(|s| s.access_token_lifetime_secs = 60);
+    // Refresh so the stored token is short-lived, then revoke.
+    assert_eq!(env.run(&["refresh"]).await.code, 0);
+    env.emu.revoke(None);
+    let marker = env.home.path().join("notified");
+    let cmd = format!("echo \"$1|$SPOTOKEN_REASON|$3\" >> {}", marker.display());
+    let o = env
+        .run(&["daemon", "--once", "--margin", "5m", "--notify-cmd", &cmd])
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let text = std::fs::read_to_string(&marker).expect("the notify command ran");
+    assert_eq!(text.lines().count(), 1);
+    assert!(text.starts_with("default|"), "{text}");
+    assert!(text.contains("spotoken login --account default"), "{text}");
+    assert!(text.contains("revoked"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_refreshes_tokens_ahead_of_expiry() {
+    let env = Env::new().await;
+    env.emu.update(|s| s.access_token_lifetime_secs = 120);
+    assert_eq!(env.login(&[], |l| l).await.code, 0);
+    let o = env
+        .run(&["daemon", "--once", "--margin", "5m", "--jitter", "0"])
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 1);
+}
+
+#[tokio::test]
+async fn demo_runs_with_no_configuration() {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPOTOKEN_") {
+            c.env_remove(k);
+        }
+    }
+    let home = tempfile::tempdir().expect("tmp");
+    let o = c
+        .arg("demo")
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", home.path())
+        .output()
+        .await
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("100 callers -> 1 token request, 0 failures"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn completions_and_accounts() {
+    let env = Env::new().await;
+    let o = env.run(&["completions", "bash"]).await;
+    assert_eq!(o.code, 0);
+    assert!(o.stdout.contains("spotoken"));
+    let o = env.run(&["accounts", "--set-default", "work"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let cfg = std::fs::read_to_string(env.home.path().join("config.toml")).expect("config");
+    assert!(cfg.contains("default_account = \"work\""), "{cfg}");
+    let o = env.run(&["accounts", "--output", "json"]).await;
+    let v: HashMap<String, Value> = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["default_account"], "work");
+}
