@@ -120,3 +120,75 @@ pub struct AccountsArgs {
     #[arg(long, value_name = "NAME")]
     pub set_default: Option<String>,
 }
+
+/// Recognizes the common `spotoken token [--min-valid D] [--account A]
+/// [--output text|json] [--home DIR]` without building clap's command tree
+/// (the environment fallbacks apply as with clap). Anything else, including
+/// anything unusual, returns `None` and goes through clap.
+pub fn quick_token_args(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<(Global, TokenArgs)> {
+    if args.next()?.to_str()? != "token" {
+        return None;
+    }
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let mut g = Global {
+        home: env("SPOTOKEN_HOME").map(PathBuf::from),
+        account: env("SPOTOKEN_ACCOUNT").and_then(|v| v.into_string().ok()),
+        client_id: env("SPOTOKEN_CLIENT_ID").and_then(|v| v.into_string().ok()),
+        accounts_url: env("SPOTOKEN_ACCOUNTS_URL").and_then(|v| v.into_string().ok()),
+        api_url: env("SPOTOKEN_API_URL").and_then(|v| v.into_string().ok()),
+        output: Output::Text,
+        verbose: 0,
+    };
+    let mut t = TokenArgs {
+        min_valid: Duration::from_secs(300),
+    };
+    while let Some(flag) = args.next() {
+        let flag = flag.into_string().ok()?;
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+            None => (flag, None),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => args.next()?.into_string().ok()?,
+        };
+        match name.as_str() {
+            "--min-valid" => t.min_valid = parse_duration_arg(&value).ok()?,
+            "--account" => g.account = Some(value),
+            "--home" => g.home = Some(PathBuf::from(value)),
+            "--client-id" => g.client_id = Some(value),
+            "--output" if value == "json" => g.output = Output::Json,
+            "--output" if value == "text" => g.output = Output::Text,
+            _ => return None,
+        }
+    }
+    Some((g, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick(args: &[&str]) -> Option<(Global, TokenArgs)> {
+        quick_token_args(args.iter().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn quick_parser_takes_the_common_forms_and_nothing_else() {
+        let (g, t) = quick(&["token", "--min-valid", "15m", "--account=work", "--output", "json"]).expect("quick");
+        assert_eq!(t.min_valid, Duration::from_secs(900));
+        assert_eq!(g.account.as_deref(), Some("work"));
+        assert_eq!(g.output, Output::Json);
+        assert!(quick(&["token", "-v"]).is_none());
+        assert!(quick(&["token", "--min-valid"]).is_none());
+        assert!(quick(&["token", "--min-valid", "soon"]).is_none(), "clap reports the error");
+        assert!(quick(&["status"]).is_none());
+        assert!(quick(&["token", "--help"]).is_none());
+    }
+
+    #[test]
+    fn clap_definition_is_valid() {
+        use clap::CommandFactory as _;
+        Args::command().debug_assert();
+    }
+}

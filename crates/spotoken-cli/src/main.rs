@@ -14,15 +14,16 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
-    init_logging(args.global.verbose);
-    // `spotoken token` with a fresh cached token answers without an async
-    // runtime, without migrations and without the network.
-    if let cli::Command::Token(t) = &args.command
-        && let Some(code) = commands::token::fast_path(&args.global, t)
+    // `spotoken token` with a fresh cached token answers before clap, logging,
+    // an async runtime, migrations or the network: it is called from scripts
+    // in loops, so it must cost little more than starting a process.
+    if let Some((global, token_args)) = cli::quick_token_args(std::env::args_os().skip(1))
+        && let Some(code) = commands::token::fast_path(&global, &token_args)
     {
         return ExitCode::from(code);
     }
+    let args = cli::Args::parse();
+    init_logging(args.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
