@@ -17,15 +17,29 @@ fn main() {
     if target != host || !target.ends_with("linux-gnu") {
         return;
     }
-    let Ok(out_dir) = std::env::var("OUT_DIR") else { return };
+    let Ok(out_dir) = std::env::var("OUT_DIR") else {
+        return;
+    };
     let src = format!("{out_dir}/relr_probe.c");
     let exe = format!("{out_dir}/relr_probe");
-    if std::fs::write(&src, "static const char *p = \"x\"; int main(void) { return p[0] == 'x' ? 0 : 1; }\n").is_err() {
+    if std::fs::write(
+        &src,
+        "static const char *p = \"x\"; int main(void) { return p[0] == 'x' ? 0 : 1; }\n",
+    )
+    .is_err()
+    {
         return;
     }
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let linked = Command::new(&cc)
-        .args(["-fPIE", "-pie", &src, "-o", &exe, "-Wl,-z,pack-relative-relocs"])
+        .args([
+            "-fPIE",
+            "-pie",
+            &src,
+            "-o",
+            &exe,
+            "-Wl,-z,pack-relative-relocs",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     let runs = linked && Command::new(&exe).status().is_ok_and(|s| s.success());

@@ -27,7 +27,10 @@ use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let all = which == "all";
     if all || which == "cached" {
         rt.block_on(cached())?;
@@ -49,10 +52,17 @@ async fn logged_in(emu: &Emulator, home: &Path, offset: Arc<AtomicI64>) -> Resul
         .client_id(DEFAULT_CLIENT_ID)
         .provider(Provider::spotify_like(&emu.url(), &emu.url())?)
         .store(Sqlite::open(home.join("tokens.db"))?)
-        .keys(spotoken::crypto::load_key_ring(&home.join("master.key"), None)?)
+        .keys(spotoken::crypto::load_key_ring(
+            &home.join("master.key"),
+            None,
+        )?)
         .clock(move || unix_now() + offset.load(Ordering::Relaxed))
         .build()?;
-    let pending = tokens.begin_login("http://127.0.0.1:8888/callback", &Scopes::parse("user-read-private"), false)?;
+    let pending = tokens.begin_login(
+        "http://127.0.0.1:8888/callback",
+        &Scopes::parse("user-read-private"),
+        false,
+    )?;
     spotoken::http::install_crypto_provider();
     let r = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -78,7 +88,8 @@ async fn cached() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let tokens = logged_in(&emu, dir.path(), Arc::new(AtomicI64::new(0))).await?;
     tokens.access_token("default").await?;
-    let floor: Mutex<HashMap<String, String>> = Mutex::new(HashMap::from([("default".into(), "BQ".repeat(60))]));
+    let floor: Mutex<HashMap<String, String>> =
+        Mutex::new(HashMap::from([("default".into(), "BQ".repeat(60))]));
     const N: u32 = 2_000_000;
     let mut best = (f64::MAX, f64::MAX);
     for _ in 0..5 {
@@ -90,7 +101,11 @@ async fn cached() -> Result<(), Box<dyn std::error::Error>> {
         let ours = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..N {
-            let v = floor.lock().map_err(|_| "poisoned")?.get("default").cloned();
+            let v = floor
+                .lock()
+                .map_err(|_| "poisoned")?
+                .get("default")
+                .cloned();
             std::hint::black_box(v);
         }
         let base = t.elapsed().as_secs_f64();
@@ -128,14 +143,22 @@ fn row(account: &str) -> Row {
 /// One rotation as the engine commits it: lock, re-read, write, release.
 async fn rotate(store: &Arc<dyn TokenStore>, account: &str) -> Result<(), Error> {
     let mut lock = store.lock(account).await?;
-    let mut r = lock.load().await?.ok_or_else(|| Error::Internal("missing".into()))?;
+    let mut r = lock
+        .load()
+        .await?
+        .ok_or_else(|| Error::Internal("missing".into()))?;
     r.refresh_token[0] = r.refresh_token[0].wrapping_add(1);
     r.access_expires_at = unix_now() + 3600;
-    lock.update(r).await?.ok_or_else(|| Error::Internal("conflict".into()))?;
+    lock.update(r)
+        .await?
+        .ok_or_else(|| Error::Internal("conflict".into()))?;
     lock.release().await
 }
 
-async fn rotations_on(name: &str, store: Arc<dyn TokenStore>) -> Result<(), Box<dyn std::error::Error>> {
+async fn rotations_on(
+    name: &str,
+    store: Arc<dyn TokenStore>,
+) -> Result<(), Box<dyn std::error::Error>> {
     const ACCOUNTS: usize = 256;
     for i in 0..ACCOUNTS {
         store.upsert(row(&format!("acct{i}"))).await?;
@@ -154,7 +177,9 @@ async fn rotations_on(name: &str, store: Arc<dyn TokenStore>) -> Result<(), Box<
         let mut tasks = Vec::new();
         for i in 0..ACCOUNTS {
             let s = store.clone();
-            tasks.push(tokio::spawn(async move { rotate(&s, &format!("acct{i}")).await }));
+            tasks.push(tokio::spawn(async move {
+                rotate(&s, &format!("acct{i}")).await
+            }));
         }
         for t in tasks {
             t.await??;
@@ -170,15 +195,25 @@ async fn rotations_on(name: &str, store: Arc<dyn TokenStore>) -> Result<(), Box<
 
 async fn rotations() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    rotations_on("SQLite (WAL, synchronous=FULL)", Arc::new(Sqlite::open(dir.path().join("r.db"))?)).await?;
+    rotations_on(
+        "SQLite (WAL, synchronous=FULL)",
+        Arc::new(Sqlite::open(dir.path().join("r.db"))?),
+    )
+    .await?;
     match std::env::var("SPOTOKEN_TEST_DATABASE_URL") {
         Ok(url) => {
             let schema = format!("spotoken_bench_{}", std::process::id());
             let pg = spotoken::store::Postgres::connect_in_schema(&url, Some(&schema)).await?;
             rotations_on("PostgreSQL", Arc::new(pg)).await?;
-            let _ = Command::new("psql").arg(&url).arg("-c").arg(format!("DROP SCHEMA {schema} CASCADE")).output();
+            let _ = Command::new("psql")
+                .arg(&url)
+                .arg("-c")
+                .arg(format!("DROP SCHEMA {schema} CASCADE"))
+                .output();
         }
-        Err(_) => println!("durable rotations on PostgreSQL: skipped (SPOTOKEN_TEST_DATABASE_URL unset)"),
+        Err(_) => {
+            println!("durable rotations on PostgreSQL: skipped (SPOTOKEN_TEST_DATABASE_URL unset)")
+        }
     }
     Ok(())
 }
@@ -207,7 +242,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 async fn cli() -> Result<(), Box<dyn std::error::Error>> {
     let bin = spotoken_bin();
     if !bin.exists() {
-        return Err(format!("{} not found: cargo build --release -p spotoken-cli first", bin.display()).into());
+        return Err(format!(
+            "{} not found: cargo build --release -p spotoken-cli first",
+            bin.display()
+        )
+        .into());
     }
     let emu = Emulator::start().await?;
     let dir = tempfile::tempdir()?;

@@ -125,7 +125,9 @@ pub struct AccountsArgs {
 /// [--output text|json] [--home DIR]` without building clap's command tree
 /// (the environment fallbacks apply as with clap). Anything else, including
 /// anything unusual, returns `None` and goes through clap.
-pub fn quick_token_args(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<(Global, TokenArgs)> {
+pub fn quick_token_args(
+    mut args: impl Iterator<Item = std::ffi::OsString>,
+) -> Option<(Global, TokenArgs)> {
     if args.next()?.to_str()? != "token" {
         return None;
     }
@@ -175,13 +177,24 @@ mod tests {
 
     #[test]
     fn quick_parser_takes_the_common_forms_and_nothing_else() {
-        let (g, t) = quick(&["token", "--min-valid", "15m", "--account=work", "--output", "json"]).expect("quick");
+        let (g, t) = quick(&[
+            "token",
+            "--min-valid",
+            "15m",
+            "--account=work",
+            "--output",
+            "json",
+        ])
+        .expect("quick");
         assert_eq!(t.min_valid, Duration::from_secs(900));
         assert_eq!(g.account.as_deref(), Some("work"));
         assert_eq!(g.output, Output::Json);
         assert!(quick(&["token", "-v"]).is_none());
         assert!(quick(&["token", "--min-valid"]).is_none());
-        assert!(quick(&["token", "--min-valid", "soon"]).is_none(), "clap reports the error");
+        assert!(
+            quick(&["token", "--min-valid", "soon"]).is_none(),
+            "clap reports the error"
+        );
         assert!(quick(&["status"]).is_none());
         assert!(quick(&["token", "--help"]).is_none());
     }
