@@ -133,6 +133,19 @@ impl Env {
     }
 }
 
+/// Makes the stored account look an hour old with a minute left on its token
+/// (the binary's clock cannot be moved, so the row is).
+async fn age_account(env: &Env) {
+    use spotoken::store::TokenStore as _;
+    let store = spotoken::store::Sqlite::open(env.home.path().join("tokens.db")).expect("store");
+    let mut row = store.load("default").await.expect("load").expect("row");
+    let now = spotoken::store::unix_now();
+    row.authorized_at = now - 3600;
+    row.last_refresh = Some(now - 3540);
+    row.access_expires_at = now + 60;
+    store.update(row).await.expect("update").expect("written");
+}
+
 fn refresh_tokens_seen(emu: &Emulator) -> Vec<String> {
     emu.counters().refresh_token_uses.keys().cloned().collect()
 }
@@ -261,8 +274,10 @@ async fn sixteen_processes_after_expiry_make_one_refresh() {
         s.access_token_lifetime_secs = 600;
     });
     assert_eq!(env.login(&[], |l| l).await.code, 0);
+    age_account(&env).await;
     env.emu.update(|s| s.token_latency_ms = 100);
-    // Every process wants 15 minutes of validity: the stored token (10 min) is stale for all.
+    // Every process wants 15 minutes of validity: the stored token (1 min) is
+    // stale for all; the new one (10 min) is as fresh as a refresh can make it.
     let mut children = Vec::new();
     for _ in 0..16 {
         children.push(
@@ -364,9 +379,7 @@ async fn exit_codes_match_their_situations() {
 async fn daemon_notifies_once_when_an_account_needs_a_login() {
     let env = Env::new().await;
     assert_eq!(env.login(&[], |l| l).await.code, 0);
-    env.emu.update(|s| s.access_token_lifetime_secs = 60);
-    // Refresh so the stored token is short-lived, then revoke.
-    assert_eq!(env.run(&["refresh"]).await.code, 0);
+    age_account(&env).await;
     env.emu.revoke(None);
     let marker = env.home.path().join("notified");
     let cmd = format!("echo \"$1|$SPOTOKEN_REASON|$3\" >> {}", marker.display());
@@ -384,8 +397,8 @@ async fn daemon_notifies_once_when_an_account_needs_a_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_refreshes_tokens_ahead_of_expiry() {
     let env = Env::new().await;
-    env.emu.update(|s| s.access_token_lifetime_secs = 120);
     assert_eq!(env.login(&[], |l| l).await.code, 0);
+    age_account(&env).await;
     let o = env
         .run(&["daemon", "--once", "--margin", "5m", "--jitter", "0"])
         .await;

@@ -52,6 +52,10 @@ struct Cached {
     generation: u64,
 }
 
+/// A token this recent is never refreshed again to satisfy a `min_valid`
+/// longer than the provider's lifetime.
+const JUST_OBTAINED_SECS: i64 = 30;
+
 /// The engine's idea of "now" in unix seconds (injectable for tests).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -341,7 +345,15 @@ impl Tokens {
         let Some(sealed) = &row.access_token else {
             return Ok(None);
         };
-        if freshness::freshness(row.access_expires_at, self.now(), min_valid) != Freshness::Fresh {
+        let now = self.now();
+        let fresh = freshness::freshness(row.access_expires_at, now, min_valid) == Freshness::Fresh;
+        // A token obtained moments ago is as fresh as a refresh can make it: when
+        // the provider's lifetime is shorter than the caller's `min_valid`,
+        // refreshing again would burn a request (and a rotation) for nothing.
+        let obtained_at = row.last_refresh.unwrap_or(row.authorized_at);
+        let just_obtained =
+            now.saturating_sub(obtained_at) < JUST_OBTAINED_SECS && row.access_expires_at > now;
+        if !fresh && !just_obtained {
             return Ok(None);
         }
         let plain = self

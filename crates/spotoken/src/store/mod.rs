@@ -12,6 +12,7 @@
 //! durably before releasing. SQLite implements it with a per-account file lock,
 //! PostgreSQL with a transaction-scoped advisory lock.
 
+pub mod sessions;
 pub mod sqlite;
 
 #[cfg(feature = "postgres")]
@@ -22,6 +23,7 @@ use spotoken_core::scope::Scopes;
 
 use crate::Error;
 
+pub use sessions::{PendingRecord, SessionRecord, SessionStore};
 pub use sqlite::Sqlite;
 
 #[cfg(feature = "postgres")]

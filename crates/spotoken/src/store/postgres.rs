@@ -17,7 +17,8 @@ use tokio_postgres::NoTls;
 use super::{AccountLock, Row, TokenStore, unix_now};
 use crate::Error;
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE spotoken_accounts (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE spotoken_accounts (
         account TEXT PRIMARY KEY,
         client_id TEXT NOT NULL,
         user_id TEXT,
@@ -32,7 +33,22 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE spotoken_accounts (
         state_reason TEXT,
         version BIGINT NOT NULL DEFAULT 1,
         updated_at BIGINT NOT NULL
-    )"];
+    )",
+    "CREATE TABLE spotoken_sessions (
+        id_hash BYTEA PRIMARY KEY,
+        account TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX spotoken_sessions_expiry ON spotoken_sessions (expires_at);
+    CREATE TABLE spotoken_pending_logins (
+        state_hash BYTEA PRIMARY KEY,
+        binding_hash BYTEA NOT NULL,
+        sealed BYTEA NOT NULL,
+        return_to TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    )",
+];
 
 const COLUMNS: &str = "account, client_id, user_id, display_name, scopes, authorized_at, access_token, \
      access_expires_at, refresh_token, last_refresh, state, state_reason, version, updated_at";
@@ -341,6 +357,139 @@ impl TokenStore for Postgres {
     }
 }
 
+fn session_from_pg(r: &tokio_postgres::Row) -> super::sessions::SessionRecord {
+    super::sessions::SessionRecord {
+        id_hash: r.get(0),
+        account: r.get(1),
+        created_at: r.get(2),
+        expires_at: r.get(3),
+    }
+}
+
+#[async_trait]
+impl super::sessions::SessionStore for Postgres {
+    async fn put_session(&self, s: super::sessions::SessionRecord) -> Result<(), Error> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO spotoken_sessions (id_hash, account, created_at, expires_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id_hash) DO UPDATE SET account = EXCLUDED.account, created_at = EXCLUDED.created_at,
+                   expires_at = EXCLUDED.expires_at",
+                &[&s.id_hash, &s.account, &s.created_at, &s.expires_at],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn get_session(
+        &self,
+        id_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<super::sessions::SessionRecord>, Error> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id_hash, account, created_at, expires_at FROM spotoken_sessions WHERE id_hash = $1 AND expires_at > $2",
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(client
+            .query_opt(&stmt, &[&id_hash, &now])
+            .await
+            .map_err(pg_err)?
+            .as_ref()
+            .map(session_from_pg))
+    }
+
+    async fn delete_session(
+        &self,
+        id_hash: &[u8],
+    ) -> Result<Option<super::sessions::SessionRecord>, Error> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt(
+                "DELETE FROM spotoken_sessions WHERE id_hash = $1 RETURNING id_hash, account, created_at, expires_at",
+                &[&id_hash],
+            )
+            .await
+            .map_err(pg_err)?
+            .as_ref()
+            .map(session_from_pg))
+    }
+
+    async fn put_pending(&self, p: super::sessions::PendingRecord) -> Result<(), Error> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO spotoken_pending_logins (state_hash, binding_hash, sealed, return_to, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&p.state_hash, &p.binding_hash, &p.sealed, &p.return_to, &p.expires_at],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn take_pending(
+        &self,
+        state_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<super::sessions::PendingRecord>, Error> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "DELETE FROM spotoken_pending_logins WHERE state_hash = $1
+                 RETURNING state_hash, binding_hash, sealed, return_to, expires_at",
+                &[&state_hash],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row
+            .map(|r| super::sessions::PendingRecord {
+                state_hash: r.get(0),
+                binding_hash: r.get(1),
+                sealed: r.get(2),
+                return_to: r.get(3),
+                expires_at: r.get(4),
+            })
+            .filter(|p| p.expires_at > now))
+    }
+
+    async fn session_accounts(&self, now: i64) -> Result<Vec<String>, Error> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT account FROM spotoken_sessions WHERE expires_at > $1 ORDER BY account",
+                &[&now],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<Vec<String>, Error> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "DELETE FROM spotoken_sessions WHERE expires_at <= $1 RETURNING account",
+                &[&now],
+            )
+            .await
+            .map_err(pg_err)?;
+        client
+            .execute(
+                "DELETE FROM spotoken_pending_logins WHERE expires_at <= $1",
+                &[&now],
+            )
+            .await
+            .map_err(pg_err)?;
+        let mut accounts: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        accounts.sort();
+        Ok(accounts)
+    }
+}
+
 struct PgLock {
     client: Option<deadpool_postgres::Object>,
     account: String,
@@ -432,6 +581,23 @@ mod tests {
         suite::run_all(Arc::new(store.clone())).await;
         let client = store.client().await.expect("client");
         client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .expect("cleanup");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_passes_the_session_suite() {
+        let Some(url) = test_url() else { return };
+        let schema = fresh_schema("sessions");
+        let store = Postgres::connect_in_schema(&url, Some(&schema))
+            .await
+            .expect("connect");
+        crate::store::sessions::suite::run_all(&store).await;
+        store
+            .client()
+            .await
+            .expect("client")
             .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
             .await
             .expect("cleanup");

@@ -24,7 +24,7 @@ use super::{AccountLock, Row, TokenStore, unix_now};
 use crate::Error;
 
 /// Schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATIONS: &[&str] = &[
     // 1: accounts
@@ -43,6 +43,21 @@ const MIGRATIONS: &[&str] = &[
         state_reason TEXT,
         version INTEGER NOT NULL DEFAULT 1,
         updated_at INTEGER NOT NULL
+    ) STRICT;",
+    // 2: browser sessions and pending logins (spotoken serve)
+    "CREATE TABLE sessions (
+        id_hash BLOB PRIMARY KEY,
+        account TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX sessions_expiry ON sessions (expires_at);
+    CREATE TABLE pending_logins (
+        state_hash BLOB PRIMARY KEY,
+        binding_hash BLOB NOT NULL,
+        sealed BLOB NOT NULL,
+        return_to TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
     ) STRICT;",
 ];
 
@@ -431,6 +446,140 @@ impl TokenStore for Sqlite {
     }
 }
 
+#[async_trait]
+impl super::sessions::SessionStore for Sqlite {
+    async fn put_session(&self, s: super::sessions::SessionRecord) -> Result<(), Error> {
+        let path = self.inner.path.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO sessions (id_hash, account, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![s.id_hash, s.account, s.created_at, s.expires_at],
+            )
+            .map(|_| ())
+            .map_err(db_err(&path))
+        })
+        .await
+    }
+
+    async fn get_session(
+        &self,
+        id_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<super::sessions::SessionRecord>, Error> {
+        let id_hash = id_hash.to_vec();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id_hash, account, created_at, expires_at FROM sessions WHERE id_hash = ?1 AND expires_at > ?2",
+            )?
+            .query_row(params![id_hash, now], session_from_sql)
+            .optional()
+        })
+        .await
+    }
+
+    async fn delete_session(
+        &self,
+        id_hash: &[u8],
+    ) -> Result<Option<super::sessions::SessionRecord>, Error> {
+        let id_hash = id_hash.to_vec();
+        let path = self.inner.path.clone();
+        self.write(move |c| {
+            let found = c
+                .query_row(
+                    "SELECT id_hash, account, created_at, expires_at FROM sessions WHERE id_hash = ?1",
+                    [&id_hash],
+                    session_from_sql,
+                )
+                .optional()
+                .map_err(db_err(&path))?;
+            c.execute("DELETE FROM sessions WHERE id_hash = ?1", [&id_hash])
+                .map_err(db_err(&path))?;
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn put_pending(&self, p: super::sessions::PendingRecord) -> Result<(), Error> {
+        let path = self.inner.path.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO pending_logins (state_hash, binding_hash, sealed, return_to, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![p.state_hash, p.binding_hash, p.sealed, p.return_to, p.expires_at],
+            )
+            .map(|_| ())
+            .map_err(db_err(&path))
+        })
+        .await
+    }
+
+    async fn take_pending(
+        &self,
+        state_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<super::sessions::PendingRecord>, Error> {
+        let state_hash = state_hash.to_vec();
+        let path = self.inner.path.clone();
+        self.write(move |c| {
+            let found = c
+                .query_row(
+                    "SELECT state_hash, binding_hash, sealed, return_to, expires_at FROM pending_logins WHERE state_hash = ?1",
+                    [&state_hash],
+                    |r| {
+                        Ok(super::sessions::PendingRecord {
+                            state_hash: r.get(0)?,
+                            binding_hash: r.get(1)?,
+                            sealed: r.get(2)?,
+                            return_to: r.get(3)?,
+                            expires_at: r.get(4)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(db_err(&path))?;
+            c.execute("DELETE FROM pending_logins WHERE state_hash = ?1", [&state_hash])
+                .map_err(db_err(&path))?;
+            Ok(found.filter(|p| p.expires_at > now))
+        })
+        .await
+    }
+
+    async fn session_accounts(&self, now: i64) -> Result<Vec<String>, Error> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT DISTINCT account FROM sessions WHERE expires_at > ?1 ORDER BY account",
+            )?;
+            stmt.query_map([now], |r| r.get(0))?.collect()
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<Vec<String>, Error> {
+        let path = self.inner.path.clone();
+        self.write(move |c| {
+            let accounts: Vec<String> = c
+                .prepare("SELECT account FROM sessions WHERE expires_at <= ?1 ORDER BY account")
+                .and_then(|mut s| s.query_map([now], |r| r.get(0))?.collect())
+                .map_err(db_err(&path))?;
+            c.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])
+                .map_err(db_err(&path))?;
+            c.execute("DELETE FROM pending_logins WHERE expires_at <= ?1", [now])
+                .map_err(db_err(&path))?;
+            Ok(accounts)
+        })
+        .await
+    }
+}
+
+fn session_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<super::sessions::SessionRecord> {
+    Ok(super::sessions::SessionRecord {
+        id_hash: r.get(0)?,
+        account: r.get(1)?,
+        created_at: r.get(2)?,
+        expires_at: r.get(3)?,
+    })
+}
+
 struct SqliteLock {
     store: Sqlite,
     account: String,
@@ -463,6 +612,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Sqlite::open(dir.path().join("store").join("tokens.db")).expect("open");
         suite::run_all(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_passes_the_session_suite() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Sqlite::open(dir.path().join("tokens.db")).expect("open");
+        crate::store::sessions::suite::run_all(&store).await;
     }
 
     #[tokio::test]
