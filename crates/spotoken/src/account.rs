@@ -143,7 +143,48 @@ pub struct LogoutOutcome {
     pub remove_access_at: Option<String>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingParts {
+    url: String,
+    redirect_uri: String,
+    requested: Scopes,
+    state: String,
+    verifier: String,
+}
+
 impl Tokens {
+    /// Seals a pending login for storage between the redirect and the callback
+    /// (a server keeps it in its database so any instance can finish it). The
+    /// ciphertext is bound to the login's `state`.
+    pub fn seal_pending(&self, p: &PendingLogin) -> Result<Vec<u8>, Error> {
+        let parts = PendingParts {
+            url: p.url.to_string(),
+            redirect_uri: p.redirect_uri.clone(),
+            requested: p.requested.clone(),
+            state: p.state.clone(),
+            verifier: p.verifier.expose().to_owned(),
+        };
+        let json = zeroize::Zeroizing::new(
+            serde_json::to_vec(&parts)
+                .map_err(|e| Error::Internal(format!("cannot serialize a pending login: {e}")))?,
+        );
+        self.inner.keys.seal(&p.state, Field::PendingLogin, &json)
+    }
+
+    /// Opens a pending login sealed by [`seal_pending`](Self::seal_pending) for `state`.
+    pub fn open_pending(&self, state: &str, sealed: &[u8]) -> Result<PendingLogin, Error> {
+        let json = self.inner.keys.open(state, Field::PendingLogin, sealed)?;
+        let parts: PendingParts = serde_json::from_slice(&json)
+            .map_err(|e| Error::Internal(format!("a stored pending login is unreadable: {e}")))?;
+        Ok(PendingLogin {
+            url: Url::parse(&parts.url).map_err(|e| Error::Internal(e.to_string()))?,
+            redirect_uri: parts.redirect_uri,
+            requested: parts.requested,
+            state: parts.state,
+            verifier: CodeVerifier::new(parts.verifier),
+        })
+    }
+
     /// Starts a PKCE login: a fresh verifier and `state`, and the URL to open.
     pub fn begin_login(
         &self,

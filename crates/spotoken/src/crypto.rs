@@ -39,6 +39,9 @@ pub enum Field {
     AccessToken,
     /// The refresh token.
     RefreshToken,
+    /// A login in progress (PKCE verifier), kept server-side between the
+    /// redirect to the provider and the callback.
+    PendingLogin,
 }
 
 impl Field {
@@ -46,6 +49,7 @@ impl Field {
         match self {
             Field::AccessToken => "access_token",
             Field::RefreshToken => "refresh_token",
+            Field::PendingLogin => "pending_login",
         }
     }
 }

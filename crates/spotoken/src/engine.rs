@@ -33,6 +33,37 @@ use crate::{Error, http};
 /// Called once when an account moves to "re-authorization required".
 pub type ReauthHook = Arc<dyn Fn(&ReauthEvent) + Send + Sync>;
 
+/// How a refresh attempt (including its retries) ended, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// A new access token was stored.
+    Refreshed,
+    /// Another task, process or instance had refreshed; its token was used.
+    Shared,
+    /// The account needs re-authorization.
+    ReauthRequired,
+    /// Gave up on a temporary failure.
+    Temporary,
+    /// Any other error.
+    Failed,
+}
+
+impl RefreshOutcome {
+    /// A label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshOutcome::Refreshed => "refreshed",
+            RefreshOutcome::Shared => "shared",
+            RefreshOutcome::ReauthRequired => "reauth_required",
+            RefreshOutcome::Temporary => "temporary",
+            RefreshOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Called after every refresh attempt that took the store lock.
+pub type RefreshHook = Arc<dyn Fn(&str, RefreshOutcome) + Send + Sync>;
+
 /// What the re-authorization hook is told.
 #[derive(Debug, Clone)]
 pub struct ReauthEvent {
@@ -68,6 +99,7 @@ pub(crate) struct Inner {
     pub(crate) margin: Duration,
     pub(crate) backoff: Backoff,
     on_reauth: Option<ReauthHook>,
+    on_refresh: Option<RefreshHook>,
     clock: Clock,
     cache: Mutex<HashMap<String, Cached>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -100,6 +132,7 @@ pub struct TokensBuilder {
     backoff: Option<Backoff>,
     timeout: Option<Duration>,
     on_reauth: Option<ReauthHook>,
+    on_refresh: Option<RefreshHook>,
     clock: Option<Clock>,
 }
 
@@ -170,6 +203,15 @@ impl TokensBuilder {
         self
     }
 
+    /// Called after each refresh attempt with its outcome (for metrics).
+    pub fn on_refresh(
+        mut self,
+        hook: impl Fn(&str, RefreshOutcome) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_refresh = Some(Arc::new(hook));
+        self
+    }
+
     /// Checks the configuration and builds.
     pub fn build(self) -> Result<Tokens, Error> {
         let client_id = self.client_id.filter(|c| !c.is_empty()).ok_or_else(|| {
@@ -198,6 +240,7 @@ impl TokensBuilder {
                 margin: self.margin.unwrap_or(freshness::DEFAULT_MARGIN),
                 backoff: self.backoff.unwrap_or_default(),
                 on_reauth: self.on_reauth,
+                on_refresh: self.on_refresh,
                 clock: self.clock.unwrap_or_else(|| Arc::new(unix_now)),
                 cache: Mutex::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
@@ -447,7 +490,19 @@ impl Tokens {
         if let Err(e) = lock.release().await {
             tracing::warn!(account, error = %e, "releasing the refresh lock failed");
         }
-        let c = result?;
+        if let Some(hook) = &self.inner.on_refresh {
+            let outcome = match &result {
+                Ok((_, true)) => RefreshOutcome::Refreshed,
+                Ok((_, false)) => RefreshOutcome::Shared,
+                Err(e) => match e.kind() {
+                    crate::ErrorKind::AuthorizationNeeded => RefreshOutcome::ReauthRequired,
+                    crate::ErrorKind::Temporary => RefreshOutcome::Temporary,
+                    _ => RefreshOutcome::Failed,
+                },
+            };
+            hook(account, outcome);
+        }
+        let (c, _) = result?;
         self.remember(account, &c);
         Ok(c)
     }
@@ -459,20 +514,20 @@ impl Tokens {
         min_valid: Duration,
         trigger: Trigger<'_>,
         seen_version: i64,
-    ) -> Result<Cached, Error> {
+    ) -> Result<(Cached, bool), Error> {
         // Re-read under the lock: another process or instance may have refreshed.
         let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
         Self::check_state(&row)?;
         if let Some(c) = self.usable(&row, min_valid, trigger)? {
             tracing::debug!(account, "token was refreshed by another holder of the lock");
-            return Ok(c);
+            return Ok((c, false));
         }
         if row.version != seen_version
             && !matches!(trigger, Trigger::Force)
             && let Some(c) = self.usable(&row, Duration::from_secs(1), trigger)?
         {
             tracing::debug!(account, "token was refreshed by another holder of the lock");
-            return Ok(c);
+            return Ok((c, false));
         }
         let refresh = {
             let plain = self
@@ -533,18 +588,22 @@ impl Tokens {
                     expires_in = set.expires_in.as_secs(),
                     "refreshed"
                 );
-                Ok(Cached {
-                    token: set.access_token,
-                    expires_at,
-                    scopes: Arc::new(written.scopes),
-                    generation: 0,
-                })
+                Ok((
+                    Cached {
+                        token: set.access_token,
+                        expires_at,
+                        scopes: Arc::new(written.scopes),
+                        generation: 0,
+                    },
+                    true,
+                ))
             }
             None => {
                 // Someone wrote the row meanwhile (a new login): theirs wins.
                 let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
                 Self::check_state(&row)?;
                 self.usable(&row, Duration::ZERO, Trigger::Stale)?
+                    .map(|c| (c, false))
                     .ok_or_else(|| {
                         Error::temporary(
                             "the account changed while refreshing (a new login?); try again",

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod demo;
 pub mod emulate;
 pub mod login;
+pub mod serve;
 pub mod status;
 pub mod token;
 
@@ -23,6 +24,7 @@ pub async fn run(args: Args) -> Result<u8, Error> {
     match args.command {
         Command::Emulate(a) => emulate::exec(&g, a).await,
         Command::Demo => demo::exec(&g).await,
+        Command::Serve(a) => serve::exec(&config::resolve(&g)?, a).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

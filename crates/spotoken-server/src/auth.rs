@@ -1,0 +1,318 @@
+//! `/auth/*`: login with PKCE kept server-side, the callback, logout, who is
+//! logged in, and short-lived access tokens for the Web Playback SDK.
+//!
+//! A started login is stored (sealed) in the database under a hash of its
+//! `state`, bound to the browser by a short-lived cookie, and used once: a
+//! replayed callback, a wrong `state` or another browser's callback creates no
+//! session. A successful login always creates a new session id (the old
+//! session, if any, is deleted), and only the id's hash is stored.
+
+use axum::extract::{OriginalUri, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::{Json, Router, routing};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore as _;
+use serde::Deserialize;
+use serde_json::json;
+use spotoken::store::sessions::hash;
+use spotoken::store::{PendingRecord, SessionRecord, unix_now};
+
+use crate::cookies;
+use crate::error::AppError;
+use crate::state::{AppState, Session, check_csrf};
+
+/// The `/auth` routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/login", routing::get(login))
+        .route("/auth/callback", routing::get(callback))
+        .route("/auth/logout", routing::post(logout))
+        .route("/auth/session", routing::get(session))
+        .route("/auth/token", routing::get(token))
+}
+
+/// 32 random bytes, base64url: session ids, login bindings.
+pub fn random_id() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn account_name() -> String {
+    let mut b = [0u8; 18];
+    rand::rng().fill_bytes(&mut b);
+    format!("web-{}", URL_SAFE_NO_PAD.encode(b).replace(['-', '_'], "x"))
+}
+
+/// Whether `return_to` is a path on this site (and nothing that a browser
+/// could read as another origin).
+pub fn safe_return_to(r: &str) -> bool {
+    r.starts_with('/')
+        && !r.starts_with("//")
+        && !r.starts_with("/\\")
+        && !r.contains('\\')
+        && !r.chars().any(|c| c.is_control() || c.is_whitespace())
+        && url::Url::parse("https://x.invalid")
+            .and_then(|b| b.join(r))
+            .is_ok_and(|u| u.host_str() == Some("x.invalid"))
+}
+
+fn page(status: StatusCode, title: &str, message: &str) -> Response {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+         <body style=\"font-family:sans-serif\"><h1 id=\"title\">{t}</h1><p id=\"message\">{m}</p>\
+         <p><a href=\"/auth/login\">Log in again</a> · <a href=\"/\">Home</a></p></body></html>",
+        t = esc(title),
+        m = esc(message)
+    );
+    let mut r = (status, Html(body)).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    return_to: Option<String>,
+}
+
+async fn login(State(st): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
+    let return_to = q.return_to.unwrap_or_else(|| "/".into());
+    if !safe_return_to(&return_to) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Login refused",
+            "return_to must be a path on this site.",
+        );
+    }
+    let pending = match st
+        .tokens
+        .begin_login(&st.config.redirect_uri, &st.config.scopes, false)
+    {
+        Ok(p) => p,
+        Err(e) => return AppError::from(e).into_response(),
+    };
+    let binding = random_id();
+    let sealed = match st.tokens.seal_pending(&pending) {
+        Ok(s) => s,
+        Err(e) => return AppError::from(e).into_response(),
+    };
+    let record = PendingRecord {
+        state_hash: hash(pending.state()),
+        binding_hash: hash(&binding),
+        sealed,
+        return_to,
+        expires_at: unix_now() + st.config.login_ttl.as_secs() as i64,
+    };
+    if let Err(e) = st.sessions.put_pending(record).await {
+        return AppError::from(e).into_response();
+    }
+    let mut r = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(pending.url.as_str()) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        cookies::set(cookies::LOGIN, &binding, st.config.login_ttl.as_secs()),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn callback(
+    State(st): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let fail = |status: StatusCode, msg: &str| {
+        let mut r = page(status, "Login failed", msg);
+        r.headers_mut()
+            .append(header::SET_COOKIE, cookies::clear(cookies::LOGIN));
+        r
+    };
+    let Some(state) = q.get("state") else {
+        return fail(StatusCode::BAD_REQUEST, "The callback has no state.");
+    };
+    let now = unix_now();
+    let pending = match st.sessions.take_pending(&hash(state), now).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "This login has expired or was already used. Start again.",
+            );
+        }
+        Err(e) => return AppError::from(e).into_response(),
+    };
+    let bound = cookies::get(&headers, cookies::LOGIN).is_some_and(|b| {
+        spotoken::core::callback::constant_time_eq(&hash(&b), &pending.binding_hash)
+    });
+    if !bound {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "This login was started in another browser (or its cookie expired). Start again.",
+        );
+    }
+    let login = match st.tokens.open_pending(state, &pending.sealed) {
+        Ok(p) => p,
+        Err(e) => return AppError::from(e).into_response(),
+    };
+    let account = account_name();
+    let callback_path = uri.to_string();
+    let outcome = match st
+        .tokens
+        .complete_login(&account, &login, &callback_path)
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            let (status, msg) = match &e {
+                spotoken::Error::AuthorizationNeeded {
+                    reason: spotoken::ReauthReason::AccessDenied,
+                    ..
+                } => (
+                    StatusCode::FORBIDDEN,
+                    "You declined access. Nothing was stored.".to_owned(),
+                ),
+                _ => (StatusCode::BAD_GATEWAY, format!("{e}")),
+            };
+            return fail(status, &msg);
+        }
+    };
+    // A new session id, always; the browser's old session (if any) ends.
+    if let Some(old) = cookies::get(&headers, cookies::SESSION) {
+        let old_hash = hash(&old);
+        st.forget(&old_hash);
+        if let Ok(Some(old)) = st.sessions.delete_session(&old_hash).await {
+            let _ = st.tokens.logout(&old.account).await;
+        }
+    }
+    let id = random_id();
+    let record = SessionRecord {
+        id_hash: hash(&id),
+        account: outcome.account.clone(),
+        created_at: now,
+        expires_at: now + st.config.session_ttl.as_secs() as i64,
+    };
+    if let Err(e) = st.sessions.put_session(record).await {
+        return AppError::from(e).into_response();
+    }
+    tracing::info!(
+        user = outcome.user_id.as_deref().unwrap_or("?"),
+        "logged in"
+    );
+    let mut r = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(&pending.return_to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        cookies::set(cookies::SESSION, &id, st.config.session_ttl.as_secs()),
+    );
+    r.headers_mut()
+        .append(header::SET_COOKIE, cookies::clear(cookies::LOGIN));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
+    check_csrf(&headers, &st.config)?;
+    let mut remove_access_at = None;
+    if let Some(value) = cookies::get(&headers, cookies::SESSION) {
+        let id_hash = hash(&value);
+        st.forget(&id_hash);
+        if let Some(s) = st.sessions.delete_session(&id_hash).await? {
+            remove_access_at = st.tokens.logout(&s.account).await?.remove_access_at;
+        }
+    }
+    let mut r =
+        Json(json!({"logged_out": true, "remove_access_at": remove_access_at})).into_response();
+    r.headers_mut()
+        .append(header::SET_COOKIE, cookies::clear(cookies::SESSION));
+    Ok(r)
+}
+
+async fn session(State(st): State<AppState>, s: Session) -> Result<Response, AppError> {
+    let status = st
+        .tokens
+        .status(&s.record.account)
+        .await?
+        .ok_or(AppError::Unauthenticated)?;
+    if status.needs_reauth() {
+        return Err(AppError::Reauthorize(
+            status
+                .reauth_reason
+                .unwrap_or_else(|| "the authorization has ended".into()),
+        ));
+    }
+    let mut r = Json(json!({
+        "logged_in": true,
+        "user": {"id": status.user_id, "display_name": status.display_name},
+        "scopes": status.scopes,
+        "access_token_expires_at": status.access_expires_at,
+        "session_expires_at": s.record.expires_at,
+        "authorized_at": status.authorized_at,
+        "refresh_token_seconds_left": status.refresh_token_seconds_left,
+    }))
+    .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+async fn token(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    s: Session,
+) -> Result<Response, AppError> {
+    check_csrf(&headers, &st.config)?;
+    let token = st.tokens.access_token(&s.record.account).await?;
+    let expires_in = st
+        .tokens
+        .expires_in(&s.record.account)
+        .await?
+        .unwrap_or_default();
+    let mut r = Json(json!({
+        "access_token": token.expose(),
+        "token_type": "Bearer",
+        "expires_in": expires_in.as_secs(),
+    }))
+    .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_to_must_stay_on_this_site() {
+        for ok in ["/", "/app", "/app?x=1#y", "/a/b/c"] {
+            assert!(safe_return_to(ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "javascript:alert(1)",
+            "",
+            "/ok\r\nSet-Cookie: x=y",
+            "evil.example",
+        ] {
+            assert!(!safe_return_to(bad), "{bad}");
+        }
+    }
+}

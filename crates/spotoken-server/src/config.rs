@@ -1,0 +1,63 @@
+//! What a `spotoken serve` instance is configured with, checked once at start.
+
+use std::time::Duration;
+
+use spotoken::Error;
+use spotoken::core::scope::Scopes;
+use url::Url;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The origin browsers use, e.g. `http://127.0.0.1:8080` or `https://app.example`.
+    pub public_url: Url,
+    /// Where the provider sends the browser back (default `{public_url}/auth/callback`).
+    pub redirect_uri: String,
+    /// Scopes requested at login.
+    pub scopes: Scopes,
+    /// API path prefixes the proxy forwards (without a leading slash), e.g. `v1/`.
+    pub allowed_prefixes: Vec<String>,
+    /// How long a session lasts.
+    pub session_ttl: Duration,
+    /// How long a started login may take.
+    pub login_ttl: Duration,
+    /// Largest request body the proxy forwards.
+    pub max_body: usize,
+    /// Upstream timeout for proxied requests.
+    pub upstream_timeout: Duration,
+    /// How long an instance trusts its in-memory copy of a session.
+    pub session_cache_ttl: Duration,
+    /// Serve the demo page at `/`.
+    pub demo: bool,
+}
+
+impl ServerConfig {
+    /// Defaults for a public URL.
+    pub fn new(public_url: &str) -> Result<Self, Error> {
+        let public_url = spotoken::core::endpoint::parse_endpoint(public_url, "public URL")?;
+        if public_url.path() != "/" || public_url.query().is_some() {
+            return Err(Error::Configuration(format!(
+                "the public URL {public_url} must be an origin (scheme, host, port) without a path: \
+                 __Host- cookies need Path=/"
+            )));
+        }
+        let redirect_uri = format!("{}auth/callback", public_url.as_str());
+        Ok(Self {
+            public_url,
+            redirect_uri,
+            scopes: Scopes::parse("user-read-private"),
+            allowed_prefixes: vec!["v1/".into()],
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            login_ttl: Duration::from_secs(600),
+            max_body: 1024 * 1024,
+            upstream_timeout: Duration::from_secs(30),
+            session_cache_ttl: Duration::from_secs(10),
+            demo: false,
+        })
+    }
+
+    /// The public URL's origin as browsers send it in `Origin`.
+    pub fn origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+}

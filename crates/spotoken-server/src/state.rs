@@ -1,0 +1,156 @@
+//! Shared state, and the extractor for "the logged-in session".
+//!
+//! Sessions are read through a short-lived in-memory cache (a few seconds, the
+//! `session_cache_ttl`), and tokens through the engine's cache, so a proxied
+//! request costs no database round trip; the store stays the source of truth
+//! across instances.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use spotoken::Tokens;
+use spotoken::store::{SessionRecord, SessionStore, sessions::hash, unix_now};
+
+use crate::config::ServerConfig;
+use crate::cookies;
+use crate::error::AppError;
+use crate::metrics::Metrics;
+
+/// Session id hash → (session, when it was read from the store).
+type SessionCache = HashMap<Vec<u8>, (SessionRecord, Instant)>;
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    /// The token engine.
+    pub tokens: Tokens,
+    /// Sessions and pending logins.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Settings.
+    pub config: Arc<ServerConfig>,
+    /// The pooled, keep-alive client for the upstream API.
+    pub upstream: reqwest::Client,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    cache: Arc<Mutex<SessionCache>>,
+}
+
+impl AppState {
+    /// Builds the state.
+    pub fn new(
+        tokens: Tokens,
+        sessions: Arc<dyn SessionStore>,
+        config: ServerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, spotoken::Error> {
+        let upstream = {
+            spotoken::http::install_crypto_provider();
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .timeout(config.upstream_timeout)
+                .pool_max_idle_per_host(256)
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| {
+                    spotoken::Error::Internal(format!("cannot build the upstream client: {e}"))
+                })?
+        };
+        Ok(Self {
+            tokens,
+            sessions,
+            config: Arc::new(config),
+            upstream,
+            metrics,
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The session a cookie value names, through the cache.
+    pub async fn session_for(&self, cookie_value: &str) -> Result<Option<SessionRecord>, AppError> {
+        let id_hash = hash(cookie_value);
+        let now = unix_now();
+        let ttl = self.config.session_cache_ttl;
+        if let Some((s, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id_hash)
+            && at.elapsed() < ttl
+            && s.expires_at > now
+        {
+            return Ok(Some(s.clone()));
+        }
+        let found = self.sessions.get_session(&id_hash, now).await?;
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &found {
+            Some(s) => {
+                if cache.len() > 100_000 {
+                    cache.retain(|_, (s, at)| at.elapsed() < ttl && s.expires_at > now);
+                }
+                cache.insert(id_hash, (s.clone(), Instant::now()));
+            }
+            None => {
+                cache.remove(&id_hash);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Forgets a cached session (after logout on this instance).
+    pub fn forget(&self, id_hash: &[u8]) {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id_hash);
+    }
+}
+
+/// The logged-in session of a request (401 if there is none).
+pub struct Session {
+    /// The record.
+    pub record: SessionRecord,
+}
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let value =
+            cookies::get(&parts.headers, cookies::SESSION).ok_or(AppError::Unauthenticated)?;
+        let record = state
+            .session_for(&value)
+            .await?
+            .ok_or(AppError::Unauthenticated)?;
+        Ok(Session { record })
+    }
+}
+
+/// CSRF check for state-changing routes and `/auth/token`: a custom header
+/// (`X-Requested-With` or `X-CSRF`, any non-empty value), which a cross-site
+/// form cannot send, and when the browser sends `Origin`, our own origin.
+pub fn check_csrf(parts: &axum::http::HeaderMap, config: &ServerConfig) -> Result<(), AppError> {
+    let has_header = ["x-requested-with", "x-csrf"]
+        .iter()
+        .any(|h| parts.get(*h).is_some_and(|v| !v.as_bytes().is_empty()));
+    if !has_header {
+        return Err(AppError::Forbidden(
+            "missing X-Requested-With or X-CSRF header",
+        ));
+    }
+    if let Some(origin) = parts.get(axum::http::header::ORIGIN)
+        && origin.to_str().ok() != Some(config.origin().as_str())
+    {
+        return Err(AppError::Forbidden("cross-origin request refused"));
+    }
+    Ok(())
+}

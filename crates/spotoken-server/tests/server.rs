@@ -1,0 +1,676 @@
+//! The backend-for-frontend end to end: a real server on port 0, the emulator
+//! as Spotify, and a plain HTTP client playing the browser (cookies by hand).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use reqwest::StatusCode;
+use serde_json::Value;
+use spotoken::Tokens;
+use spotoken::core::endpoint::Provider;
+use spotoken::crypto::KeyRing;
+use spotoken::store::{SessionStore, Sqlite, TokenStore};
+use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator, Endpoint, Failure};
+use spotoken_server::{AppState, Metrics, ServerConfig, app};
+use tower::ServiceExt as _;
+
+struct Server {
+    url: String,
+    state: AppState,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(
+    emu: &Emulator,
+    tokens_store: Arc<dyn TokenStore>,
+    sessions: Arc<dyn SessionStore>,
+    keys: KeyRing,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> Server {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let mut cfg = ServerConfig::new(&url).expect("config");
+    cfg.scopes =
+        spotoken::core::scope::Scopes::parse("user-read-private user-read-currently-playing");
+    tweak(&mut cfg);
+    let metrics = Arc::new(Metrics::default());
+    let m = metrics.clone();
+    let tokens = Tokens::builder()
+        .client_id(DEFAULT_CLIENT_ID)
+        .provider(Provider::spotify_like(&emu.url(), &emu.url()).expect("provider"))
+        .shared_store(tokens_store)
+        .keys(keys)
+        .on_refresh(move |_, o| m.refresh(o.as_str()))
+        .build()
+        .expect("tokens");
+    let state = AppState::new(tokens, sessions, cfg, metrics).expect("state");
+    let s = state.clone();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app(s)).await;
+    });
+    Server {
+        url,
+        state,
+        _task: task,
+    }
+}
+
+struct Env {
+    emu: Emulator,
+    _dir: tempfile::TempDir,
+    server: Server,
+}
+
+impl Env {
+    async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    async fn with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let emu = Emulator::start().await.expect("emulator");
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(Sqlite::open(dir.path().join("server.db")).expect("store"));
+        let server = start(&emu, store.clone(), store, KeyRing::generate(), tweak).await;
+        Self {
+            emu,
+            _dir: dir,
+            server,
+        }
+    }
+}
+
+/// A browser: follows nothing by itself, keeps cookies by hand.
+#[derive(Default, Clone)]
+struct Browser {
+    cookies: HashMap<String, String>,
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+    fn location(&self) -> String {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+    fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+impl Browser {
+    async fn send(&mut self, method: reqwest::Method, url: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut b = client().request(method, url);
+        if url.contains("127.0.0.1") && !self.cookies.is_empty() {
+            let jar: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            b = b.header("cookie", jar.join("; "));
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let r = b.send().await.expect("request");
+        let resp = Resp {
+            status: r.status(),
+            headers: r.headers().clone(),
+            body: String::new(),
+        };
+        let body = r.text().await.unwrap_or_default();
+        let resp = Resp { body, ..resp };
+        for c in resp.set_cookies() {
+            let first = c.split(';').next().unwrap_or_default();
+            if let Some((k, v)) = first.split_once('=') {
+                if v.is_empty() || c.contains("Max-Age=0") {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_owned(), v.to_owned());
+                }
+            }
+        }
+        resp
+    }
+
+    async fn get(&mut self, url: &str) -> Resp {
+        self.send(reqwest::Method::GET, url, &[]).await
+    }
+
+    /// The whole login: /auth/login → emulator → /auth/callback. Returns the
+    /// callback's answer; `tamper` may change the callback URL.
+    async fn login_with(&mut self, server: &str, tamper: impl FnOnce(String) -> String) -> Resp {
+        let r = self
+            .get(&format!("{server}/auth/login?return_to=/after"))
+            .await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+        let r = self.get(&r.location()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::FOUND,
+            "the emulator approves: {}",
+            r.body
+        );
+        let callback = tamper(r.location());
+        self.get(&callback).await
+    }
+
+    async fn login(&mut self, server: &str) -> Resp {
+        let r = self.login_with(server, |c| c).await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+        assert_eq!(r.location(), "/after");
+        r
+    }
+
+    fn session(&self) -> Option<String> {
+        self.cookies.get("__Host-spotoken_session").cloned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_sets_a_locked_down_session_cookie_and_proxies() {
+    let env = Env::new().await;
+    let mut b = Browser::default();
+    let r = b.get(&format!("{}/auth/login", env.server.url)).await;
+    let login_cookie = r.set_cookies().join("\n");
+    assert!(
+        login_cookie.contains("__Host-spotoken_login="),
+        "{login_cookie}"
+    );
+    let r = b.get(&r.location()).await;
+    let r = b.get(&r.location()).await;
+    let set = r.set_cookies();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("__Host-spotoken_session="))
+        .expect("session cookie");
+    for flag in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(session.contains(flag), "{session} lacks {flag}");
+    }
+    let id = b.session().expect("cookie kept");
+    assert!(id.len() >= 43, "256-bit id");
+    // Only a hash of the id is stored.
+    let rows = env
+        .server
+        .state
+        .sessions
+        .get_session(
+            &spotoken::store::sessions::hash(&id),
+            spotoken::store::unix_now(),
+        )
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_ne!(rows.id_hash, id.as_bytes());
+
+    let me = b.get(&format!("{}/api/v1/me", env.server.url)).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!(me.json()["id"], "alice");
+    let s = b.get(&format!("{}/auth/session", env.server.url)).await;
+    assert_eq!(s.status, StatusCode::OK);
+    assert_eq!(s.json()["user"]["id"], "alice");
+    assert!(s.json()["scopes"].as_array().is_some_and(|a| !a.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_and_token_routes_never_show_a_refresh_token() {
+    let env = Env::new().await;
+    let mut b = Browser::default();
+    b.login(&env.server.url).await;
+    let account = env.server.state.tokens.accounts().await.expect("accounts")[0]
+        .account
+        .clone();
+    env.server
+        .state
+        .tokens
+        .force_refresh(&account)
+        .await
+        .expect("refresh");
+    let refresh_tokens: Vec<String> = env
+        .emu
+        .counters()
+        .refresh_token_uses
+        .keys()
+        .cloned()
+        .collect();
+    assert!(!refresh_tokens.is_empty());
+    let s = b.get(&format!("{}/auth/session", env.server.url)).await;
+    let t = b
+        .send(
+            reqwest::Method::GET,
+            &format!("{}/auth/token", env.server.url),
+            &[("X-Requested-With", "test")],
+        )
+        .await;
+    assert_eq!(t.status, StatusCode::OK, "{}", t.body);
+    assert!(
+        t.json()["access_token"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("BQ"))
+    );
+    assert!(
+        s.json().get("access_token").is_none(),
+        "the session route shows no token"
+    );
+    for rt in &refresh_tokens {
+        assert!(!s.body.contains(rt.as_str()) && !t.body.contains(rt.as_str()));
+    }
+    assert!(!t.body.contains("refresh"), "{}", t.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csrf_header_and_origin_are_required() {
+    let env = Env::new().await;
+    let mut b = Browser::default();
+    b.login(&env.server.url).await;
+    let url = &env.server.url;
+    let r = b
+        .send(reqwest::Method::POST, &format!("{url}/auth/logout"), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "no custom header");
+    let r = b
+        .send(
+            reqwest::Method::POST,
+            &format!("{url}/auth/logout"),
+            &[("X-CSRF", "1"), ("Origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "wrong origin");
+    let r = b
+        .send(reqwest::Method::GET, &format!("{url}/auth/token"), &[])
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "/auth/token is CSRF-checked"
+    );
+    assert_eq!(
+        b.get(&format!("{url}/auth/session")).await.status,
+        StatusCode::OK,
+        "still logged in"
+    );
+    let r = b
+        .send(
+            reqwest::Method::POST,
+            &format!("{url}/auth/logout"),
+            &[
+                ("X-Requested-With", "XMLHttpRequest"),
+                ("Origin", url.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.json()["remove_access_at"],
+        "https://www.spotify.com/account/apps/"
+    );
+    assert!(b.session().is_none(), "cookie cleared");
+    assert!(
+        env.server
+            .state
+            .tokens
+            .accounts()
+            .await
+            .expect("accounts")
+            .is_empty(),
+        "tokens deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_state_replayed_callbacks_and_other_browsers_get_no_session() {
+    let env = Env::new().await;
+    let url = &env.server.url;
+    // Wrong state.
+    let mut b = Browser::default();
+    let r = b
+        .login_with(url, |c| {
+            let mut u = url::Url::parse(&c).expect("url");
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let forged = k == "state";
+                    (
+                        k.into_owned(),
+                        if forged {
+                            "forged".into()
+                        } else {
+                            v.into_owned()
+                        },
+                    )
+                })
+                .collect();
+            u.query_pairs_mut().clear().extend_pairs(pairs);
+            u.to_string()
+        })
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(b.session().is_none());
+    // Replayed callback.
+    let mut b = Browser::default();
+    let mut seen = String::new();
+    let r = b
+        .login_with(url, |c| {
+            seen = c.clone();
+            c
+        })
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    let mut replay = Browser {
+        cookies: b
+            .cookies
+            .iter()
+            .filter(|(k, _)| k.as_str() != "__Host-spotoken_session")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    let r = replay.get(&seen).await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "a callback is single use"
+    );
+    assert!(replay.session().is_none());
+    // A callback from a browser that did not start the login.
+    let mut starter = Browser::default();
+    let r = starter.get(&format!("{url}/auth/login")).await;
+    let r = starter.get(&r.location()).await;
+    let mut other = Browser::default();
+    let r = other.get(&r.location()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("another browser"));
+    assert!(other.session().is_none());
+    assert_eq!(
+        env.emu.counters().token_requests_for("authorization_code"),
+        1,
+        "only the good login exchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_consent_creates_no_session() {
+    let env = Env::new().await;
+    env.emu.update(|s| s.deny = true);
+    let mut b = Browser::default();
+    let r = b.login_with(&env.server.url, |c| c).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("declined"), "{}", r.body);
+    assert!(b.session().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_id_changes_at_login_and_tampered_cookies_fail() {
+    let env = Env::new().await;
+    let url = &env.server.url;
+    let mut b = Browser::default();
+    b.login(url).await;
+    let first = b.session().expect("first");
+    b.login(url).await;
+    let second = b.session().expect("second");
+    assert_ne!(first, second, "a new id at every login");
+    let mut old = Browser::default();
+    old.cookies.insert("__Host-spotoken_session".into(), first);
+    assert_eq!(
+        old.get(&format!("{url}/auth/session")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let mut tampered = Browser::default();
+    let mut t = second.clone();
+    t.replace_range(0..1, if t.starts_with('A') { "B" } else { "A" });
+    tampered.cookies.insert("__Host-spotoken_session".into(), t);
+    let r = tampered.get(&format!("{url}/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"], "unauthenticated");
+}
+
+#[tokio::test]
+async fn open_redirects_and_proxy_traversal_are_refused() {
+    let env = Env::new().await;
+    let url = &env.server.url;
+    let mut b = Browser::default();
+    for bad in [
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil.example",
+    ] {
+        let r = b
+            .get(&format!("{url}/auth/login?return_to={}", urlencode(bad)))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(r.location().is_empty());
+    }
+    b.login(url).await;
+    for bad in [
+        "/api/v1/../_emulator/counters",
+        "/api/v1/%2e%2e/_emulator/reset",
+        "/api/v1%2f..%2f_emulator",
+        "/api/_emulator/counters",
+    ] {
+        let r = b.get(&format!("{url}{bad}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+    }
+    // An absolute URL in the path stays a path under the API origin.
+    let r = b.get(&format!("{url}/api/http://evil.example/v1/me")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_strips_credentials_and_passes_429_through() {
+    let env = Env::new().await;
+    let url = &env.server.url;
+    let mut b = Browser::default();
+    b.login(url).await;
+    let r = b
+        .send(
+            reqwest::Method::POST,
+            &format!("{url}/api/v1/echo/thing?x=1"),
+            &[
+                ("Authorization", "Bearer browser-supplied"),
+                ("content-type", "application/json"),
+                ("Connection", "x-secret-hop"),
+                ("x-secret-hop", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["path"], "/v1/echo/thing");
+    assert_eq!(r.json()["query"], "x=1");
+    assert!(r.set_cookies().is_empty());
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Api,
+        status: 429,
+        headers: [("Retry-After".to_owned(), "17".to_owned())].into(),
+        body: Some(
+            serde_json::json!({"error": {"status": 429, "message": "API rate limit exceeded"}}),
+        ),
+        ..Failure::default()
+    });
+    let r = b.get(&format!("{url}/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers["retry-after"], "17");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_timeouts_are_504_json() {
+    let env = Env::with(|c| c.upstream_timeout = std::time::Duration::from_millis(300)).await;
+    let mut b = Browser::default();
+    b.login(&env.server.url).await;
+    env.emu.update(|s| s.api_latency_ms = 3000);
+    let r = b.get(&format!("{}/api/v1/me", env.server.url)).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_requests_after_expiry_cause_one_refresh() {
+    let env = Env::new().await;
+    let mut b = Browser::default();
+    b.login(&env.server.url).await;
+    env.emu.expire_access_tokens();
+    env.emu.update(|s| s.token_latency_ms = 100);
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let mut b = b.clone();
+        let url = format!("{}/api/v1/me", env.server.url);
+        tasks.push(tokio::spawn(async move { b.get(&url).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join"), StatusCode::OK);
+    }
+    let c = env.emu.counters();
+    assert_eq!(
+        c.token_requests_for("refresh_token"),
+        1,
+        "one refresh for 200 requests"
+    );
+    let metrics = client()
+        .get(format!("{}/metrics", env.server.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("spotoken_refreshes_total{outcome=\"refreshed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spotoken_proxy_requests_total{status=\"200\"} 200"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("spotoken_active_sessions 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_sessions_are_told_to_reauthorize() {
+    let env = Env::new().await;
+    let mut b = Browser::default();
+    b.login(&env.server.url).await;
+    env.emu.revoke(None);
+    let r = b.get(&format!("{}/api/v1/me", env.server.url)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_eq!(r.json()["error"], "reauthorize");
+    assert_eq!(r.json()["login"], "/auth/login");
+    let s = b.get(&format!("{}/auth/session", env.server.url)).await;
+    assert_eq!(s.json()["error"], "reauthorize");
+}
+
+#[tokio::test]
+async fn health_readiness_and_routes_by_oneshot() {
+    let env = Env::new().await;
+    let router = app(env.server.state.clone());
+    let get = |path: &'static str| {
+        Request::builder()
+            .uri(path)
+            .body(Body::empty())
+            .expect("request")
+    };
+    let r = router
+        .clone()
+        .oneshot(get("/healthz"))
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    let r = router
+        .clone()
+        .oneshot(get("/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 200);
+    let r = router
+        .clone()
+        .oneshot(get("/api/v1/me"))
+        .await
+        .expect("api");
+    assert_eq!(r.status(), 401, "no session");
+    let r = router.clone().oneshot(get("/")).await.expect("root");
+    assert_eq!(r.status(), 404, "no demo page unless asked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_postgres_refresh_once() {
+    let Ok(url) = std::env::var("SPOTOKEN_TEST_DATABASE_URL") else {
+        eprintln!(
+            "SKIPPED: SPOTOKEN_TEST_DATABASE_URL is unset; the three-instance test did not run"
+        );
+        return;
+    };
+    let emu = Emulator::start().await.expect("emulator");
+    let schema = format!(
+        "spotoken_test_bff_{}_{}",
+        std::process::id(),
+        spotoken::store::unix_now()
+    );
+    let keys = KeyRing::generate();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let pg = Arc::new(
+            spotoken::store::Postgres::connect_in_schema(&url, Some(&schema))
+                .await
+                .expect("postgres"),
+        );
+        servers.push(start(&emu, pg.clone(), pg, keys.clone(), |_| {}).await);
+    }
+    // Log in on instance 0; the callback lands on instance 1 (any instance can finish a login).
+    let mut b = Browser::default();
+    let r = b.get(&format!("{}/auth/login", servers[0].url)).await;
+    let r = b.get(&r.location()).await;
+    let callback = r.location().replace(&servers[0].url, &servers[1].url);
+    let r = b.get(&callback).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    emu.expire_access_tokens();
+    emu.update(|s| s.token_latency_ms = 100);
+    let mut tasks = Vec::new();
+    for i in 0..150 {
+        let mut b = b.clone();
+        let url = format!("{}/api/v1/me", servers[i % 3].url);
+        tasks.push(tokio::spawn(async move { b.get(&url).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join"), StatusCode::OK);
+    }
+    assert_eq!(
+        emu.counters().token_requests_for("refresh_token"),
+        1,
+        "one refresh across three instances"
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("cleanup");
+}
