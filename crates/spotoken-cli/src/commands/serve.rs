@@ -18,7 +18,7 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SPOTOKEN_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
-    /// The origin browsers use [default: http://{bind}]
+    /// The origin browsers use [default: http://{the bound address}]
     #[arg(long, env = "SPOTOKEN_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Redirect URI registered with the app [default: {public-url}/auth/callback]
@@ -44,10 +44,16 @@ pub struct ServeArgs {
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
+    let listener = tokio::net::TcpListener::bind(&args.bind)
+        .await
+        .map_err(|e| Error::Configuration(format!("cannot listen on {}: {e}", args.bind)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
     let public_url = args
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", args.bind));
+        .unwrap_or_else(|| format!("http://{addr}"));
     let mut sc = ServerConfig::new(&public_url)?;
     if let Some(r) = args
         .redirect_uri
@@ -111,12 +117,6 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     let tokens = b.build()?;
     let describe = tokens.store().describe();
     let state = AppState::new(tokens, sessions, sc, metrics)?;
-    let listener = tokio::net::TcpListener::bind(&args.bind)
-        .await
-        .map_err(|e| Error::Configuration(format!("cannot listen on {}: {e}", args.bind)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(e.to_string()))?;
     eprintln!(
         "spotoken serve listening on http://{addr} (public URL {public_url}; store: {describe})"
     );
