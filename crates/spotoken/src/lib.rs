@@ -44,6 +44,8 @@ pub mod crypto;
 pub mod engine;
 pub mod fs;
 pub mod http;
+#[cfg(feature = "middleware")]
+pub mod middleware;
 pub mod store;
 
 pub use account::{AccountStatus, LoginOutcome, LogoutOutcome, PendingLogin};

@@ -700,3 +700,27 @@ async fn three_engines_sharing_postgres_refresh_once() {
         .await
         .expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reqwest_middleware_injects_and_refreshes_once_on_401() {
+    let env = Env::new().await;
+    env.login("default", "user-read-private").await;
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(env.tokens.middleware("default"))
+        .build();
+    let me = format!("{}/v1/me", env.emu.url());
+    assert_eq!(client.get(&me).send().await.expect("send").status(), 200);
+    env.emu.expire_access_tokens();
+    env.emu.update(|s| s.token_latency_ms = 50);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (client, me) = (client.clone(), me.clone());
+        tasks.push(tokio::spawn(async move {
+            client.get(&me).send().await.map(|r| r.status())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join").expect("send"), 200);
+    }
+    assert_eq!(env.emu.counters().token_requests_for("refresh_token"), 1);
+}
