@@ -11,6 +11,7 @@
 //! | `rotations` | durable refresh-token rotations/s (lock, re-read, commit) on SQLite and PostgreSQL | one writer at a time |
 //! | `cli` | `spotoken token` with a cached token, medians of interleaved runs | `/bin/true` and `spotoken --version` |
 //! | `storm` | 16 `spotoken token` processes on an expired account: wall time | one token round trip |
+//! | `serve` | `/api/v1/me` through `spotoken serve` under `wrk -t2 -c64`; RSS with 10,000 sessions | nginx `proxy_pass` to the same emulator |
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if all || which == "storm" {
         rt.block_on(storm())?;
+    }
+    if all || which == "serve" {
+        rt.block_on(serve())?;
     }
     Ok(())
 }
@@ -335,4 +339,315 @@ async fn storm() -> Result<(), Box<dyn std::error::Error>> {
         (m.saturating_sub(round_trip)).as_secs_f64() * 1e3
     );
     Ok(())
+}
+
+/// nginx's master process: asked to stop (SIGQUIT would wait for clients;
+/// SIGTERM stops now) so that its workers go with it.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A spawned process that is killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cmd` and returns it with the first line of its `stdout`/`stderr`
+/// that contains `marker`.
+fn spawn_until(
+    mut cmd: Command,
+    from_stderr: bool,
+    marker: &str,
+) -> Result<(Child, String), Box<dyn std::error::Error>> {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null());
+    if from_stderr {
+        cmd.stderr(Stdio::piped()).stdout(Stdio::null());
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    }
+    let mut child = cmd.spawn()?;
+    let reader: Box<dyn std::io::Read + Send> = if from_stderr {
+        Box::new(child.stderr.take().ok_or("no stderr")?)
+    } else {
+        Box::new(child.stdout.take().ok_or("no stdout")?)
+    };
+    let mut lines = std::io::BufReader::new(reader).lines();
+    let child = Child(child);
+    for line in lines.by_ref() {
+        let line = line?;
+        if line.contains(marker) {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return Ok((child, line));
+        }
+    }
+    Err(format!("the process ended before printing {marker:?}").into())
+}
+
+/// Logs a browser in through `spotoken serve`; returns the session cookie value.
+async fn bff_login(
+    http: &reqwest::Client,
+    server: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let loc = |r: &reqwest::Response| {
+        r.headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let cookie_of = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| {
+                c.strip_prefix(&format!("{name}="))
+                    .map(|v| v.split(';').next().unwrap_or("").to_owned())
+            })
+    };
+    let r = http.get(format!("{server}/auth/login")).send().await?;
+    let binding = cookie_of(&r, "__Host-spotoken_login").ok_or("no login cookie")?;
+    let r = http.get(loc(&r)).send().await?;
+    let r = http
+        .get(loc(&r))
+        .header("cookie", format!("__Host-spotoken_login={binding}"))
+        .send()
+        .await?;
+    Ok(cookie_of(&r, "__Host-spotoken_session").ok_or("no session cookie")?)
+}
+
+fn wrk(url: &str, header: &str) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c64", "-d8s", "--latency", "-H", header, url])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk output: {text}"))?;
+    let p50 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("50%"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(parse_wrk_latency)
+        .ok_or("no 50% latency")?;
+    if text.contains("Non-2xx") {
+        return Err(format!("wrk saw errors: {text}").into());
+    }
+    Ok((rps, p50))
+}
+
+/// wrk latencies: "1.23ms", "456.00us", "1.2s" → milliseconds.
+fn parse_wrk_latency(s: &str) -> f64 {
+    let num = |suffix: &str| s.strip_suffix(suffix).and_then(|v| v.parse::<f64>().ok());
+    num("us")
+        .map(|v| v / 1000.0)
+        .or_else(|| num("ms"))
+        .or_else(|| num("s").map(|v| v * 1000.0))
+        .unwrap_or(f64::NAN)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| {
+                    v.split_whitespace()
+                        .next()
+                        .and_then(|n| n.parse::<f64>().ok())
+                })
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// `spotoken serve` against nginx `proxy_pass` to the same emulator, and its
+/// memory with 10,000 sessions.
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    for tool in ["wrk", "nginx"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()?
+            .stdout
+            .is_empty()
+        {
+            println!("serve bench: skipped ({tool} missing: apt-get install -y wrk nginx)");
+            return Ok(());
+        }
+    }
+    let bin = spotoken_bin();
+    let dir = tempfile::tempdir()?;
+    let mut emu_cmd = Command::new(&bin);
+    emu_cmd.args(["emulate", "--port", "0"]);
+    let (_emu, line) = spawn_until(emu_cmd, false, "listening on")?;
+    let emu_url = line.rsplit(' ').next().ok_or("no emulator URL")?.to_owned();
+    let mut serve_cmd = Command::new(&bin);
+    serve_cmd
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("SPOTOKEN_HOME", dir.path())
+        .env("SPOTOKEN_CLIENT_ID", DEFAULT_CLIENT_ID)
+        .env("SPOTOKEN_ACCOUNTS_URL", &emu_url)
+        .env("SPOTOKEN_API_URL", &emu_url)
+        .env_remove("RUST_LOG");
+    let (server, line) = spawn_until(serve_cmd, true, "listening on")?;
+    let server_url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .ok_or("no server URL")?
+        .to_owned();
+    spotoken::http::install_crypto_provider();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let session = bff_login(&http, &server_url).await?;
+    let token: serde_json::Value = {
+        let r = http
+            .get(format!("{server_url}/auth/token"))
+            .header("cookie", format!("__Host-spotoken_session={session}"))
+            .header("x-requested-with", "bench")
+            .send()
+            .await?;
+        serde_json::from_slice(&r.bytes().await?)?
+    };
+    let bearer = token["access_token"]
+        .as_str()
+        .ok_or("no access token")?
+        .to_owned();
+    // nginx: two workers (as the server's two runtime threads), keep-alive upstream.
+    let emu_port = emu_url.rsplit(':').next().ok_or("no port")?;
+    let nginx_port = free_port()?;
+    let conf = format!(
+        "worker_processes 2; pid {dir}/nginx.pid; error_log {dir}/error.log; daemon off;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
+           upstream emu {{ server 127.0.0.1:{emu_port}; keepalive 64; }}\n\
+           server {{ listen 127.0.0.1:{nginx_port};\n\
+             location /api/ {{ proxy_pass http://emu/; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+               proxy_set_header Authorization \"Bearer {bearer}\"; }} }} }}\n",
+        dir = dir.path().display()
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf)?;
+    let _nginx = Nginx(
+        Command::new("nginx")
+            .args([
+                "-c",
+                &dir.path().join("nginx.conf").display().to_string(),
+                "-p",
+                &dir.path().display().to_string(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", nginx_port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cookie = format!("Cookie: __Host-spotoken_session={session}");
+    let auth = format!("Authorization: Bearer {bearer}");
+    // Warm up all three paths (connection pools, caches) before measuring.
+    for url in [
+        format!("{emu_url}/v1/me"),
+        format!("http://127.0.0.1:{nginx_port}/api/v1/me"),
+        format!("{server_url}/api/v1/me"),
+    ] {
+        let h = if url.starts_with(&server_url) {
+            &cookie
+        } else {
+            &auth
+        };
+        let _ = Command::new("wrk")
+            .args(["-t2", "-c64", "-d2s", "-H", h, &url])
+            .output()?;
+    }
+    let mut rows = Vec::new();
+    for round in 0..3 {
+        let direct = wrk(&format!("{emu_url}/v1/me"), &auth)?;
+        let nginx = wrk(
+            &format!("http://127.0.0.1:{nginx_port}/api/v1/me"),
+            "X-Bench: 1",
+        )?;
+        let ours = wrk(&format!("{server_url}/api/v1/me"), &cookie)?;
+        rows.push((round, direct, nginx, ours));
+    }
+    for (round, direct, nginx, ours) in &rows {
+        println!(
+            "proxy round {round}: emulator direct {:.0} req/s (p50 {:.2} ms); nginx proxy_pass {:.0} req/s (p50 {:.2} ms); \
+             spotoken serve {:.0} req/s (p50 {:.2} ms); serve/nginx throughput {:.2}x, p50 {:.2}x",
+            direct.0,
+            direct.1,
+            nginx.0,
+            nginx.1,
+            ours.0,
+            ours.1,
+            ours.0 / nginx.0,
+            ours.1 / nginx.1
+        );
+    }
+    // Memory: 10,000 sessions (SPOTOKEN_BENCH_SESSIONS), each used once through the proxy.
+    let n: usize = std::env::var("SPOTOKEN_BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    if n == 0 {
+        return Ok(());
+    }
+    let before = rss_mb(server.0.id());
+    let sessions = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (http, url, permit) = (
+            http.clone(),
+            server_url.clone(),
+            sessions.clone().acquire_owned().await?,
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let s = bff_login(&http, &url).await.map_err(|e| e.to_string())?;
+            let r = http
+                .get(format!("{url}/api/v1/me"))
+                .header("cookie", format!("__Host-spotoken_session={s}"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status() != 200 {
+                return Err(format!("HTTP {}", r.status()));
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let after = rss_mb(server.0.id());
+    println!(
+        "spotoken serve resident memory: {after:.1} MB with {n} active sessions (each logged in and used once); {before:.1} MB with one"
+    );
+    Ok(())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

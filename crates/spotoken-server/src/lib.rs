@@ -28,6 +28,7 @@ pub mod ops;
 pub mod proxy;
 pub mod refresher;
 pub mod state;
+pub mod trace;
 
 use std::future::Future;
 
@@ -56,7 +57,8 @@ pub fn app(state: AppState) -> Router {
     if state.config.demo {
         r = r.route("/", get(demo));
     }
-    r.with_state(state)
+    r.layer(axum::middleware::from_fn(trace::log_requests))
+        .with_state(state)
 }
 
 async fn demo() -> impl IntoResponse {

@@ -13,13 +13,24 @@ const BUCKETS: &[f64] = &[
 ];
 
 /// The server's counters.
-#[derive(Default)]
 pub struct Metrics {
     refreshes: Mutex<BTreeMap<&'static str, u64>>,
-    proxy: Mutex<BTreeMap<u16, u64>>,
+    proxy: [AtomicU64; 600],
     buckets: [AtomicU64; 13],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            refreshes: Mutex::default(),
+            proxy: std::array::from_fn(|_| AtomicU64::new(0)),
+            buckets: Default::default(),
+            latency_count: AtomicU64::new(0),
+            latency_sum_micros: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Metrics {
@@ -35,12 +46,9 @@ impl Metrics {
 
     /// Counts a proxied request.
     pub fn proxied(&self, status: u16, took: Duration) {
-        *self
-            .proxy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(status)
-            .or_default() += 1;
+        if let Some(c) = self.proxy.get(usize::from(status)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         let secs = took.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
@@ -75,13 +83,14 @@ impl Metrics {
             "# HELP spotoken_proxy_requests_total Proxied Web API requests by status."
         );
         let _ = writeln!(s, "# TYPE spotoken_proxy_requests_total counter");
-        for (k, v) in self
-            .proxy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(s, "spotoken_proxy_requests_total{{status=\"{k}\"}} {v}");
+        for (status, c) in self.proxy.iter().enumerate() {
+            let v = c.load(Ordering::Relaxed);
+            if v > 0 {
+                let _ = writeln!(
+                    s,
+                    "spotoken_proxy_requests_total{{status=\"{status}\"}} {v}"
+                );
+            }
         }
         let _ = writeln!(
             s,

@@ -8,13 +8,17 @@
 //! with every other request that saw it) and one retry; a 429 passes through
 //! with its `Retry-After`; an upstream timeout is a 504 with a JSON error.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, State};
-use axum::http::{HeaderMap, HeaderName, Method, Response, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
-use futures_util::TryStreamExt as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 use crate::error::AppError;
 use crate::state::{AppState, Session};
@@ -43,6 +47,30 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
 ];
+
+/// The upstream client: hyper with rustls (HTTPS, or plain HTTP to loopback,
+/// as the configured API URL was checked at start), pooled keep-alive
+/// connections. Plain hyper rather than reqwest: the proxy hands the upstream
+/// body to the browser as it arrives, with its length, without re-framing.
+pub type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Builds the [`Upstream`] client.
+pub fn upstream_client() -> Result<Upstream, spotoken::Error> {
+    spotoken::http::install_crypto_provider();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_platform_verifier()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(512)
+        .build(https))
+}
 
 /// Checks the raw (still percent-encoded) path after `/api/`; returns it if allowed.
 pub fn checked_path<'a>(raw: &'a str, allowed: &[String]) -> Result<&'a str, AppError> {
@@ -88,16 +116,18 @@ pub async fn proxy(
     let started = Instant::now();
     let raw = uri.path().strip_prefix("/api/").unwrap_or("");
     let path = checked_path(raw, &st.config.allowed_prefixes)?;
-    let target = match uri.query() {
-        Some(q) => format!("/{path}?{q}"),
-        None => format!("/{path}"),
+    // The path is checked above, so it is appended to the configured (and
+    // start-up-checked) API base as it is: no parse-and-join per request.
+    let base = st.tokens.provider().api_base.as_str().trim_end_matches('/');
+    let url = match uri.query() {
+        Some(q) => format!("{base}/{path}?{q}"),
+        None => format!("{base}/{path}"),
     };
-    let url = st.tokens.provider().api_url(&target)?;
     let body = axum::body::to_bytes(body, st.config.max_body)
         .await
         .map_err(|_| AppError::TooLarge)?;
     let listed = connection_listed(&headers);
-    let mut forward = reqwest::header::HeaderMap::new();
+    let mut forward = HeaderMap::with_capacity(headers.len());
     for (k, v) in &headers {
         let name = k.as_str();
         if DROP_REQUEST.contains(&name)
@@ -108,25 +138,39 @@ pub async fn proxy(
         }
         forward.append(k.clone(), v.clone());
     }
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|_| AppError::BadRequest("not a valid upstream URL".into()))?;
     let account = &session.record.account;
     let mut token = st.tokens.access_token(account).await?;
     let mut retried = false;
     let upstream = loop {
-        let mut req = st
-            .upstream
-            .request(method.clone(), url.clone())
-            .headers(forward.clone())
-            .bearer_auth(token.expose());
-        if !body.is_empty() {
-            req = req.body(body.clone());
-        }
-        let resp = req.send().await.map_err(|e| {
-            if e.is_timeout() {
-                AppError::UpstreamTimeout
-            } else {
-                AppError::Spotoken(spotoken::http::network_error(e))
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(uri.clone())
+            .body(Full::new(body.clone()))
+            .map_err(|e| AppError::BadRequest(format!("cannot forward the request: {e}")))?;
+        *req.headers_mut() = forward.clone();
+        let mut bearer =
+            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                AppError::Spotoken(spotoken::Error::Internal(
+                    "token is not a header value".into(),
+                ))
+            })?;
+        bearer.set_sensitive(true);
+        req.headers_mut().insert(header::AUTHORIZATION, bearer);
+        let resp = match tokio::time::timeout(st.config.upstream_timeout, st.upstream.request(req))
+            .await
+        {
+            Err(_) => return Err(AppError::UpstreamTimeout),
+            Ok(Err(e)) => {
+                return Err(AppError::Spotoken(spotoken::Error::temporary(
+                    format!("network: cannot reach the Web API ({e})"),
+                    None,
+                )));
             }
-        })?;
+            Ok(Ok(r)) => r,
+        };
         if resp.status() == StatusCode::UNAUTHORIZED && !retried {
             retried = true;
             token = st.tokens.refresh_after_rejection(account, &token).await?;
@@ -135,25 +179,16 @@ pub async fn proxy(
         break resp;
     };
     let status = upstream.status();
-    let mut out = Response::builder().status(status);
-    let upstream_listed = connection_listed(upstream.headers());
-    if let Some(h) = out.headers_mut() {
-        for (k, v) in upstream.headers() {
-            let name = k.as_str();
-            if HOP_BY_HOP.contains(&name)
-                || name == "set-cookie"
-                || name == "content-length"
-                || upstream_listed.iter().any(|l| l == name)
-            {
-                continue;
-            }
-            h.append(HeaderName::from(k), v.clone());
-        }
+    let (mut parts, incoming) = upstream.into_parts();
+    let upstream_listed = connection_listed(&parts.headers);
+    for name in HOP_BY_HOP.iter().copied().chain(["set-cookie"]) {
+        parts.headers.remove(name);
+    }
+    for name in upstream_listed {
+        parts.headers.remove(name.as_str());
     }
     st.metrics.proxied(status.as_u16(), started.elapsed());
-    let stream = upstream.bytes_stream().map_err(std::io::Error::other);
-    out.body(Body::from_stream(stream))
-        .map_err(|e| AppError::Spotoken(spotoken::Error::Internal(e.to_string())))
+    Ok(Response::from_parts(parts, Body::new(incoming)))
 }
 
 /// `/api` and `/api/` alone.

@@ -32,7 +32,7 @@ pub struct AppState {
     /// Settings.
     pub config: Arc<ServerConfig>,
     /// The pooled, keep-alive client for the upstream API.
-    pub upstream: reqwest::Client,
+    pub upstream: crate::proxy::Upstream,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     cache: Arc<Mutex<SessionCache>>,
@@ -46,19 +46,7 @@ impl AppState {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, spotoken::Error> {
-        let upstream = {
-            spotoken::http::install_crypto_provider();
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .timeout(config.upstream_timeout)
-                .pool_max_idle_per_host(256)
-                .tcp_nodelay(true)
-                .build()
-                .map_err(|e| {
-                    spotoken::Error::Internal(format!("cannot build the upstream client: {e}"))
-                })?
-        };
+        let upstream = crate::proxy::upstream_client()?;
         Ok(Self {
             tokens,
             sessions,
