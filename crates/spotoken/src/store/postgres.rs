@@ -196,6 +196,31 @@ fn row_from_pg(r: &tokio_postgres::Row) -> Row {
     }
 }
 
+/// `$1..$13` in `COLUMNS` order (version and its bump are the caller's).
+fn row_values<'a>(
+    row: &'a Row,
+    scopes: &'a String,
+    state: &'a &'static str,
+    reason: &'a Option<&'a str>,
+    now: &'a i64,
+) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
+    vec![
+        &row.account,
+        &row.client_id,
+        &row.user_id,
+        &row.display_name,
+        scopes,
+        &row.authorized_at,
+        &row.access_token,
+        &row.access_expires_at,
+        &row.refresh_token,
+        &row.last_refresh,
+        state,
+        reason,
+        now,
+    ]
+}
+
 async fn load_with(
     client: &deadpool_postgres::Object,
     account: &str,
@@ -218,28 +243,18 @@ async fn load_with(
 async fn cas_with(client: &deadpool_postgres::Object, mut row: Row) -> Result<Option<Row>, Error> {
     let now = unix_now();
     let (state, reason) = row.state_columns();
+    let scopes = row.scopes.to_wire();
     let n = client
         .execute(
             "UPDATE spotoken_accounts SET client_id = $2, user_id = $3, display_name = $4, scopes = $5,
                  authorized_at = $6, access_token = $7, access_expires_at = $8, refresh_token = $9,
                  last_refresh = $10, state = $11, state_reason = $12, version = version + 1, updated_at = $13
              WHERE account = $1 AND version = $14",
-            &[
-                &row.account,
-                &row.client_id,
-                &row.user_id,
-                &row.display_name,
-                &row.scopes.to_wire(),
-                &row.authorized_at,
-                &row.access_token,
-                &row.access_expires_at,
-                &row.refresh_token,
-                &row.last_refresh,
-                &state,
-                &reason,
-                &now,
-                &row.version,
-            ],
+            &{
+                let mut values = row_values(&row, &scopes, &state, &reason, &now);
+                values.push(&row.version);
+                values
+            },
         )
         .await
         .map_err(pg_err)?;
@@ -274,6 +289,7 @@ impl TokenStore for Postgres {
         let client = self.client().await?;
         let now = unix_now();
         let (state, reason) = row.state_columns();
+        let scopes = row.scopes.to_wire();
         let version: i64 = client
             .query_one(
                 &format!(
@@ -287,21 +303,7 @@ impl TokenStore for Postgres {
                        updated_at = EXCLUDED.updated_at
                      RETURNING version"
                 ),
-                &[
-                    &row.account,
-                    &row.client_id,
-                    &row.user_id,
-                    &row.display_name,
-                    &row.scopes.to_wire(),
-                    &row.authorized_at,
-                    &row.access_token,
-                    &row.access_expires_at,
-                    &row.refresh_token,
-                    &row.last_refresh,
-                    &state,
-                    &reason,
-                    &now,
-                ],
+                &row_values(&row, &scopes, &state, &reason, &now),
             )
             .await
             .map_err(pg_err)?
