@@ -10,6 +10,7 @@ use spotoken::Error;
 use spotoken::core::endpoint::{SPOTIFY_ACCOUNTS_URL, SPOTIFY_API_URL};
 use spotoken::core::scope::Scopes;
 use spotoken::core::secret::ClientSecret;
+use spotoken::crypto::KeyRing;
 
 use crate::cli::{Global, Output};
 
@@ -44,6 +45,8 @@ pub enum KeySource {
     File,
     /// `SPOTOKEN_MASTER_KEY` only.
     Env,
+    /// The OS keyring (builds with the `keyring` feature).
+    Keyring,
 }
 
 /// Settings every command works from.
@@ -141,9 +144,10 @@ pub fn resolve(g: &Global) -> Result<Resolved, Error> {
     let key_source = match file.key_source.as_deref() {
         None | Some("file") => KeySource::File,
         Some("env") => KeySource::Env,
+        Some("keyring") => KeySource::Keyring,
         Some(other) => {
             return Err(Error::Configuration(format!(
-                "key_source = '{other}' in {}: use 'file' or 'env'",
+                "key_source = '{other}' in {}: use 'file', 'env' or 'keyring'",
                 config_path.display()
             )));
         }
@@ -177,6 +181,24 @@ pub fn resolve(g: &Global) -> Result<Resolved, Error> {
 impl Resolved {
     /// The key ring from the configured source.
     pub fn key_ring(&self) -> Result<spotoken::crypto::KeyRing, Error> {
+        if let Some(v) = &self.master_key_env {
+            return KeyRing::new(spotoken::crypto::parse_keys(
+                v,
+                spotoken::crypto::MASTER_KEY_ENV,
+            )?);
+        }
+        if self.key_source == KeySource::Keyring {
+            #[cfg(feature = "keyring")]
+            return spotoken::crypto::load_key_ring_from_os_keyring(
+                &self.config_path.with_file_name("").display().to_string(),
+            );
+            #[cfg(not(feature = "keyring"))]
+            return Err(Error::Configuration(
+                "key_source = 'keyring' needs a spotoken built with the keyring feature \
+                 (cargo install --path crates/spotoken-cli --features keyring)"
+                    .into(),
+            ));
+        }
         if self.key_source == KeySource::Env && self.master_key_env.is_none() {
             return Err(Error::Configuration(format!(
                 "key_source = 'env' but {} is not set",

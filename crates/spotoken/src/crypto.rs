@@ -278,6 +278,29 @@ pub fn load_key_ring(key_file: &Path, env_value: Option<&str>) -> Result<KeyRing
     }
 }
 
+/// Loads the key ring from the OS keyring entry `spotoken` / `label` (the CLI
+/// uses the home directory's path), creating a fresh key there on first use.
+/// Where no keyring service answers (a headless machine), a configuration
+/// error says what to use instead.
+#[cfg(feature = "keyring")]
+pub fn load_key_ring_from_os_keyring(label: &str) -> Result<KeyRing, Error> {
+    let unavailable = |e: keyring::Error| {
+        Error::Configuration(format!(
+            "the OS keyring is not available ({e}); use key_source = \"file\" or set {MASTER_KEY_ENV}"
+        ))
+    };
+    let entry = keyring::Entry::new("spotoken", label).map_err(unavailable)?;
+    match entry.get_password() {
+        Ok(text) => KeyRing::new(parse_keys(&text, "the OS keyring entry")?),
+        Err(keyring::Error::NoEntry) => {
+            let key = random_key();
+            entry.set_password(&encode_key(&key)).map_err(unavailable)?;
+            Ok(KeyRing::new(vec![key])?)
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 /// Writes keys (first active) to a key file, atomically, mode 0600, in a 0700 directory.
 pub fn write_key_file(path: &Path, keys: &[&Key32]) -> Result<(), Error> {
     let io = |e: std::io::Error| {
@@ -379,6 +402,25 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dir_mode, 0o700);
+    }
+
+    #[cfg(feature = "keyring")]
+    #[test]
+    fn os_keyring_round_trips_or_says_clearly_that_it_is_missing() {
+        let label = format!("spotoken-test-{}", std::process::id());
+        match load_key_ring_from_os_keyring(&label) {
+            Ok(first) => {
+                let again = load_key_ring_from_os_keyring(&label).expect("second read");
+                assert_eq!(first.active_id(), again.active_id());
+                if let Ok(e) = keyring::Entry::new("spotoken", &label) {
+                    let _ = e.delete_credential();
+                }
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), crate::ErrorKind::Configuration);
+                assert!(e.to_string().contains("key_source"), "{e}");
+            }
+        }
     }
 
     #[test]
