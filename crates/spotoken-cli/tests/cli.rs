@@ -448,3 +448,40 @@ async fn completions_and_accounts() {
     let v: HashMap<String, Value> = serde_json::from_str(&o.stdout).expect("json");
     assert_eq!(v["default_account"], "work");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_mid_refresh_leaves_a_readable_store_and_no_stuck_lock() {
+    let env = Env::new().await;
+    env.emu.update(|s| {
+        s.rotation = Rotation::Rotate;
+        s.grace_secs = 60;
+    });
+    assert_eq!(env.login(&[], |l| l).await.code, 0);
+    age_account(&env).await;
+    // The refresh hangs long enough to kill the process holding the refresh lock.
+    env.emu.update(|s| s.token_latency_ms = 5_000);
+    let mut victim = env.cmd(&["token"]).spawn().expect("spawn");
+    let started = std::time::Instant::now();
+    // The peak is recorded when a refresh request arrives (the count, when it ends).
+    while env.emu.counters().max_peak_concurrent_refreshes() == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the refresh never started"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    victim.kill().await.expect("kill -9");
+    assert_eq!(
+        env.emu.counters().token_requests_for("refresh_token"),
+        0,
+        "killed mid-request"
+    );
+    env.emu.update(|s| s.token_latency_ms = 0);
+    // The store is intact and the lock died with the process: a new process
+    // refreshes (the old refresh token is still inside the provider's grace).
+    let o = env.run(&["token"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let status = env.run(&["status", "--output", "json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+}
