@@ -59,7 +59,8 @@ before(async () => {
       SPOTOKEN_API_URL: emulatorUrl,
     },
     "stderr",
-    /listening on (http:\/\/[0-9.:]+)/,
+    // The whole URL: a chunk of stderr may end in the middle of it.
+    /listening on (http:\/\/\S+)\s/,
   );
   browser = await chromium.launch({
     executablePath: chromiumPath,
