@@ -233,23 +233,7 @@ async fn a_callback_with_the_wrong_state_is_refused_and_stores_nothing() {
     let env = Env::new().await;
     let out = env
         .login(&[], |loc| {
-            let mut u = url::Url::parse(&loc).expect("url");
-            let pairs: Vec<(String, String)> = u
-                .query_pairs()
-                .map(|(k, v)| {
-                    let forged = k == "state";
-                    (
-                        k.into_owned(),
-                        if forged {
-                            "forged".into()
-                        } else {
-                            v.into_owned()
-                        },
-                    )
-                })
-                .collect();
-            u.query_pairs_mut().clear().extend_pairs(pairs);
-            u.to_string()
+            spotoken_emulator::with_query_param(&loc, "state", "forged")
         })
         .await;
     assert_ne!(out.code, 0);

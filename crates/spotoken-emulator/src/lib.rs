@@ -189,6 +189,22 @@ impl Drop for Emulator {
     }
 }
 
+/// Replaces (or adds) one query parameter of a URL: for tests that tamper with
+/// a redirect, such as a callback with a forged `state`.
+pub fn with_query_param(url: &str, key: &str, value: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let mut pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != key)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    pairs.push((key.to_owned(), value.to_owned()));
+    u.query_pairs_mut().clear().extend_pairs(pairs);
+    u.into()
+}
+
 /// Builds a JSON response.
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Body::from(body.to_string()));

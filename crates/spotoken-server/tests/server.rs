@@ -351,23 +351,7 @@ async fn wrong_state_replayed_callbacks_and_other_browsers_get_no_session() {
     let mut b = Browser::default();
     let r = b
         .login_with(url, |c| {
-            let mut u = url::Url::parse(&c).expect("url");
-            let pairs: Vec<(String, String)> = u
-                .query_pairs()
-                .map(|(k, v)| {
-                    let forged = k == "state";
-                    (
-                        k.into_owned(),
-                        if forged {
-                            "forged".into()
-                        } else {
-                            v.into_owned()
-                        },
-                    )
-                })
-                .collect();
-            u.query_pairs_mut().clear().extend_pairs(pairs);
-            u.to_string()
+            spotoken_emulator::with_query_param(&c, "state", "forged")
         })
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
