@@ -411,10 +411,26 @@ impl TokenStore for Sqlite {
                     .map_err(db_err(&path))
             })
             .await?;
-        // Push the overwritten pages out of the WAL into the main file too.
-        self.read(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())))
-            .await
-            .ok();
+        // The deleted row's pages were overwritten (secure_delete), but the WAL
+        // still holds older copies of them: checkpoint and truncate it. This needs
+        // a read-write connection outside the writer's transactions.
+        let path = self.inner.path.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || {
+            let c = open_connection(&path, false)?;
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(db_err(&path))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("checkpoint task failed: {e}")))?;
+        match checkpoint {
+            Ok(0) => {}
+            Ok(_) => tracing::warn!(
+                "the WAL could not be fully checkpointed after a delete (a reader is active)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint after a delete failed"),
+        }
         Ok(deleted)
     }
 
@@ -634,6 +650,37 @@ mod tests {
         let wal = path.with_file_name("tokens.db-wal");
         if wal.exists() {
             assert_eq!(mode(&wal), 0o600);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_row_leaves_no_copy_in_the_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tokens.db");
+        let store = Sqlite::open(&path).expect("open");
+        let mut r = suite::row("gone");
+        let marker: Vec<u8> = b"SEALED-REFRESH-TOKEN-MARKER-0123456789".to_vec();
+        r.refresh_token = marker.clone();
+        store.upsert(r.clone()).await.expect("upsert");
+        // A few rewrites, so older copies sit in the WAL.
+        for _ in 0..3 {
+            let cur = store.load("gone").await.expect("load").expect("row");
+            store.update(cur).await.expect("update").expect("written");
+        }
+        let wal = std::fs::read(path.with_file_name("tokens.db-wal")).unwrap_or_default();
+        assert!(
+            wal.windows(marker.len()).any(|w| w == marker.as_slice()),
+            "the WAL holds copies before the delete (else this test proves nothing)"
+        );
+        assert!(store.delete("gone").await.expect("delete"));
+        for file in [path.clone(), path.with_file_name("tokens.db-wal")] {
+            if let Ok(bytes) = std::fs::read(&file) {
+                assert!(
+                    !bytes.windows(marker.len()).any(|w| w == marker.as_slice()),
+                    "{} still holds the deleted token",
+                    file.display()
+                );
+            }
         }
     }
 
