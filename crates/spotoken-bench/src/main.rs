@@ -67,21 +67,10 @@ async fn logged_in(emu: &Emulator, home: &Path, offset: Arc<AtomicI64>) -> Resul
         &Scopes::parse("user-read-private"),
         false,
     )?;
-    spotoken::http::install_crypto_provider();
-    let r = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .get(pending.url.clone())
-        .send()
+    let loc = emu
+        .authorize(pending.url.as_str())
         .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let loc = r
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+        .map_err(Error::Internal)?;
     tokens.complete_login("default", &pending, &loc).await?;
     Ok(tokens)
 }

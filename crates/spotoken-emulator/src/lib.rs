@@ -171,6 +171,33 @@ impl Emulator {
         w.clients.push(client);
     }
 
+    /// Plays the browser on an authorize URL (with automatic consent): runs it
+    /// through the emulator's routes in-process and returns the `Location` it
+    /// redirects to (the callback with `code` or `error`), or the text of the
+    /// page it showed instead.
+    pub async fn authorize(&self, authorize_url: &str) -> Result<String, String> {
+        use tower::ServiceExt as _;
+        let u = url::Url::parse(authorize_url).map_err(|e| format!("not a URL: {e}"))?;
+        let target = match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        };
+        let req = axum::http::Request::get(target)
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        let resp = app(self.shared.clone())
+            .oneshot(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(loc) = resp.headers().get(axum::http::header::LOCATION) {
+            return loc.to_str().map(str::to_owned).map_err(|e| e.to_string());
+        }
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
+        Err(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Stops the server and waits for the accept loop to end.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -867,3 +867,28 @@ async fn control_plane_over_http() {
         .expect("json");
     assert!(users.as_array().is_some_and(|u| u.len() >= 3));
 }
+
+#[tokio::test]
+async fn authorize_in_process_answers_like_the_browser_flow() {
+    let emu = Emulator::start().await.expect("start");
+    let c = challenge(VERIFIER);
+    let url = format!(
+        "{}/authorize?client_id={DEFAULT_CLIENT_ID}&response_type=code&redirect_uri={}&state=s&code_challenge_method=S256&code_challenge={c}",
+        emu.url(),
+        url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>()
+    );
+    let loc = emu.authorize(&url).await.expect("redirects");
+    let q = query_of(&loc);
+    assert_eq!(q["state"], "s");
+    assert_eq!(exchange(&emu, &q["code"]).await.0, StatusCode::OK);
+    emu.update(|s| s.deny = true);
+    assert_eq!(
+        query_of(&emu.authorize(&url).await.expect("redirects"))["error"],
+        "access_denied"
+    );
+    let page = emu
+        .authorize(&url.replace(DEFAULT_CLIENT_ID, "nobody"))
+        .await
+        .expect_err("an error page, not a redirect");
+    assert!(page.contains("INVALID_CLIENT"), "{page}");
+}

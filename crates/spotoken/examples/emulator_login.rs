@@ -32,18 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     println!("a person would open: {}", pending.url);
     // Play the browser: the emulator approves at once and redirects back.
-    let redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?
-        .get(pending.url.clone())
-        .send()
-        .await?;
-    let back_to = redirect
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let back_to = emu.authorize(pending.url.as_str()).await?;
     let login = tokens.complete_login("default", &pending, &back_to).await?;
     println!(
         "logged in as {:?}, scopes {}",

@@ -80,22 +80,10 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
         "authorize URL: {}…",
         &pending.url.as_str()[..pending.url.as_str().len().min(90)]
     ));
-    spotoken::http::install_crypto_provider();
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let r = browser
-        .get(pending.url.clone())
-        .send()
+    let location = emu
+        .authorize(pending.url.as_str())
         .await
-        .map_err(|e| Error::Internal(format!("the emulator did not answer: {e}")))?;
-    let location = r
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Error::Internal("no redirect from /authorize".into()))?
-        .to_owned();
+        .map_err(|e| Error::Internal(format!("the emulator did not redirect back: {e}")))?;
     say("redirected back with a code and our state; exchanging it with the PKCE verifier");
     let login = tokens
         .complete_login("default", &pending, &location)
