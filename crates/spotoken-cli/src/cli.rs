@@ -24,8 +24,10 @@ use crate::config::parse_duration_arg;
     propagate_version = true
 )]
 pub struct Args {
+    /// Options every command accepts.
     #[command(flatten)]
     pub global: Global,
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }

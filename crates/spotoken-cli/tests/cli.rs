@@ -469,3 +469,60 @@ async fn a_process_killed_mid_refresh_leaves_a_readable_store_and_no_stuck_lock(
     let status = env.run(&["status", "--output", "json"]).await;
     assert_eq!(status.code, 0, "{}", status.stderr);
 }
+
+/// `spotoken` alone (no `spotoken-full` beside it): a fresh cached token is
+/// answered by the small executable itself; anything else needs the full
+/// program and says so (exit 2). With both, every command works through the
+/// hand-over, which keeps the exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_small_executable_answers_fresh_tokens_alone_and_hands_over_the_rest() {
+    let env = Env::new().await;
+    assert_eq!(env.login(&[], |l| l).await.code, 0);
+    let full = env.run(&["token"]).await;
+    assert_eq!(full.code, 0, "{}", full.stderr);
+
+    let lonely = tempfile::tempdir().expect("tmp");
+    let front = lonely.path().join("spotoken");
+    std::fs::copy(BIN, &front).expect("copy spotoken alone");
+    let run_alone = |args: &[&str]| {
+        let c = env.cmd(args);
+        let mut alone = Command::new(&front);
+        alone
+            .args(args)
+            .envs(
+                c.as_std()
+                    .get_envs()
+                    .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        alone
+    };
+    let o = run_alone(&["token"]).output().await.expect("run");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        full.stdout,
+        "the same token, from the store"
+    );
+
+    for args in [&["status"][..], &["token", "--min-valid", "2h"][..]] {
+        let o = run_alone(args).output().await.expect("run");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("spotoken-full"), "{args:?}: {err}");
+    }
+
+    // With spotoken-full beside it: version, and an exit code from the full program.
+    let v = env.run(&["--version"]).await;
+    assert_eq!(v.code, 0);
+    assert!(v.stdout.starts_with("spotoken "), "{}", v.stdout);
+    let bad = env.run(&["token", "--min-valid", "soon"]).await;
+    assert_eq!(bad.code, 2, "usage error from clap in spotoken-full");
+}

@@ -1,0 +1,57 @@
+//! `spotoken-full`, the whole `spotoken` program (the small `spotoken`
+//! executable hands every command but a fresh cached `token` to it): parse the
+//! command line, run one command, map the outcome to an exit code (DESIGN.md):
+//! 0 ok, 1 unexpected failure, 2 usage or configuration error, 3 authorization
+//! needed, 4 temporary failure, 5 insufficient scope. Everything else lives in
+//! the command modules and in the `spotoken` library.
+
+use spotoken_cli::{cli, commands, output};
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    // `spotoken token` with a fresh cached token answers before clap, logging,
+    // an async runtime, migrations or the network: it is called from scripts
+    // in loops, so it must cost little more than starting a process.
+    if let Some((global, token_args)) = cli::quick_token_args(std::env::args_os().skip(1))
+        && let Some(code) = commands::token::fast_path(&global, &token_args)
+    {
+        return ExitCode::from(code);
+    }
+    let args = cli::Args::parse();
+    init_logging(args.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match runtime.block_on(commands::run(args)) {
+        Ok(code) => code,
+        Err(e) => output::report(&e),
+    };
+    // Do not wait for background tasks (an idle keep-alive connection, say).
+    runtime.shutdown_background();
+    ExitCode::from(code)
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug,spotoken=trace",
+    };
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
