@@ -320,7 +320,10 @@ async fn storm() -> Result<(), Box<dyn std::error::Error>> {
         let mut row = store.load("default").await?.ok_or("no account")?;
         row.access_expires_at = unix_now() + 60;
         row.last_refresh = Some(unix_now() - 3540);
-        store.update(row).await?.ok_or("the row changed meanwhile")?;
+        store
+            .update(row)
+            .await?
+            .ok_or("the row changed meanwhile")?;
         let start = Instant::now();
         let mut children = Vec::new();
         for _ in 0..16 {
