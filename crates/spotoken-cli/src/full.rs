@@ -22,11 +22,17 @@ fn main() -> ExitCode {
     }
     let args = cli::Args::parse();
     init_logging(args.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // Commands are I/O-bound and short: two workers. The server runs one
+    // single-threaded event loop per thread (`spotoken_server::serve_on_threads`),
+    // this thread's among them.
+    let mut builder = if matches!(args.command, cli::Command::Serve(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");

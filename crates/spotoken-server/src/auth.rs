@@ -154,7 +154,7 @@ async fn callback(
         Err(e) => return AppError::from(e).into_response(),
     };
     let bound = cookies::get(&headers, cookies::LOGIN).is_some_and(|b| {
-        spotoken::core::callback::constant_time_eq(&hash(&b), &pending.binding_hash)
+        spotoken::core::callback::constant_time_eq(&hash(b), &pending.binding_hash)
     });
     if !bound {
         return fail(
@@ -190,8 +190,8 @@ async fn callback(
     };
     // A new session id, always; the browser's old session (if any) ends.
     if let Some(old) = cookies::get(&headers, cookies::SESSION) {
-        let old_hash = hash(&old);
-        st.forget(&old_hash);
+        let old_hash = hash(old);
+        st.forget(old);
         if let Ok(Some(old)) = st.sessions.delete_session(&old_hash).await {
             let _ = st.tokens.logout(&old.account).await;
         }
@@ -229,8 +229,8 @@ async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
     check_csrf(&headers, &st.config)?;
     let mut remove_access_at = None;
     if let Some(value) = cookies::get(&headers, cookies::SESSION) {
-        let id_hash = hash(&value);
-        st.forget(&id_hash);
+        let id_hash = hash(value);
+        st.forget(value);
         if let Some(s) = st.sessions.delete_session(&id_hash).await? {
             remove_access_at = st.tokens.logout(&s.account).await?.remove_access_at;
         }

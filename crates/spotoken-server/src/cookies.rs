@@ -27,7 +27,7 @@ pub fn clear(name: &str) -> HeaderValue {
 }
 
 /// The value of a request cookie.
-pub fn get(headers: &HeaderMap, name: &str) -> Option<String> {
+pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -35,7 +35,7 @@ pub fn get(headers: &HeaderMap, name: &str) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -66,7 +66,7 @@ mod tests {
             COOKIE,
             HeaderValue::from_static("a=1; __Host-spotoken_session=xyz; b=2"),
         );
-        assert_eq!(get(&h, SESSION).as_deref(), Some("xyz"));
+        assert_eq!(get(&h, SESSION), Some("xyz"));
         assert_eq!(get(&h, LOGIN), None);
     }
 }

@@ -81,13 +81,72 @@ pub async fn serve(
     refresher: refresher::RefresherConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_on_threads(listener, state, refresher, shutdown, 1).await
+}
+
+/// Like [`serve`], with the listener served from `threads` threads: this one
+/// and `threads - 1` more, each running its own single-threaded runtime that
+/// accepts connections and serves them to the end, upstream calls included
+/// (the upstream pool is per thread, see [`proxy`]). A proxied request then
+/// never crosses threads: no work stealing, no cross-thread wake-ups, which on
+/// a loaded machine cost more than the request itself (docs/BENCHMARKS.md).
+/// Called from a current-thread runtime, that is nginx's model of one event
+/// loop per core. The state (sessions cache, token engine, store) is shared.
+pub async fn serve_on_threads(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    refresher: refresher::RefresherConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    threads: usize,
+) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = std::sync::Arc::new(stop);
+    let mut workers = Vec::new();
+    for i in 1..threads.max(1) {
+        let (listener, state, mut stopped) =
+            (listener.try_clone()?, state.clone(), stopped.clone());
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("spotoken-serve-{i}"))
+                .spawn(move || -> std::io::Result<()> {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                        .block_on(serve_listener(listener, state, async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        }))
+                })?,
+        );
+    }
     let background = tokio::spawn(refresher::run(state.clone(), refresher));
-    let listener = listener.tap_io(|tcp| {
+    let on_signal = stop.clone();
+    let result = serve_listener(listener, state, async move {
+        shutdown.await;
+        let _ = on_signal.send(true);
+    })
+    .await;
+    let _ = stop.send(true);
+    background.abort();
+    for w in workers {
+        match tokio::task::spawn_blocking(move || w.join()).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "a server thread failed"),
+            _ => tracing::error!("a server thread panicked"),
+        }
+    }
+    result
+}
+
+async fn serve_listener(
+    listener: std::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let result = axum::serve(listener, app(state))
+    axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
-        .await;
-    background.abort();
-    result
+        .await
 }

@@ -23,20 +23,23 @@ use hyper_util::rt::TokioExecutor;
 use crate::error::AppError;
 use crate::state::{AppState, Session};
 
-/// Request headers never forwarded.
-const DROP_REQUEST: &[&str] = &[
-    "host",
-    "cookie",
-    "authorization",
-    "content-length",
-    "origin",
-    "referer",
-    "x-requested-with",
-    "x-csrf",
-];
+/// Request headers never forwarded (names as `http` stores them: lowercase).
+fn never_forwarded(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "cookie"
+            | "authorization"
+            | "content-length"
+            | "origin"
+            | "referer"
+            | "x-requested-with"
+            | "x-csrf"
+    )
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), dropped both ways.
-const HOP_BY_HOP: &[&str] = &[
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -48,11 +51,35 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+fn hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
 /// The upstream client: hyper with rustls (HTTPS, or plain HTTP to loopback,
 /// as the configured API URL was checked at start), pooled keep-alive
 /// connections. Plain hyper rather than reqwest: the proxy hands the upstream
 /// body to the browser as it arrives, with its length, without re-framing.
 pub type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+thread_local! {
+    /// This thread's upstream pool. With one event loop per thread
+    /// (`serve_on_threads`), a proxied request and the upstream connection it
+    /// uses are driven by the same thread; a pool shared across threads would
+    /// hand a request to a connection task on another thread, and back.
+    static UPSTREAM: std::cell::OnceCell<Upstream> = const { std::cell::OnceCell::new() };
+}
+
+/// Sends `req` through this thread's pool (the state's shared client if a
+/// thread's own cannot be built).
+fn upstream(
+    st: &AppState,
+    req: Request<Full<Bytes>>,
+) -> hyper_util::client::legacy::ResponseFuture {
+    UPSTREAM.with(|pool| {
+        pool.get_or_init(|| upstream_client().unwrap_or_else(|_| st.upstream.clone()))
+            .request(req)
+    })
+}
 
 /// Builds the [`Upstream`] client.
 pub fn upstream_client() -> Result<Upstream, spotoken::Error> {
@@ -74,12 +101,15 @@ pub fn upstream_client() -> Result<Upstream, spotoken::Error> {
 
 /// Checks the raw (still percent-encoded) path after `/api/`; returns it if allowed.
 pub fn checked_path<'a>(raw: &'a str, allowed: &[String]) -> Result<&'a str, AppError> {
-    let lower = raw.to_ascii_lowercase();
     let bad = |why: &str| AppError::BadRequest(format!("path refused: {why}"));
-    if ["%2f", "%5c", "%2e", "%00"]
-        .iter()
-        .any(|p| lower.contains(p))
-    {
+    let encoded_separator = raw.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'f' | b'e') | (b'5', b'c') | (b'0', b'0')
+            )
+    });
+    if encoded_separator {
         return Err(bad("encoded slash, backslash, dot or NUL"));
     }
     if raw.contains('\\') || raw.contains("://") || raw.starts_with('/') {
@@ -130,13 +160,13 @@ pub async fn proxy(
     let mut forward = HeaderMap::with_capacity(headers.len());
     for (k, v) in &headers {
         let name = k.as_str();
-        if DROP_REQUEST.contains(&name)
-            || HOP_BY_HOP.contains(&name)
-            || listed.iter().any(|l| l == name)
-        {
+        if never_forwarded(name) || hop_by_hop(name) || listed.iter().any(|l| l == name) {
             continue;
         }
         forward.append(k.clone(), v.clone());
+    }
+    if let Some(host) = &st.upstream_host {
+        forward.insert(header::HOST, host.clone());
     }
     let uri: axum::http::Uri = url
         .parse()
@@ -159,8 +189,7 @@ pub async fn proxy(
             })?;
         bearer.set_sensitive(true);
         req.headers_mut().insert(header::AUTHORIZATION, bearer);
-        let resp = match tokio::time::timeout(st.config.upstream_timeout, st.upstream.request(req))
-            .await
+        let resp = match tokio::time::timeout(st.config.upstream_timeout, upstream(&st, req)).await
         {
             Err(_) => return Err(AppError::UpstreamTimeout),
             Ok(Err(e)) => {
@@ -181,8 +210,15 @@ pub async fn proxy(
     let status = upstream.status();
     let (mut parts, incoming) = upstream.into_parts();
     let upstream_listed = connection_listed(&parts.headers);
-    for name in HOP_BY_HOP.iter().copied().chain(["set-cookie"]) {
-        parts.headers.remove(name);
+    // Most responses carry none of these: look before removing.
+    if parts
+        .headers
+        .keys()
+        .any(|k| hop_by_hop(k.as_str()) || k == header::SET_COOKIE)
+    {
+        for name in HOP_BY_HOP.into_iter().chain(["set-cookie"]) {
+            parts.headers.remove(name);
+        }
     }
     for name in upstream_listed {
         parts.headers.remove(name.as_str());

@@ -19,12 +19,26 @@ use crate::cookies;
 use crate::error::AppError;
 use crate::metrics::Metrics;
 
-/// Session id hash → (session, when it was read from the store).
-type SessionCache = HashMap<Vec<u8>, (SessionRecord, Instant)>;
+/// Session id (the cookie's value) → (session, when it was read from the
+/// store). Keyed by the id itself, so a cached request computes no SHA-256;
+/// the store only ever sees the id's hash.
+type SessionCache = HashMap<Box<str>, (Arc<SessionRecord>, Instant)>;
 
-/// Everything a handler needs.
+/// Everything a handler needs, behind one `Arc`: axum clones the state for
+/// every extractor of every request, so a clone is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state's contents.
+pub struct Shared {
     /// The token engine.
     pub tokens: Tokens,
     /// Sessions and pending logins.
@@ -35,7 +49,10 @@ pub struct AppState {
     pub upstream: crate::proxy::Upstream,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    cache: Arc<Mutex<SessionCache>>,
+    /// The upstream's `Host` header, computed once (the client would format it
+    /// for every request).
+    pub upstream_host: Option<axum::http::HeaderValue>,
+    cache: Mutex<SessionCache>,
 }
 
 impl AppState {
@@ -47,32 +64,49 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Result<Self, spotoken::Error> {
         let upstream = crate::proxy::upstream_client()?;
-        Ok(Self {
+        let api = &tokens.provider().api_base;
+        let upstream_host = api
+            .host_str()
+            .map(|h| match api.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_owned(),
+            })
+            .and_then(|h| axum::http::HeaderValue::from_str(&h).ok());
+        Ok(Self(Arc::new(Shared {
             tokens,
             sessions,
             config: Arc::new(config),
             upstream,
             metrics,
-            cache: Arc::new(Mutex::new(HashMap::new())),
-        })
+            upstream_host,
+            cache: Mutex::new(HashMap::new()),
+        })))
     }
+}
 
+impl Shared {
     /// The session a cookie value names, through the cache.
-    pub async fn session_for(&self, cookie_value: &str) -> Result<Option<SessionRecord>, AppError> {
-        let id_hash = hash(cookie_value);
+    pub async fn session_for(
+        &self,
+        cookie_value: &str,
+    ) -> Result<Option<Arc<SessionRecord>>, AppError> {
         let now = unix_now();
         let ttl = self.config.session_cache_ttl;
         if let Some((s, at)) = self
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&id_hash)
+            .get(cookie_value)
             && at.elapsed() < ttl
             && s.expires_at > now
         {
             return Ok(Some(s.clone()));
         }
-        let found = self.sessions.get_session(&id_hash, now).await?;
+        let found = self
+            .sessions
+            .get_session(&hash(cookie_value), now)
+            .await?
+            .map(Arc::new);
         let mut cache = self
             .cache
             .lock()
@@ -82,28 +116,29 @@ impl AppState {
                 if cache.len() > 100_000 {
                     cache.retain(|_, (s, at)| at.elapsed() < ttl && s.expires_at > now);
                 }
-                cache.insert(id_hash, (s.clone(), Instant::now()));
+                cache.insert(cookie_value.into(), (s.clone(), Instant::now()));
             }
             None => {
-                cache.remove(&id_hash);
+                cache.remove(cookie_value);
             }
         }
         Ok(found)
     }
 
-    /// Forgets a cached session (after logout on this instance).
-    pub fn forget(&self, id_hash: &[u8]) {
+    /// Forgets a cached session, by the cookie's value (after logout on this
+    /// instance).
+    pub fn forget(&self, cookie_value: &str) {
         self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id_hash);
+            .remove(cookie_value);
     }
 }
 
 /// The logged-in session of a request (401 if there is none).
 pub struct Session {
-    /// The record.
-    pub record: SessionRecord,
+    /// The record (shared with the session cache).
+    pub record: Arc<SessionRecord>,
 }
 
 impl FromRequestParts<AppState> for Session {
@@ -116,7 +151,7 @@ impl FromRequestParts<AppState> for Session {
         let value =
             cookies::get(&parts.headers, cookies::SESSION).ok_or(AppError::Unauthenticated)?;
         let record = state
-            .session_for(&value)
+            .session_for(value)
             .await?
             .ok_or(AppError::Unauthenticated)?;
         Ok(Session { record })

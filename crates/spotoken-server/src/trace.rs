@@ -29,18 +29,28 @@ fn request_id(req: &Request) -> String {
         })
         .map(str::to_owned)
         .unwrap_or_else(|| {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
             let mut b = [0u8; 8];
             rand::rng().fill_bytes(&mut b);
-            b.iter().map(|x| format!("{x:02x}")).collect()
+            let mut id = String::with_capacity(16);
+            for x in b {
+                id.push(char::from(HEX[usize::from(x >> 4)]));
+                id.push(char::from(HEX[usize::from(x & 15)]));
+            }
+            id
         })
 }
 
 /// The middleware.
 pub async fn log_requests(req: Request, next: Next) -> Response {
     let id = request_id(&req);
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("request", request_id = %id, %method, path = %path);
+    // Field values are only evaluated when the span is enabled.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path()
+    );
     let started = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();

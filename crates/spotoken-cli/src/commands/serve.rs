@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Serve a demo page at / (login button, profile, what is playing, logout).
     #[arg(long)]
     pub demo: bool,
+    /// Threads serving requests, each with its own event loop [default: one per core]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
+    pub threads: Option<usize>,
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -123,11 +126,15 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     if args.demo {
         eprintln!("demo page: {public_url}/");
     }
-    spotoken_server::serve(
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    spotoken_server::serve_on_threads(
         listener,
         state,
         RefresherConfig::default(),
         crate::commands::emulate::shutdown_signal(),
+        threads,
     )
     .await
     .map_err(|e| Error::Internal(format!("server failed: {e}")))?;
