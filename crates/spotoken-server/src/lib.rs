@@ -45,8 +45,71 @@ pub use state::AppState;
 /// The demo page served at `/` with `--demo`.
 pub const DEMO_PAGE: &str = include_str!("demo.html");
 
-/// The router.
-pub fn app(state: AppState) -> Router {
+/// The application: the [`router`], except that `/api/…` requests go straight
+/// to the proxy (with the same request log and id). Proxied calls are the
+/// server's hot path, and the router's matching, boxed route services and
+/// middleware cost a fifth of such a request's instructions (counted with
+/// callgrind, docs/BENCHMARKS.md).
+pub fn app(state: AppState) -> App {
+    App {
+        router: router(state.clone()),
+        state,
+    }
+}
+
+/// See [`app`]. A `tower::Service` for `oneshot` in tests, and a make-service
+/// for `axum::serve`.
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    state: AppState,
+}
+
+impl tower::Service<axum::extract::Request> for App {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        let path = req.uri().path();
+        if path.len() > "/api/".len() && path.starts_with("/api/") {
+            let state = self.state.clone();
+            Box::pin(async move { Ok(trace::traced(req, |req| proxy::handle(state, req)).await) })
+        } else {
+            let router = self.router.clone();
+            Box::pin(async move { tower::ServiceExt::oneshot(router, req).await })
+        }
+    }
+}
+
+impl<'a, L: axum::serve::Listener> tower::Service<axum::serve::IncomingStream<'a, L>> for App {
+    type Response = App;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<App, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: axum::serve::IncomingStream<'a, L>) -> Self::Future {
+        std::future::ready(Ok(self.clone()))
+    }
+}
+
+/// The router: every route, `/api/{path}` included.
+pub fn router(state: AppState) -> Router {
     let mut r = Router::new()
         .merge(auth::routes())
         .route("/api/{*path}", any(proxy::proxy))

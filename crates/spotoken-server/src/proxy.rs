@@ -134,12 +134,37 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// The proxy handler.
+/// The proxy handler, as a route.
 pub async fn proxy(
     State(st): State<AppState>,
     session: Session,
     method: Method,
     OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response<Body>, AppError> {
+    forward(&st, &session, method, &uri, headers, body).await
+}
+
+/// The proxy for a whole request: what [`crate::App`] calls for `/api/…`
+/// without going through the router.
+pub async fn handle(st: AppState, req: Request<Body>) -> Response<Body> {
+    use axum::extract::FromRequestParts as _;
+    let (mut parts, body) = req.into_parts();
+    let session = match Session::from_request_parts(&mut parts, &st).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    forward(&st, &session, parts.method, &parts.uri, parts.headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn forward(
+    st: &AppState,
+    session: &Session,
+    method: Method,
+    uri: &axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response<Body>, AppError> {
@@ -189,8 +214,7 @@ pub async fn proxy(
             })?;
         bearer.set_sensitive(true);
         req.headers_mut().insert(header::AUTHORIZATION, bearer);
-        let resp = match tokio::time::timeout(st.config.upstream_timeout, upstream(&st, req)).await
-        {
+        let resp = match tokio::time::timeout(st.config.upstream_timeout, upstream(st, req)).await {
             Err(_) => return Err(AppError::UpstreamTimeout),
             Ok(Err(e)) => {
                 return Err(AppError::Spotoken(spotoken::Error::temporary(

@@ -43,6 +43,17 @@ fn request_id(req: &Request) -> String {
 
 /// The middleware.
 pub async fn log_requests(req: Request, next: Next) -> Response {
+    traced(req, |req| next.run(req)).await
+}
+
+/// Runs `inner` on `req` inside the request's span, logs the outcome and sets
+/// `X-Request-Id` on the response (the middleware, and the proxy's direct path
+/// in [`crate::App`]).
+pub async fn traced<F, Fut>(req: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let id = request_id(&req);
     // Field values are only evaluated when the span is enabled.
     let span = tracing::info_span!(
@@ -52,7 +63,7 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
         path = %req.uri().path()
     );
     let started = Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = inner(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     span.in_scope(|| {
         tracing::info!(
