@@ -657,8 +657,16 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         t.await??;
     }
     let after = rss_mb(server.0.id());
+    let threads = std::fs::read_to_string(format!("/proc/{}/status", server.0.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
     println!(
-        "spotoken serve resident memory: {after:.1} MB with {n} active sessions (each logged in and used once); {before:.1} MB with one"
+        "spotoken serve resident memory: {after:.1} MB with {n} active sessions (each logged in and used once), {threads} threads; {before:.1} MB with one"
     );
     Ok(())
 }

@@ -26,7 +26,9 @@ fn main() -> ExitCode {
     // single-threaded event loop per thread (`spotoken_server::serve_on_threads`),
     // this thread's among them.
     let mut builder = if matches!(args.command, cli::Command::Serve(_)) {
-        tokio::runtime::Builder::new_current_thread()
+        let mut b = tokio::runtime::Builder::new_current_thread();
+        b.max_blocking_threads(spotoken_server::BLOCKING_THREADS);
+        b
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(2);
