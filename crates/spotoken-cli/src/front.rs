@@ -15,7 +15,7 @@ use std::process::Command;
 pub const FULL: &str = "spotoken-full";
 
 /// Where the full program is: beside this executable, symlinks resolved.
-pub fn full_program() -> std::io::Result<PathBuf> {
+fn full_program() -> std::io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     Ok(exe.with_file_name(format!("{FULL}{}", std::env::consts::EXE_SUFFIX)))
 }

@@ -45,8 +45,8 @@ pub use state::AppState;
 /// The demo page served at `/` with `--demo`.
 pub const DEMO_PAGE: &str = include_str!("demo.html");
 
-/// The application: the [`router`], except that `/api/…` requests go straight
-/// to the proxy (with the same request log and id). Proxied calls are the
+/// The application: `/api/…` requests go straight to the proxy (with the same
+/// request log and id as every other request), the rest through the router. Proxied calls are the
 /// server's hot path, and the router's matching, boxed route services and
 /// middleware cost a fifth of such a request's instructions (counted with
 /// callgrind, docs/BENCHMARKS.md).
@@ -108,11 +108,10 @@ impl<'a, L: axum::serve::Listener> tower::Service<axum::serve::IncomingStream<'a
     }
 }
 
-/// The router: every route, `/api/{path}` included.
-pub fn router(state: AppState) -> Router {
+/// Every route but the proxied paths, which [`App`] takes first.
+fn router(state: AppState) -> Router {
     let mut r = Router::new()
         .merge(auth::routes())
-        .route("/api/{*path}", any(proxy::proxy))
         .route("/api", any(proxy::not_a_path))
         .route("/api/", any(proxy::not_a_path))
         .route("/healthz", get(ops::healthz))

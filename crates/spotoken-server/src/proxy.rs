@@ -11,7 +11,6 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
 use bytes::Bytes;
@@ -55,11 +54,16 @@ fn hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
-/// The upstream client: hyper with rustls (HTTPS, or plain HTTP to loopback,
-/// as the configured API URL was checked at start), pooled keep-alive
-/// connections. Plain hyper rather than reqwest: the proxy hands the upstream
-/// body to the browser as it arrives, with its length, without re-framing.
-pub type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// Opens connections to the upstream API: rustls with the platform's
+/// verifier (HTTPS, or plain HTTP to loopback, as the configured API URL was
+/// checked at start), 10 s to connect. Built once: its TLS configuration (the
+/// system's certificates, read from disk) is shared by every thread's pool.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A pool of keep-alive connections. Plain hyper rather than reqwest: the
+/// proxy hands the upstream body to the browser as it arrives, with its
+/// length, without re-framing.
+type Upstream = Client<Connector, Full<Bytes>>;
 
 thread_local! {
     /// This thread's upstream pool. With one event loop per thread
@@ -69,34 +73,36 @@ thread_local! {
     static UPSTREAM: std::cell::OnceCell<Upstream> = const { std::cell::OnceCell::new() };
 }
 
-/// Sends `req` through this thread's pool (the state's shared client if a
-/// thread's own cannot be built).
+/// Sends `req` through this thread's pool, made on first use from the state's
+/// connector (connections are per origin, so states sharing a thread, as
+/// tests do, share the pool safely).
 fn upstream(
     st: &AppState,
     req: Request<Full<Bytes>>,
 ) -> hyper_util::client::legacy::ResponseFuture {
     UPSTREAM.with(|pool| {
-        pool.get_or_init(|| upstream_client().unwrap_or_else(|_| st.upstream.clone()))
-            .request(req)
+        pool.get_or_init(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(512)
+                .build(st.upstream.clone())
+        })
+        .request(req)
     })
 }
 
-/// Builds the [`Upstream`] client.
-pub fn upstream_client() -> Result<Upstream, spotoken::Error> {
+/// Builds the [`Connector`].
+pub fn connector() -> Connector {
     spotoken::http::install_crypto_provider();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_platform_verifier()
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(512)
-        .build(https))
+        .wrap_connector(http)
 }
 
 /// Checks the raw (still percent-encoded) path after `/api/`; returns it if allowed.
@@ -134,20 +140,8 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// The proxy handler, as a route.
-pub async fn proxy(
-    State(st): State<AppState>,
-    session: Session,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response<Body>, AppError> {
-    forward(&st, &session, method, &uri, headers, body).await
-}
-
-/// The proxy for a whole request: what [`crate::App`] calls for `/api/…`
-/// without going through the router.
+/// The proxy for a whole request: what [`crate::App`] calls for `/api/…`,
+/// without the router.
 pub async fn handle(st: AppState, req: Request<Body>) -> Response<Body> {
     use axum::extract::FromRequestParts as _;
     let (mut parts, body) = req.into_parts();

@@ -45,8 +45,8 @@ pub struct Shared {
     pub sessions: Arc<dyn SessionStore>,
     /// Settings.
     pub config: Arc<ServerConfig>,
-    /// The pooled, keep-alive client for the upstream API.
-    pub upstream: crate::proxy::Upstream,
+    /// Opens connections to the upstream API (each thread pools its own).
+    pub upstream: crate::proxy::Connector,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The upstream's `Host` header, computed once (the client would format it
@@ -63,7 +63,7 @@ impl AppState {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, spotoken::Error> {
-        let upstream = crate::proxy::upstream_client()?;
+        let upstream = crate::proxy::connector();
         let api = &tokens.provider().api_base;
         let upstream_host = api
             .host_str()
