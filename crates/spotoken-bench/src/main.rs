@@ -597,6 +597,17 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
             .args(["-t2", "-c64", "-d2s", "-H", h, &url])
             .output()?;
     }
+    if std::env::var_os("SPOTOKEN_BENCH_HOLD").is_some() {
+        // For profiling by hand: everything is up; print how to reach it.
+        println!(
+            "holding until stdin closes\nemulator: {emu_url} (pid {})\nnginx: http://127.0.0.1:{nginx_port}/api/v1/me\n\
+             serve: {server_url}/api/v1/me (pid {})\nserve header: {cookie}\nemulator header: {auth}",
+            _emu.0.id(),
+            server.0.id()
+        );
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        return Ok(());
+    }
     let mut rows = Vec::new();
     for round in 0..3 {
         let direct = wrk(&format!("{emu_url}/v1/me"), &auth)?;

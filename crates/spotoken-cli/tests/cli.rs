@@ -526,3 +526,156 @@ async fn the_small_executable_answers_fresh_tokens_alone_and_hands_over_the_rest
     let bad = env.run(&["token", "--min-valid", "soon"]).await;
     assert_eq!(bad.code, 2, "usage error from clap in spotoken-full");
 }
+
+/// `spotoken serve` as deployed: several event loops, the binary's own signal
+/// handling. Clients on separate connections are served (connections are
+/// handed to the least busy loop), upstream connections are pooled, and
+/// SIGTERM lets a request in flight finish before the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_pools_upstream_connections_and_finishes_requests_on_sigterm() {
+    let env = Env::new().await;
+    let mut child = env
+        .cmd(&["serve", "--bind", "127.0.0.1:0", "--threads", "3"])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let server = loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("read")
+            .expect("serve prints its address");
+        if let Some(url) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") && line.contains("listening on"))
+        {
+            break url.to_owned();
+        }
+    };
+    let rest = tokio::spawn(async move {
+        let mut all = String::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    });
+    let browser = || {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+    };
+    // Log in as a browser would (the emulator consents on its own).
+    let http = browser();
+    let cookie_of = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| {
+                c.strip_prefix(&format!("{name}="))
+                    .map(|v| v.split(';').next().unwrap_or("").to_owned())
+            })
+    };
+    let location = |r: &reqwest::Response| {
+        r.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned()
+    };
+    let r = http
+        .get(format!("{server}/auth/login"))
+        .send()
+        .await
+        .expect("login");
+    let binding = cookie_of(&r, "__Host-spotoken_login").expect("login cookie");
+    let r = http.get(location(&r)).send().await.expect("authorize");
+    let r = http
+        .get(location(&r))
+        .header("cookie", format!("__Host-spotoken_login={binding}"))
+        .send()
+        .await
+        .expect("callback");
+    let session = format!(
+        "__Host-spotoken_session={}",
+        cookie_of(&r, "__Host-spotoken_session").expect("session cookie")
+    );
+    env.emu.reset_counters();
+
+    // Twelve clients, each on its own connection, five requests each.
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let (c, url, cookie) = (browser(), format!("{server}/api/v1/me"), session.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..5 {
+                    let r = c
+                        .get(&url)
+                        .header("cookie", &cookie)
+                        .send()
+                        .await
+                        .expect("api");
+                    statuses.push(r.status().as_u16());
+                    let body: Value = r.json().await.expect("json");
+                    assert_eq!(body["id"], "alice", "{body}");
+                }
+                statuses
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.await.expect("client"), vec![200; 5]);
+    }
+    let counters = env.emu.counters();
+    assert_eq!(counters.api_requests.get("200"), Some(&60));
+    assert!(
+        counters.connections <= 12,
+        "60 requests from 12 clients took {} upstream connections",
+        counters.connections
+    );
+
+    // A slow request in flight when SIGTERM arrives still gets its answer.
+    env.emu.update(|s| s.api_latency_ms = 400);
+    env.emu.reset_counters();
+    let slow = {
+        let (c, url, cookie) = (browser(), format!("{server}/api/v1/me"), session.clone());
+        tokio::spawn(async move { c.get(&url).header("cookie", &cookie).send().await })
+    };
+    // Wait until the server is serving it (its in-flight gauge), then stop it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = browser()
+            .get(format!("{server}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if m.contains("spotoken_proxy_in_flight 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never started:\n{m}"
+        );
+        tokio::task::yield_now().await;
+    }
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let r = slow
+        .await
+        .expect("task")
+        .expect("the slow request is answered");
+    assert_eq!(r.status(), 200);
+    let status = child.wait().await.expect("wait");
+    let stderr = rest.await.expect("stderr");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("spotoken serve stopped"), "{stderr}");
+}

@@ -93,7 +93,7 @@ impl Emulator {
         let shared = Shared::new(extra_client);
         let (stop, stopped) = oneshot::channel::<()>();
         let router = app(shared.clone());
-        let task = tokio::spawn(serve::serve(listener, router, async move {
+        let task = tokio::spawn(serve::serve(listener, router, shared.clone(), async move {
             let _ = stopped.await;
         }));
         Ok(Self {

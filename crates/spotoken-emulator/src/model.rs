@@ -255,6 +255,10 @@ pub struct Counters {
     pub api_requests: BTreeMap<String, u64>,
     /// Requests to `/authorize`.
     pub authorize_requests: u64,
+    /// TCP connections accepted (a client that keeps connections alive opens
+    /// few).
+    #[serde(default)]
+    pub connections: u64,
 }
 
 impl Counters {

@@ -29,8 +29,14 @@ impl DropConnection {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
+/// Serves `router` on `listener` until `shutdown` resolves, counting
+/// connections in `shared`'s counters.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shared: crate::Shared,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -43,6 +49,7 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
             },
             () = &mut shutdown => break,
         };
+        shared.lock().counters.connections += 1;
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         tokio::spawn(async move {

@@ -26,16 +26,20 @@ pub fn clear(name: &str) -> HeaderValue {
     set(name, "", 0)
 }
 
-/// The value of a request cookie.
+/// The value of a request cookie (the first of that name; values that are
+/// not UTF-8 are skipped). Read as bytes: only the value found is checked.
 pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let name = name.as_bytes();
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii_start();
+            let value = pair.strip_prefix(name)?.strip_prefix(b"=")?;
+            std::str::from_utf8(value.trim_ascii_end()).ok()
+        })
+        .next()
 }
 
 #[cfg(test)]
@@ -68,5 +72,21 @@ mod tests {
         );
         assert_eq!(get(&h, SESSION), Some("xyz"));
         assert_eq!(get(&h, LOGIN), None);
+        assert_eq!(get(&h, "a"), Some("1"));
+        assert_eq!(get(&h, "b"), Some("2"), "last pair, no trailing separator");
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("x__Host-spotoken_session=no;__Host-spotoken_session_2=no"),
+        );
+        assert_eq!(get(&h, SESSION), None, "a name is matched whole");
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("__Host-spotoken_session=second"),
+        );
+        assert_eq!(
+            get(&h, SESSION),
+            Some("second"),
+            "every Cookie header is read"
+        );
     }
 }

@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod refresher;
 pub mod state;
 pub mod trace;
+pub mod upstream;
 
 use std::future::Future;
 
@@ -36,7 +37,6 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::{any, get};
-use axum::serve::ListenerExt as _;
 
 pub use config::ServerConfig;
 pub use metrics::Metrics;
@@ -80,13 +80,27 @@ impl tower::Service<axum::extract::Request> for App {
     }
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        let app = self.clone();
+        Box::pin(async move { Ok(app.dispatch(req).await) })
+    }
+}
+
+impl App {
+    /// `/api/…` to the proxy, the rest to the router.
+    async fn dispatch<B>(self, req: axum::http::Request<B>) -> axum::response::Response
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let path = req.uri().path();
         if path.len() > "/api/".len() && path.starts_with("/api/") {
-            let state = self.state.clone();
-            Box::pin(async move { Ok(trace::traced(req, |req| proxy::handle(state, req)).await) })
+            let state = self.state;
+            trace::traced(req, |req| proxy::handle(state, req)).await
         } else {
-            let router = self.router.clone();
-            Box::pin(async move { tower::ServiceExt::oneshot(router, req).await })
+            match tower::ServiceExt::oneshot(self.router, req.map(axum::body::Body::new)).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
         }
     }
 }
@@ -153,14 +167,18 @@ pub async fn serve(
 /// its memory from ~35 MB to ~60 MB.
 pub const BLOCKING_THREADS: usize = 8;
 
-/// Like [`serve`], with the listener served from `threads` threads: this one
+/// Like [`serve`], with connections served by `threads` threads: this one
 /// and `threads - 1` more, each running its own single-threaded runtime that
-/// accepts connections and serves them to the end, upstream calls included
-/// (the upstream pool is per thread, see [`proxy`]). A proxied request then
-/// never crosses threads: no work stealing, no cross-thread wake-ups, which on
-/// a loaded machine cost more than the request itself (docs/BENCHMARKS.md).
-/// Called from a current-thread runtime, that is nginx's model of one event
-/// loop per core. The state (sessions cache, token engine, store) is shared.
+/// serves the connections given to it to the end, upstream calls included
+/// (the upstream pool is per thread, see [`upstream`]). A proxied request
+/// then never crosses threads: no work stealing, no cross-thread wake-ups,
+/// which on a loaded machine cost more than the request itself
+/// (docs/BENCHMARKS.md). Called from a current-thread runtime, that is
+/// nginx's model of one event loop per core. This thread accepts, and gives
+/// each connection to the loop with the fewest open connections: loops that
+/// each accepted from a shared socket took whatever burst of connections
+/// reached them first (one loop could serve 50 of 64 clients and the other
+/// 14). The state (sessions cache, token engine, store) is shared.
 pub async fn serve_on_threads(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -168,13 +186,13 @@ pub async fn serve_on_threads(
     shutdown: impl Future<Output = ()> + Send + 'static,
     threads: usize,
 ) -> std::io::Result<()> {
-    let listener = listener.into_std()?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stop = std::sync::Arc::new(stop);
+    let app = app(state.clone());
+    let here = Loop::default();
+    let mut others = Vec::new();
     let mut workers = Vec::new();
     for i in 1..threads.max(1) {
-        let (listener, state, mut stopped) =
-            (listener.try_clone()?, state.clone(), stopped.clone());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let app = app.clone();
         workers.push(
             std::thread::Builder::new()
                 .name(format!("spotoken-serve-{i}"))
@@ -183,20 +201,39 @@ pub async fn serve_on_threads(
                         .max_blocking_threads(BLOCKING_THREADS)
                         .enable_all()
                         .build()?
-                        .block_on(serve_listener(listener, state, async move {
-                            let _ = stopped.wait_for(|s| *s).await;
-                        }))
+                        .block_on(serve_given(rx, app));
+                    Ok(())
                 })?,
         );
+        others.push((tx, Loop::default()));
     }
-    let background = tokio::spawn(refresher::run(state.clone(), refresher));
-    let on_signal = stop.clone();
-    let result = serve_listener(listener, state, async move {
-        shutdown.await;
-        let _ = on_signal.send(true);
-    })
-    .await;
-    let _ = stop.send(true);
+    let background = tokio::spawn(refresher::run(state, refresher));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut listener = listener;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+            () = &mut shutdown => break,
+        };
+        match least_loaded(here.count(), others.iter().map(|(_, l)| l.count())) {
+            None => serve_connection(&graceful, &app, tcp, here.open()),
+            Some(i) => {
+                let (tx, l) = &others[i];
+                let guard = l.open();
+                match tcp.into_std() {
+                    Ok(tcp) => {
+                        // A loop that is gone dropped the connection with it.
+                        let _ = tx.send((tcp, guard));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
+                }
+            }
+        }
+    }
+    drop(listener);
+    drop(others);
+    graceful.shutdown().await;
     background.abort();
     for w in workers {
         match tokio::task::spawn_blocking(move || w.join()).await {
@@ -205,18 +242,114 @@ pub async fn serve_on_threads(
             _ => tracing::error!("a server thread panicked"),
         }
     }
-    result
+    Ok(())
 }
 
-async fn serve_listener(
-    listener: std::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
+/// Which of the other loops should take a new connection, given this loop's
+/// open connections and theirs: the one with the fewest, if it has fewer
+/// than this one (ties stay here: no hand-over).
+fn least_loaded(here: usize, others: impl Iterator<Item = usize>) -> Option<usize> {
+    others
+        .enumerate()
+        .filter(|&(_, n)| n < here)
+        .min_by_key(|&(_, n)| n)
+        .map(|(i, _)| i)
+}
+
+/// The open connections of one event loop.
+#[derive(Clone, Default)]
+struct Loop(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+/// One open connection of a [`Loop`], until dropped.
+struct Open(Loop);
+
+impl Loop {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn open(&self) -> Open {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Open(self.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        (self.0)
+            .0
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Serves the connections another thread hands over until it stops handing
+/// them, then lets in-flight requests finish.
+async fn serve_given(
+    mut given: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, Open)>,
+    app: App,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    while let Some((tcp, open)) = given.recv().await {
+        match tokio::net::TcpStream::from_std(tcp) {
+            Ok(tcp) => serve_connection(&graceful, &app, tcp, open),
+            Err(e) => tracing::warn!(error = %e, "cannot serve a connection"),
+        }
+    }
+    graceful.shutdown().await;
+}
+
+/// Serves one connection on this thread with hyper's HTTP/1 server; on
+/// shutdown, idle keep-alive connections close at once and in-flight
+/// requests finish. HTTP/1 only: browsers speak HTTP/2 only over TLS, which
+/// a TLS-terminating proxy in front of this server ends. Plain hyper rather
+/// than `axum::serve`, which adds protocol detection and a read-rewinding
+/// layer to every read, and boxes every request body (docs/BENCHMARKS.md).
+fn serve_connection(
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    app: &App,
+    tcp: tokio::net::TcpStream,
+    open: Open,
+) {
+    let _ = tcp.set_nodelay(true);
+    let app = app.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(app.dispatch(req).await) }
     });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // half_close: hyper would otherwise poll the socket for an early EOF
+    // while a request is in flight, and that read reserves a new read
+    // buffer (the old one is still referenced by the request's headers): an
+    // 8 KiB allocation per request. A client that goes away is still
+    // noticed when its response is written.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::trace!(error = %e, "connection ended with an error");
+        }
+        drop(open);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_loaded;
+
+    #[test]
+    fn connections_go_to_the_least_loaded_loop() {
+        assert_eq!(least_loaded(0, [0, 0].into_iter()), None, "ties stay here");
+        assert_eq!(least_loaded(1, [0, 0].into_iter()), Some(0));
+        assert_eq!(least_loaded(3, [2, 1, 1].into_iter()), Some(1));
+        assert_eq!(least_loaded(1, [1, 2].into_iter()), None);
+        assert_eq!(least_loaded(5, std::iter::empty()), None, "one loop");
+        // 64 connections opened at once end up spread evenly.
+        let mut open = [0usize; 3];
+        for _ in 0..64 {
+            let i = least_loaded(open[0], open[1..].iter().copied()).map_or(0, |i| i + 1);
+            open[i] += 1;
+        }
+        assert_eq!(open, [22, 21, 21]);
+    }
 }

@@ -8,19 +8,18 @@
 //! with every other request that saw it) and one retry; a 429 passes through
 //! with its `Retry-After`; an upstream timeout is a 504 with a JSON error.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
+use crate::cookies;
 use crate::error::AppError;
-use crate::state::{AppState, Session};
+use crate::state::AppState;
+use spotoken::store::SessionRecord;
 
 /// Request headers never forwarded (names as `http` stores them: lowercase).
 fn never_forwarded(name: &str) -> bool {
@@ -52,57 +51,6 @@ const HOP_BY_HOP: [&str; 9] = [
 
 fn hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
-}
-
-/// Opens connections to the upstream API: rustls with the platform's
-/// verifier (HTTPS, or plain HTTP to loopback, as the configured API URL was
-/// checked at start), 10 s to connect. Built once: its TLS configuration (the
-/// system's certificates, read from disk) is shared by every thread's pool.
-pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// A pool of keep-alive connections. Plain hyper rather than reqwest: the
-/// proxy hands the upstream body to the browser as it arrives, with its
-/// length, without re-framing.
-type Upstream = Client<Connector, Full<Bytes>>;
-
-thread_local! {
-    /// This thread's upstream pool. With one event loop per thread
-    /// (`serve_on_threads`), a proxied request and the upstream connection it
-    /// uses are driven by the same thread; a pool shared across threads would
-    /// hand a request to a connection task on another thread, and back.
-    static UPSTREAM: std::cell::OnceCell<Upstream> = const { std::cell::OnceCell::new() };
-}
-
-/// Sends `req` through this thread's pool, made on first use from the state's
-/// connector (connections are per origin, so states sharing a thread, as
-/// tests do, share the pool safely).
-fn upstream(
-    st: &AppState,
-    req: Request<Full<Bytes>>,
-) -> hyper_util::client::legacy::ResponseFuture {
-    UPSTREAM.with(|pool| {
-        pool.get_or_init(|| {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(512)
-                .build(st.upstream.clone())
-        })
-        .request(req)
-    })
-}
-
-/// Builds the [`Connector`].
-pub fn connector() -> Connector {
-    spotoken::http::install_crypto_provider();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_platform_verifier()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
 }
 
 /// Checks the raw (still percent-encoded) path after `/api/`; returns it if allowed.
@@ -142,10 +90,20 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
 
 /// The proxy for a whole request: what [`crate::App`] calls for `/api/…`,
 /// without the router.
-pub async fn handle(st: AppState, req: Request<Body>) -> Response<Body> {
-    use axum::extract::FromRequestParts as _;
-    let (mut parts, body) = req.into_parts();
-    let session = match Session::from_request_parts(&mut parts, &st).await {
+pub async fn handle<B>(st: AppState, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let session = match cookies::get(&parts.headers, cookies::SESSION) {
+        None => Err(AppError::Unauthenticated),
+        Some(value) => st
+            .session_for(value)
+            .await
+            .and_then(|s| s.ok_or(AppError::Unauthenticated)),
+    };
+    let session = match session {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -154,29 +112,44 @@ pub async fn handle(st: AppState, req: Request<Body>) -> Response<Body> {
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn forward(
+async fn forward<B>(
     st: &AppState,
-    session: &Session,
+    session: &SessionRecord,
     method: Method,
     uri: &axum::http::Uri,
     headers: HeaderMap,
-    body: Body,
-) -> Result<Response<Body>, AppError> {
+    body: B,
+) -> Result<Response<Body>, AppError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     let started = Instant::now();
+    let _in_flight = st.metrics.started();
     let raw = uri.path().strip_prefix("/api/").unwrap_or("");
     let path = checked_path(raw, &st.config.allowed_prefixes)?;
     // The path is checked above, so it is appended to the configured (and
     // start-up-checked) API base as it is: no parse-and-join per request.
-    let base = st.tokens.provider().api_base.as_str().trim_end_matches('/');
-    let url = match uri.query() {
-        Some(q) => format!("{base}/{path}?{q}"),
-        None => format!("{base}/{path}"),
+    let uri = st
+        .upstream
+        .path(path, uri.query())
+        .map_err(|_| AppError::BadRequest("not a valid upstream path".into()))?;
+    let body = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        use http_body_util::BodyExt as _;
+        match http_body_util::Limited::new(body, st.config.max_body)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(AppError::TooLarge),
+            Err(_) => return Err(AppError::BadRequest("the request body was cut off".into())),
+        }
     };
-    let body = axum::body::to_bytes(body, st.config.max_body)
-        .await
-        .map_err(|_| AppError::TooLarge)?;
     let listed = connection_listed(&headers);
-    let mut forward = HeaderMap::with_capacity(headers.len());
+    // Room for Host and Authorization: a full map would grow (rehash) for them.
+    let mut forward = HeaderMap::with_capacity(headers.len() + 2);
     for (k, v) in &headers {
         let name = k.as_str();
         if never_forwarded(name) || hop_by_hop(name) || listed.iter().any(|l| l == name) {
@@ -184,13 +157,8 @@ async fn forward(
         }
         forward.append(k.clone(), v.clone());
     }
-    if let Some(host) = &st.upstream_host {
-        forward.insert(header::HOST, host.clone());
-    }
-    let uri: axum::http::Uri = url
-        .parse()
-        .map_err(|_| AppError::BadRequest("not a valid upstream URL".into()))?;
-    let account = &session.record.account;
+    forward.insert(header::HOST, st.upstream.host().clone());
+    let account = &session.account;
     let mut token = st.tokens.access_token(account).await?;
     let mut retried = false;
     let upstream = loop {
@@ -200,24 +168,20 @@ async fn forward(
             .body(Full::new(body.clone()))
             .map_err(|e| AppError::BadRequest(format!("cannot forward the request: {e}")))?;
         *req.headers_mut() = forward.clone();
-        let mut bearer =
-            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                AppError::Spotoken(spotoken::Error::Internal(
-                    "token is not a header value".into(),
-                ))
-            })?;
+        let mut bearer = bearer(&token)?;
         bearer.set_sensitive(true);
         req.headers_mut().insert(header::AUTHORIZATION, bearer);
-        let resp = match tokio::time::timeout(st.config.upstream_timeout, upstream(st, req)).await {
-            Err(_) => return Err(AppError::UpstreamTimeout),
-            Ok(Err(e)) => {
-                return Err(AppError::Spotoken(spotoken::Error::temporary(
-                    format!("network: cannot reach the Web API ({e})"),
-                    None,
-                )));
-            }
-            Ok(Ok(r)) => r,
-        };
+        let resp =
+            match tokio::time::timeout(st.config.upstream_timeout, st.upstream.send(req)).await {
+                Err(_) => return Err(AppError::UpstreamTimeout),
+                Ok(Err(e)) => {
+                    return Err(AppError::Spotoken(spotoken::Error::temporary(
+                        format!("network: cannot reach the Web API ({e})"),
+                        None,
+                    )));
+                }
+                Ok(Ok(r)) => r,
+            };
         if resp.status() == StatusCode::UNAUTHORIZED && !retried {
             retried = true;
             token = st.tokens.refresh_after_rejection(account, &token).await?;
@@ -243,6 +207,19 @@ async fn forward(
     }
     st.metrics.proxied(status.as_u16(), started.elapsed());
     Ok(Response::from_parts(parts, Body::new(incoming)))
+}
+
+/// `Authorization: Bearer …` for `token`.
+fn bearer(token: &spotoken::core::secret::AccessToken) -> Result<HeaderValue, AppError> {
+    let token = token.expose();
+    let mut v = String::with_capacity("Bearer ".len() + token.len());
+    v.push_str("Bearer ");
+    v.push_str(token);
+    HeaderValue::try_from(v).map_err(|_| {
+        AppError::Spotoken(spotoken::Error::Internal(
+            "token is not a header value".into(),
+        ))
+    })
 }
 
 /// `/api` and `/api/` alone.

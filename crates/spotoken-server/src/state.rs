@@ -45,13 +45,10 @@ pub struct Shared {
     pub sessions: Arc<dyn SessionStore>,
     /// Settings.
     pub config: Arc<ServerConfig>,
-    /// Opens connections to the upstream API (each thread pools its own).
-    pub upstream: crate::proxy::Connector,
+    /// The upstream API (each thread pools its own connections).
+    pub upstream: crate::upstream::Upstream,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// The upstream's `Host` header, computed once (the client would format it
-    /// for every request).
-    pub upstream_host: Option<axum::http::HeaderValue>,
     cache: Mutex<SessionCache>,
 }
 
@@ -63,22 +60,13 @@ impl AppState {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, spotoken::Error> {
-        let upstream = crate::proxy::connector();
-        let api = &tokens.provider().api_base;
-        let upstream_host = api
-            .host_str()
-            .map(|h| match api.port() {
-                Some(p) => format!("{h}:{p}"),
-                None => h.to_owned(),
-            })
-            .and_then(|h| axum::http::HeaderValue::from_str(&h).ok());
+        let upstream = crate::upstream::Upstream::new(&tokens.provider().api_base)?;
         Ok(Self(Arc::new(Shared {
             tokens,
             sessions,
             config: Arc::new(config),
             upstream,
             metrics,
-            upstream_host,
             cache: Mutex::new(HashMap::new()),
         })))
     }

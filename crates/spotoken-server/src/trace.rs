@@ -9,36 +9,47 @@
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use rand::RngCore as _;
 use tracing::Instrument as _;
 
 /// The header carrying the id.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-fn request_id(req: &Request) -> String {
-    req.headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            let mut b = [0u8; 8];
-            rand::rng().fill_bytes(&mut b);
-            let mut id = String::with_capacity(16);
-            for x in b {
-                id.push(char::from(HEX[usize::from(x >> 4)]));
-                id.push(char::from(HEX[usize::from(x & 15)]));
-            }
-            id
-        })
+thread_local! {
+    /// SplitMix64 state for generated ids, seeded once per thread from the
+    /// system's generator: ids need to be distinct, not secret.
+    static NEXT_ID: std::cell::Cell<u64> = std::cell::Cell::new(rand::rng().next_u64());
+}
+
+/// The incoming id when it is short and plain, else a new one: 16 hex digits.
+fn request_id<B>(req: &Request<B>) -> HeaderValue {
+    if let Some(v) = req.headers().get(REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= 64
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+    {
+        return v.clone();
+    }
+    let mut z = NEXT_ID.with(|s| {
+        let z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(z);
+        z
+    });
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 16];
+    for (i, d) in id.iter_mut().enumerate() {
+        *d = HEX[((z >> (60 - 4 * i)) & 15) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// The middleware.
@@ -49,16 +60,16 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
 /// Runs `inner` on `req` inside the request's span, logs the outcome and sets
 /// `X-Request-Id` on the response (the middleware, and the proxy's direct path
 /// in [`crate::App`]).
-pub async fn traced<F, Fut>(req: Request, inner: F) -> Response
+pub async fn traced<B, F, Fut>(req: Request<B>, inner: F) -> Response
 where
-    F: FnOnce(Request) -> Fut,
+    F: FnOnce(Request<B>) -> Fut,
     Fut: std::future::Future<Output = Response>,
 {
     let id = request_id(&req);
     // Field values are only evaluated when the span is enabled.
     let span = tracing::info_span!(
         "request",
-        request_id = %id,
+        request_id = id.to_str().unwrap_or("-"),
         method = %req.method(),
         path = %req.uri().path()
     );
@@ -72,8 +83,6 @@ where
             "handled"
         );
     });
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(REQUEST_ID, v);
-    }
+    resp.headers_mut().insert(REQUEST_ID, id);
     resp
 }

@@ -298,7 +298,9 @@ impl Tokens {
         if let Some(t) = self.cached(account, min_valid) {
             return Ok(t.token);
         }
-        self.slow_path(account, min_valid, Trigger::Stale)
+        // Boxed: the refresh is a future of a few kilobytes, and every caller's
+        // future would otherwise carry (and move) it on the cached path too.
+        Box::pin(self.slow_path(account, min_valid, Trigger::Stale))
             .await
             .map(|c| c.token)
     }
@@ -318,7 +320,7 @@ impl Tokens {
         account: &str,
         rejected: &AccessToken,
     ) -> Result<AccessToken, Error> {
-        self.slow_path(account, self.inner.margin, Trigger::Rejected(rejected))
+        Box::pin(self.slow_path(account, self.inner.margin, Trigger::Rejected(rejected)))
             .await
             .map(|c| c.token)
     }
