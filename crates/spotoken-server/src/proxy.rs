@@ -11,15 +11,15 @@
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body_util::Full;
 
 use crate::cookies;
 use crate::error::AppError;
-use crate::state::AppState;
-use spotoken::store::SessionRecord;
+use crate::state::{AppState, View};
+use spotoken::core::secret::AccessToken;
 
 /// Request headers never forwarded (names as `http` stores them: lowercase).
 fn never_forwarded(name: &str) -> bool {
@@ -96,28 +96,42 @@ where
     B::Error: Into<axum::BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let session = match cookies::get(&parts.headers, cookies::SESSION) {
-        None => Err(AppError::Unauthenticated),
-        Some(value) => st
-            .session_for(value)
-            .await
-            .and_then(|s| s.ok_or(AppError::Unauthenticated)),
+    let Some(cookie) = cookies::get(&parts.headers, cookies::SESSION) else {
+        return AppError::Unauthenticated.into_response();
     };
-    let session = match session {
-        Ok(s) => s,
+    let view = match st.view(cookie).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return AppError::Unauthenticated.into_response(),
         Err(e) => return e.into_response(),
     };
-    forward(&st, &session, parts.method, &parts.uri, parts.headers, body)
+    forward(&st, cookie, view, &parts, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// The headers sent upstream: the browser's, less credentials, hop-by-hop
+/// headers and those its `Connection` names, plus `Host` and the bearer.
+fn upstream_headers(st: &AppState, headers: &HeaderMap, bearer: HeaderValue) -> HeaderMap {
+    let listed = connection_listed(headers);
+    // Room for Host and Authorization: a full map would grow (rehash) for them.
+    let mut forward = HeaderMap::with_capacity(headers.len() + 2);
+    for (k, v) in headers {
+        let name = k.as_str();
+        if never_forwarded(name) || hop_by_hop(name) || listed.iter().any(|l| l == name) {
+            continue;
+        }
+        forward.append(k.clone(), v.clone());
+    }
+    forward.insert(header::HOST, st.upstream.host().clone());
+    forward.insert(header::AUTHORIZATION, bearer);
+    forward
+}
+
 async fn forward<B>(
     st: &AppState,
-    session: &SessionRecord,
-    method: Method,
-    uri: &axum::http::Uri,
-    headers: HeaderMap,
+    cookie: &str,
+    view: View,
+    parts: &axum::http::request::Parts,
     body: B,
 ) -> Result<Response<Body>, AppError>
 where
@@ -126,13 +140,13 @@ where
 {
     let started = Instant::now();
     let _in_flight = st.metrics.started();
-    let raw = uri.path().strip_prefix("/api/").unwrap_or("");
+    let raw = parts.uri.path().strip_prefix("/api/").unwrap_or("");
     let path = checked_path(raw, &st.config.allowed_prefixes)?;
     // The path is checked above, so it is appended to the configured (and
     // start-up-checked) API base as it is: no parse-and-join per request.
     let uri = st
         .upstream
-        .path(path, uri.query())
+        .path(path, parts.uri.query())
         .map_err(|_| AppError::BadRequest("not a valid upstream path".into()))?;
     let body = if body.is_end_stream() {
         Bytes::new()
@@ -147,30 +161,15 @@ where
             Err(_) => return Err(AppError::BadRequest("the request body was cut off".into())),
         }
     };
-    let listed = connection_listed(&headers);
-    // Room for Host and Authorization: a full map would grow (rehash) for them.
-    let mut forward = HeaderMap::with_capacity(headers.len() + 2);
-    for (k, v) in &headers {
-        let name = k.as_str();
-        if never_forwarded(name) || hop_by_hop(name) || listed.iter().any(|l| l == name) {
-            continue;
-        }
-        forward.append(k.clone(), v.clone());
-    }
-    forward.insert(header::HOST, st.upstream.host().clone());
-    let account = &session.account;
-    let mut token = st.tokens.access_token(account).await?;
+    let mut bearer = view.bearer;
     let mut retried = false;
     let upstream = loop {
         let mut req = Request::builder()
-            .method(method.clone())
+            .method(parts.method.clone())
             .uri(uri.clone())
             .body(Full::new(body.clone()))
             .map_err(|e| AppError::BadRequest(format!("cannot forward the request: {e}")))?;
-        *req.headers_mut() = forward.clone();
-        let mut bearer = bearer(&token)?;
-        bearer.set_sensitive(true);
-        req.headers_mut().insert(header::AUTHORIZATION, bearer);
+        *req.headers_mut() = upstream_headers(st, &parts.headers, bearer.clone());
         let resp =
             match tokio::time::timeout(st.config.upstream_timeout, st.upstream.send(req)).await {
                 Err(_) => return Err(AppError::UpstreamTimeout),
@@ -184,7 +183,22 @@ where
             };
         if resp.status() == StatusCode::UNAUTHORIZED && !retried {
             retried = true;
-            token = st.tokens.refresh_after_rejection(account, &token).await?;
+            st.drop_view(cookie);
+            let rejected = bearer
+                .to_str()
+                .ok()
+                .and_then(|b| b.strip_prefix("Bearer "))
+                .map(AccessToken::new)
+                .ok_or_else(|| {
+                    AppError::Spotoken(spotoken::Error::Internal(
+                        "the bearer header lost its token".into(),
+                    ))
+                })?;
+            let token = st
+                .tokens
+                .refresh_after_rejection(&view.record.account, &rejected)
+                .await?;
+            bearer = crate::state::bearer(&token)?;
             continue;
         }
         break resp;
@@ -207,19 +221,6 @@ where
     }
     st.metrics.proxied(status.as_u16(), started.elapsed());
     Ok(Response::from_parts(parts, Body::new(incoming)))
-}
-
-/// `Authorization: Bearer …` for `token`.
-fn bearer(token: &spotoken::core::secret::AccessToken) -> Result<HeaderValue, AppError> {
-    let token = token.expose();
-    let mut v = String::with_capacity("Bearer ".len() + token.len());
-    v.push_str("Bearer ");
-    v.push_str(token);
-    HeaderValue::try_from(v).map_err(|_| {
-        AppError::Spotoken(spotoken::Error::Internal(
-            "token is not a header value".into(),
-        ))
-    })
 }
 
 /// `/api` and `/api/` alone.

@@ -557,6 +557,39 @@ async fn two_hundred_requests_after_expiry_cause_one_refresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_out_cookie_no_longer_reaches_the_api() {
+    let env = Env::new().await;
+    let url = &env.server.url;
+    let mut b = Browser::default();
+    b.login(url).await;
+    // Used on several connections at once, so each of the server's worker
+    // threads may keep a view of the session.
+    let old = b.clone();
+    let api = format!("{url}/api/v1/me");
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut browser, api) = (old.clone(), api.clone());
+            tokio::spawn(async move { browser.get(&api).await.status })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.expect("call"), StatusCode::OK);
+    }
+    let r = b
+        .send(
+            reqwest::Method::POST,
+            &format!("{url}/auth/logout"),
+            &[("X-CSRF", "1")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for _ in 0..4 {
+        let r = old.clone().get(&api).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_sessions_are_told_to_reauthorize() {
     let env = Env::new().await;
     let mut b = Browser::default();

@@ -305,6 +305,30 @@ impl Tokens {
             .map(|c| c.token)
     }
 
+    /// Like [`access_token`](Self::access_token), with how much longer the
+    /// engine will hand out this same token (its time left less the margin):
+    /// for callers that keep their own copy, such as a server's per-thread
+    /// cache.
+    pub async fn access_token_fresh_for(
+        &self,
+        account: &str,
+    ) -> Result<(AccessToken, Duration), Error> {
+        let margin = self.inner.margin;
+        let c = match self.cached(account, margin) {
+            Some(c) => c,
+            None => Box::pin(self.slow_path(account, margin, Trigger::Stale)).await?,
+        };
+        let margin = i64::try_from(margin.as_secs()).unwrap_or(i64::MAX);
+        let left = c
+            .expires_at
+            .saturating_sub(self.now())
+            .saturating_sub(margin);
+        Ok((
+            c.token,
+            Duration::from_secs(u64::try_from(left).unwrap_or(0)),
+        ))
+    }
+
     /// Refreshes now, whatever the expiry (`spotoken refresh`). Still single-flight.
     pub async fn force_refresh(&self, account: &str) -> Result<AccessToken, Error> {
         self.slow_path(account, self.inner.margin, Trigger::Force)

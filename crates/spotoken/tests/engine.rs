@@ -724,3 +724,31 @@ async fn reqwest_middleware_injects_and_refreshes_once_on_401() {
     }
     assert_eq!(env.emu.counters().token_requests_for("refresh_token"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_for_tells_how_long_the_same_token_is_handed_out() {
+    let env = Env::new().await;
+    env.login("me", "user-read-private").await;
+    let (token, fresh_for) = env
+        .tokens
+        .access_token_fresh_for("me")
+        .await
+        .expect("token");
+    // The emulator's tokens last an hour; the default margin is subtracted.
+    assert!(
+        fresh_for > Duration::from_secs(3000) && fresh_for <= Duration::from_secs(3600),
+        "{fresh_for:?}"
+    );
+    let same = env.tokens.access_token("me").await.expect("token");
+    assert_eq!(same.expose(), token.expose());
+    // Near expiry the engine refreshes first and reports the new token's time.
+    env.offset.fetch_add(3300, Ordering::SeqCst);
+    let (renewed, fresh_for) = env
+        .tokens
+        .access_token_fresh_for("me")
+        .await
+        .expect("token");
+    assert_ne!(renewed.expose(), token.expose());
+    assert!(fresh_for > Duration::from_secs(3000), "{fresh_for:?}");
+    assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 1);
+}
