@@ -608,16 +608,29 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
         return Ok(());
     }
+    // Interleaved rounds, the two proxies in alternating order (whatever
+    // runs second in a round has a warmer or a more tired machine).
     let mut rows = Vec::new();
-    for round in 0..3 {
+    for round in 0..5 {
         let direct = wrk(&format!("{emu_url}/v1/me"), &auth)?;
-        let nginx = wrk(
-            &format!("http://127.0.0.1:{nginx_port}/api/v1/me"),
-            "X-Bench: 1",
-        )?;
-        let ours = wrk(&format!("{server_url}/api/v1/me"), &cookie)?;
+        let nginx = || {
+            wrk(
+                &format!("http://127.0.0.1:{nginx_port}/api/v1/me"),
+                "X-Bench: 1",
+            )
+        };
+        let ours = || wrk(&format!("{server_url}/api/v1/me"), &cookie);
+        let (nginx, ours) = if round % 2 == 0 {
+            let n = nginx()?;
+            (n, ours()?)
+        } else {
+            let o = ours()?;
+            (nginx()?, o)
+        };
         rows.push((round, direct, nginx, ours));
     }
+    let mut throughput: Vec<f64> = rows.iter().map(|(_, _, n, o)| o.0 / n.0).collect();
+    let mut p50: Vec<f64> = rows.iter().map(|(_, _, n, o)| o.1 / n.1).collect();
     for (round, direct, nginx, ours) in &rows {
         println!(
             "proxy round {round}: emulator direct {:.0} req/s (p50 {:.2} ms); nginx proxy_pass {:.0} req/s (p50 {:.2} ms); \
@@ -632,6 +645,16 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
             ours.1 / nginx.1
         );
     }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "proxy median of {} rounds: serve/nginx throughput {:.2}x, p50 {:.2}x",
+        rows.len(),
+        median(&mut throughput),
+        median(&mut p50)
+    );
     // Memory: 10,000 sessions (SPOTOKEN_BENCH_SESSIONS), each used once through the proxy.
     let n: usize = std::env::var("SPOTOKEN_BENCH_SESSIONS")
         .ok()
