@@ -240,8 +240,10 @@ impl Resolved {
 }
 
 impl Resolved {
-    /// The engine for commands that only manage stored rows (logout, rekey):
-    /// they work even when no client id is configured.
+    /// The engine for commands that manage stored rows (logout, rekey,
+    /// daemon, accounts): they work even when no client id is configured,
+    /// since the engine refreshes and revokes each account with the client id
+    /// it was logged in with (the placeholder id is never sent).
     pub fn tokens_for_logout(&self) -> Result<spotoken::Tokens, Error> {
         if self.client_id.is_some()
             || spotoken::store::Sqlite::load_blocking(&self.store_path, &self.account)

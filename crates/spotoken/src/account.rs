@@ -360,7 +360,8 @@ impl Tokens {
                     let rt = spotoken_core::secret::RefreshToken::new(
                         String::from_utf8_lossy(&plain).into_owned(),
                     );
-                    let req = protocol::revocation_request(url, &self.inner.client, &rt);
+                    let client = self.client_for(&row.client_id);
+                    let req = protocol::revocation_request(url, &client, &rt);
                     match http::send_form(&self.inner.http, &req).await {
                         Ok(a) if a.status == 200 => true,
                         Ok(a) => {

@@ -562,7 +562,10 @@ impl Tokens {
                 .open(account, Field::RefreshToken, &row.refresh_token)?;
             RefreshToken::new(String::from_utf8_lossy(&plain).into_owned())
         };
-        let set = match self.request_refresh(account, &refresh).await {
+        let set = match self
+            .request_refresh(account, &row.client_id, &refresh)
+            .await
+        {
             Ok(set) => set,
             Err(Error::AuthorizationNeeded { reason, .. }) => {
                 let reason = match reason {
@@ -640,14 +643,36 @@ impl Tokens {
         }
     }
 
+    /// The client a stored account's refresh token belongs to: the one that
+    /// obtained it, as its row records. That is the configured client (with
+    /// its secret, if any), unless the account was logged in under another
+    /// client id; then that id, as a public client. An authorization server
+    /// refuses a refresh token presented by any other client, which would
+    /// look like a revoked grant.
+    pub(crate) fn client_for(&self, row_client_id: &str) -> std::borrow::Cow<'_, ClientAuth> {
+        if row_client_id.is_empty() || row_client_id == self.inner.client.client_id {
+            std::borrow::Cow::Borrowed(&self.inner.client)
+        } else {
+            std::borrow::Cow::Owned(ClientAuth::public(row_client_id))
+        }
+    }
+
     /// One refresh request, retried within the backoff budget.
     async fn request_refresh(
         &self,
         account: &str,
+        row_client_id: &str,
         refresh: &RefreshToken,
     ) -> Result<TokenSet, Error> {
-        let req =
-            protocol::refresh_request(&self.inner.provider.token_url, &self.inner.client, refresh);
+        let client = self.client_for(row_client_id);
+        if row_client_id != self.inner.client.client_id {
+            tracing::debug!(
+                account,
+                client_id = row_client_id,
+                "refreshing with the client id the account was logged in with"
+            );
+        }
+        let req = protocol::refresh_request(&self.inner.provider.token_url, &client, refresh);
         let started = Instant::now();
         let mut attempt = 1;
         loop {

@@ -96,8 +96,19 @@ impl Env {
         keys: KeyRing,
         offset: Arc<AtomicI64>,
     ) -> Tokens {
+        Self::engine_as(DEFAULT_CLIENT_ID, emu, db, keys, offset)
+    }
+
+    /// [`Self::engine`] configured with another client id.
+    fn engine_as(
+        client_id: &str,
+        emu: &Emulator,
+        db: &std::path::Path,
+        keys: KeyRing,
+        offset: Arc<AtomicI64>,
+    ) -> Tokens {
         Tokens::builder()
-            .client_id(DEFAULT_CLIENT_ID)
+            .client_id(client_id)
             .provider(Provider::spotify_like(&emu.url(), &emu.url()).expect("provider"))
             .store(Sqlite::open(db).expect("store"))
             .keys(keys)
@@ -751,4 +762,37 @@ async fn fresh_for_tells_how_long_the_same_token_is_handed_out() {
     assert_ne!(renewed.expose(), token.expose());
     assert!(fresh_for > Duration::from_secs(3000), "{fresh_for:?}");
     assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 1);
+}
+
+/// A refresh token belongs to the client that obtained it. An engine
+/// configured with another client id (the app's id changed, or a tool
+/// manages accounts of several apps) refreshes with the account's own id,
+/// where presenting its own would be refused as `invalid_grant` and the
+/// account flagged for a new login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_is_refreshed_with_the_client_id_it_was_logged_in_with() {
+    let env = Env::new().await;
+    env.login("me", "user-read-private").await;
+    env.emu.register_client(spotoken_emulator::Client {
+        id: "another-client".into(),
+        secret: None,
+        redirect_uris: vec![REDIRECT.into()],
+    });
+    let other = Env::engine_as(
+        "another-client",
+        &env.emu,
+        &env.db,
+        env.keys.clone(),
+        env.offset.clone(),
+    );
+    env.expire_locally();
+    other
+        .access_token("me")
+        .await
+        .expect("refreshed with the account's own client id");
+    let c = env.emu.counters();
+    assert_eq!(c.token_outcome("refresh_token", "ok"), 1);
+    assert_eq!(c.token_outcome("refresh_token", "invalid_grant"), 0);
+    let status = other.status("me").await.expect("status").expect("account");
+    assert_eq!(status.client_id, DEFAULT_CLIENT_ID);
 }
