@@ -89,4 +89,43 @@ mod tests {
             "every Cookie header is read"
         );
     }
+
+    proptest::proptest! {
+        /// Any header bytes: no panic, and a value found is one of the pairs
+        /// the header holds under exactly that name.
+        #[test]
+        fn any_cookie_header_is_read_safely(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&raw) {
+                h.insert(COOKIE, v);
+            }
+            if let Some(v) = get(&h, SESSION) {
+                let text = String::from_utf8_lossy(&raw);
+                let pair = format!("{}={}", SESSION, v);
+                proptest::prop_assert!(text.contains(&pair));
+            }
+        }
+
+        /// Well-formed headers: the first pair of the name wins, wherever it is.
+        #[test]
+        fn the_first_pair_of_a_name_is_found(
+            pairs in proptest::collection::vec(("[a-z_]{1,8}", "[A-Za-z0-9_-]{0,12}"), 0..8),
+            at in 0usize..8,
+            value in "[A-Za-z0-9_-]{1,43}",
+        ) {
+            let mut pairs: Vec<(String, String)> =
+                pairs.into_iter().filter(|(k, _)| k != SESSION).collect();
+            let at = at.min(pairs.len());
+            pairs.insert(at, (SESSION.to_owned(), value.clone()));
+            pairs.push((SESSION.to_owned(), "later".to_owned()));
+            let header = pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_str(&header).expect("ascii"));
+            proptest::prop_assert_eq!(get(&h, SESSION), Some(value.as_str()));
+        }
+    }
 }

@@ -263,4 +263,26 @@ mod tests {
             assert!(checked_path(p, &allowed()).is_err(), "{p}");
         }
     }
+
+    proptest::proptest! {
+        /// Whatever the path, an accepted one is relative, under an allowed
+        /// prefix, and free of every form of traversal or smuggling.
+        #[test]
+        fn accepted_paths_are_plain(raw in "[a-zA-Z0-9/%.:\\\\?_-]{0,40}") {
+            let prefixed = format!("v1/{raw}");
+            for p in [raw.as_str(), prefixed.as_str()] {
+                if let Ok(ok) = checked_path(p, &allowed()) {
+                    let lower = ok.to_ascii_lowercase();
+                    proptest::prop_assert!(ok.starts_with("v1/"));
+                    proptest::prop_assert!(!ok.starts_with('/'));
+                    proptest::prop_assert!(!ok.contains('\\') && !ok.contains("://"));
+                    proptest::prop_assert!(!ok.contains("//"));
+                    proptest::prop_assert!(!ok.split('/').any(|s| s == "." || s == ".."));
+                    for enc in ["%2f", "%2e", "%5c", "%00"] {
+                        proptest::prop_assert!(!lower.contains(enc), "{ok}");
+                    }
+                }
+            }
+        }
+    }
 }
