@@ -207,7 +207,8 @@ pub async fn serve_on_threads(
         );
         others.push((tx, Loop::default()));
     }
-    let background = tokio::spawn(refresher::run(state, refresher));
+    let background = tokio::spawn(refresher::run(state.clone(), refresher));
+    let logouts = tokio::spawn(state::watch_logouts(state));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut listener = listener;
     let mut shutdown = std::pin::pin!(shutdown);
@@ -235,6 +236,7 @@ pub async fn serve_on_threads(
     drop(others);
     graceful.shutdown().await;
     background.abort();
+    logouts.abort();
     for w in workers {
         match tokio::task::spawn_blocking(move || w.join()).await {
             Ok(Ok(Ok(()))) => {}

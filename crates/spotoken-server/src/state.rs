@@ -228,6 +228,16 @@ impl Shared {
         Ok(Some(view))
     }
 
+    /// Forgets every cached session, on every thread: another instance
+    /// deleted a session, and only its hash is known here.
+    pub fn forget_all(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Drops this thread's view of a session (its token was refused).
     pub fn drop_view(&self, cookie_value: &str) {
         self.views
@@ -290,4 +300,18 @@ pub fn check_csrf(parts: &axum::http::HeaderMap, config: &ServerConfig) -> Resul
         return Err(AppError::Forbidden("cross-origin request refused"));
     }
     Ok(())
+}
+
+/// With a store shared by several instances: forgets the cached sessions
+/// whenever any instance deletes one (a logout), so a logged-out cookie stops
+/// working everywhere at once rather than when the cache entries expire.
+/// Runs until the store stops reporting; returns at once for a store only
+/// this process serves from.
+pub async fn watch_logouts(state: AppState) {
+    let Some(mut logouts) = state.sessions.logouts().await else {
+        return;
+    };
+    while logouts.changed().await.is_ok() {
+        state.forget_all();
+    }
 }

@@ -53,6 +53,7 @@ async fn start(
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app(s)).await;
     });
+    tokio::spawn(spotoken_server::state::watch_logouts(state.clone()));
     Server {
         url,
         state,
@@ -635,6 +636,114 @@ async fn health_readiness_and_routes_by_oneshot() {
     assert_eq!(r.status(), 404, "no demo page unless asked");
 }
 
+/// `n` instances sharing one PostgreSQL schema (made for the test), as a
+/// team outgrowing one machine runs them.
+async fn pg_instances(
+    url: &str,
+    emu: &Emulator,
+    n: usize,
+    tweak: impl Fn(&mut ServerConfig),
+) -> (Vec<Server>, PgSchema) {
+    let schema = format!(
+        "spotoken_test_bff_{}_{}_{}",
+        std::process::id(),
+        spotoken::store::unix_now(),
+        rand_suffix()
+    );
+    let keys = KeyRing::generate();
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let pg = Arc::new(
+            spotoken::store::Postgres::connect_in_schema(url, Some(&schema))
+                .await
+                .expect("postgres"),
+        );
+        servers.push(start(emu, pg.clone(), pg, keys.clone(), &tweak).await);
+    }
+    (
+        servers,
+        PgSchema {
+            url: url.to_owned(),
+            name: schema,
+        },
+    )
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A test's schema, dropped by [`PgSchema::drop_all`].
+struct PgSchema {
+    url: String,
+    name: String,
+}
+
+impl PgSchema {
+    async fn drop_all(self) {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .await
+            .expect("cleanup");
+    }
+}
+
+/// Two instances on one PostgreSQL, with session caches that would keep a
+/// session for an hour: a logout on one ends the session on the other as
+/// soon as the notification arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_instance_ends_the_session_on_the_others() {
+    let Ok(url) = std::env::var("SPOTOKEN_TEST_DATABASE_URL") else {
+        eprintln!("SKIPPED: SPOTOKEN_TEST_DATABASE_URL is unset; the logout test did not run");
+        return;
+    };
+    let emu = Emulator::start().await.expect("emulator");
+    let (servers, schema) = pg_instances(&url, &emu, 2, |c| {
+        c.session_cache_ttl = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let mut b = Browser::default();
+    b.login(&servers[0].url).await;
+    let other = format!("{}/api/v1/me", servers[1].url);
+    assert_eq!(
+        b.clone().get(&other).await.status,
+        StatusCode::OK,
+        "cached on instance 1"
+    );
+    // The cookie as it was: the browser that logs out forgets it, a thief would not.
+    let old = b.clone();
+    let r = b
+        .send(
+            reqwest::Method::POST,
+            &format!("{}/auth/logout", servers[0].url),
+            &[("X-CSRF", "1")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Wait (bounded) for the notification to reach instance 1.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = StatusCode::OK;
+    while std::time::Instant::now() < deadline {
+        last = old.clone().get(&other).await.status;
+        if last == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        last,
+        StatusCode::UNAUTHORIZED,
+        "instance 1 still served the logged-out session"
+    );
+    schema.drop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_postgres_refresh_once() {
     let Ok(url) = std::env::var("SPOTOKEN_TEST_DATABASE_URL") else {
@@ -644,21 +753,7 @@ async fn three_instances_on_postgres_refresh_once() {
         return;
     };
     let emu = Emulator::start().await.expect("emulator");
-    let schema = format!(
-        "spotoken_test_bff_{}_{}",
-        std::process::id(),
-        spotoken::store::unix_now()
-    );
-    let keys = KeyRing::generate();
-    let mut servers = Vec::new();
-    for _ in 0..3 {
-        let pg = Arc::new(
-            spotoken::store::Postgres::connect_in_schema(&url, Some(&schema))
-                .await
-                .expect("postgres"),
-        );
-        servers.push(start(&emu, pg.clone(), pg, keys.clone(), |_| {}).await);
-    }
+    let (servers, schema) = pg_instances(&url, &emu, 3, |_| {}).await;
     // Log in on instance 0; the callback lands on instance 1 (any instance can finish a login).
     let mut b = Browser::default();
     let r = b.get(&format!("{}/auth/login", servers[0].url)).await;
@@ -682,12 +777,5 @@ async fn three_instances_on_postgres_refresh_once() {
         1,
         "one refresh across three instances"
     );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .expect("cleanup");
+    schema.drop_all().await;
 }

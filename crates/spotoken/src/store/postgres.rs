@@ -61,6 +61,10 @@ const MIGRATION_LOCK: i64 = 0x5370_6f74_6f6b_656e; // "Spotoken"
 pub struct Postgres {
     pool: Pool,
     describe: String,
+    /// For the logout listener's own connection.
+    config: tokio_postgres::Config,
+    /// `NOTIFY` channel for session deletions, per schema.
+    channel: String,
 }
 
 fn pg_err(e: tokio_postgres::Error) -> Error {
@@ -107,6 +111,8 @@ impl Postgres {
             cfg.get_dbname().unwrap_or(""),
             schema.map(|s| format!(" (schema {s})")).unwrap_or_default()
         );
+        let channel = format!("spotoken_logout_{}", schema.unwrap_or("public"));
+        let config = cfg.clone();
         let mgr = Manager::from_config(
             cfg,
             NoTls,
@@ -118,7 +124,12 @@ impl Postgres {
             .max_size(16)
             .build()
             .map_err(|e| Error::Internal(format!("PostgreSQL pool: {e}")))?;
-        let store = Self { pool, describe };
+        let store = Self {
+            pool,
+            describe,
+            config,
+            channel,
+        };
         store.migrate(schema).await?;
         Ok(store)
     }
@@ -409,7 +420,7 @@ impl super::sessions::SessionStore for Postgres {
         id_hash: &[u8],
     ) -> Result<Option<super::sessions::SessionRecord>, Error> {
         let client = self.client().await?;
-        Ok(client
+        let deleted = client
             .query_opt(
                 "DELETE FROM spotoken_sessions WHERE id_hash = $1 RETURNING id_hash, account, created_at, expires_at",
                 &[&id_hash],
@@ -417,7 +428,15 @@ impl super::sessions::SessionStore for Postgres {
             .await
             .map_err(pg_err)?
             .as_ref()
-            .map(session_from_pg))
+            .map(session_from_pg);
+        if deleted.is_some() {
+            // Every instance listening drops its cached sessions.
+            client
+                .execute("SELECT pg_notify($1, '')", &[&self.channel])
+                .await
+                .map_err(pg_err)?;
+        }
+        Ok(deleted)
     }
 
     async fn put_pending(&self, p: super::sessions::PendingRecord) -> Result<(), Error> {
@@ -490,6 +509,16 @@ impl super::sessions::SessionStore for Postgres {
         accounts.sort();
         Ok(accounts)
     }
+
+    async fn logouts(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        tokio::spawn(listen_for_logouts(
+            self.config.clone(),
+            self.channel.clone(),
+            tx,
+        ));
+        Some(rx)
+    }
 }
 
 struct PgLock {
@@ -547,6 +576,69 @@ impl Drop for PgLock {
         if let Some(client) = self.client.take() {
             drop(deadpool_postgres::Object::take(client));
         }
+    }
+}
+
+/// Keeps a connection that `LISTEN`s for session deletions and bumps `tx` for
+/// each, reconnecting with backoff; every (re)connection bumps it too, since
+/// deletions made while it was away were missed. Ends when nobody watches.
+async fn listen_for_logouts(
+    config: tokio_postgres::Config,
+    channel: String,
+    tx: tokio::sync::watch::Sender<u64>,
+) {
+    use std::time::Duration;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (heard, mut notices) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                if heard.send(()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "logout listener connection failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+                match client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
+                    Ok(()) => {
+                        pause = Duration::from_millis(200);
+                        tx.send_modify(|n| *n += 1);
+                        loop {
+                            tokio::select! {
+                                got = notices.recv() => match got {
+                                    Some(()) => tx.send_modify(|n| *n += 1),
+                                    None => break,
+                                },
+                                () = tx.closed() => {
+                                    driver.abort();
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot LISTEN for logouts"),
+                }
+                driver.abort();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect the logout listener"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = tx.closed() => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
     }
 }
 

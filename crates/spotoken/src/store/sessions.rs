@@ -74,6 +74,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes ended sessions and pending logins; returns the accounts whose
     /// sessions ended (their tokens should go too).
     async fn purge_expired(&self, now: i64) -> Result<Vec<String>, Error>;
+    /// For a store shared by several server instances: a counter that moves
+    /// whenever a session is deleted by any of them (or deletions may have
+    /// been missed), so that each can drop what it cached at once. `None`
+    /// for a store only one process serves from.
+    async fn logouts(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// The suite every session backend must pass.
