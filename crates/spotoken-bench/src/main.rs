@@ -226,8 +226,8 @@ fn time_run(cmd: &mut Command) -> Result<Duration, Box<dyn std::error::Error>> {
     Ok(d)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
 }
 
@@ -629,8 +629,8 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         };
         rows.push((round, direct, nginx, ours));
     }
-    let mut throughput: Vec<f64> = rows.iter().map(|(_, _, n, o)| o.0 / n.0).collect();
-    let mut p50: Vec<f64> = rows.iter().map(|(_, _, n, o)| o.1 / n.1).collect();
+    let throughput: Vec<f64> = rows.iter().map(|(_, _, n, o)| o.0 / n.0).collect();
+    let p50: Vec<f64> = rows.iter().map(|(_, _, n, o)| o.1 / n.1).collect();
     for (round, direct, nginx, ours) in &rows {
         println!(
             "proxy round {round}: emulator direct {:.0} req/s (p50 {:.2} ms); nginx proxy_pass {:.0} req/s (p50 {:.2} ms); \
@@ -645,15 +645,11 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
             ours.1 / nginx.1
         );
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     println!(
         "proxy median of {} rounds: serve/nginx throughput {:.2}x, p50 {:.2}x",
         rows.len(),
-        median(&mut throughput),
-        median(&mut p50)
+        median(throughput),
+        median(p50)
     );
     // Memory: 10,000 sessions (SPOTOKEN_BENCH_SESSIONS), each used once through the proxy.
     let n: usize = std::env::var("SPOTOKEN_BENCH_SESSIONS")

@@ -80,10 +80,7 @@ impl Env {
                 break line;
             }
         };
-        let browser = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
+        let browser = browser();
         let r = browser.get(&url).send().await.expect("authorize");
         let location = r.headers()["location"]
             .to_str()
@@ -131,6 +128,15 @@ impl Env {
             stderr: format!("{seen}{rest}"),
         }
     }
+}
+
+/// An HTTP client that, like a browser's address bar, shows each redirect
+/// instead of following it.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
 }
 
 /// Makes the stored account look an hour old with a minute left on its token
@@ -561,12 +567,6 @@ async fn serve_pools_upstream_connections_and_finishes_requests_on_sigterm() {
         }
         all
     });
-    let browser = || {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client")
-    };
     // Log in as a browser would (the emulator consents on its own).
     let http = browser();
     let cookie_of = |r: &reqwest::Response, name: &str| {

@@ -50,6 +50,12 @@ thread_local! {
     };
 }
 
+/// The `# HELP` and `# TYPE` lines of a metric.
+fn describe(s: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(s, "# HELP {name} {help}");
+    let _ = writeln!(s, "# TYPE {name} {kind}");
+}
+
 /// The server's counters.
 pub struct Metrics {
     refreshes: Mutex<BTreeMap<&'static str, u64>>,
@@ -120,11 +126,12 @@ impl Metrics {
     /// The Prometheus text format, with gauges computed by the caller.
     pub fn render(&self, active_sessions: usize, reauth_required: usize) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "# HELP spotoken_refreshes_total Token refreshes by outcome."
+        describe(
+            &mut s,
+            "spotoken_refreshes_total",
+            "counter",
+            "Token refreshes by outcome.",
         );
-        let _ = writeln!(s, "# TYPE spotoken_refreshes_total counter");
         for (k, v) in self
             .refreshes
             .lock()
@@ -133,11 +140,12 @@ impl Metrics {
         {
             let _ = writeln!(s, "spotoken_refreshes_total{{outcome=\"{k}\"}} {v}");
         }
-        let _ = writeln!(
-            s,
-            "# HELP spotoken_proxy_requests_total Proxied Web API requests by status."
+        describe(
+            &mut s,
+            "spotoken_proxy_requests_total",
+            "counter",
+            "Proxied Web API requests by status.",
         );
-        let _ = writeln!(s, "# TYPE spotoken_proxy_requests_total counter");
         for status in 0..600 {
             let v = self.total(|sh| sh.by_status[status].load(Ordering::Relaxed));
             if v > 0 {
@@ -147,13 +155,11 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            s,
-            "# HELP spotoken_proxy_request_duration_seconds Proxied request latency."
-        );
-        let _ = writeln!(
-            s,
-            "# TYPE spotoken_proxy_request_duration_seconds histogram"
+        describe(
+            &mut s,
+            "spotoken_proxy_request_duration_seconds",
+            "histogram",
+            "Proxied request latency.",
         );
         let mut count = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -179,23 +185,26 @@ impl Metrics {
             .iter()
             .map(|sh| sh.in_flight.load(Ordering::Relaxed))
             .sum();
-        let _ = writeln!(
-            s,
-            "# HELP spotoken_proxy_in_flight Proxied requests being served."
+        describe(
+            &mut s,
+            "spotoken_proxy_in_flight",
+            "gauge",
+            "Proxied requests being served.",
         );
-        let _ = writeln!(s, "# TYPE spotoken_proxy_in_flight gauge");
         let _ = writeln!(s, "spotoken_proxy_in_flight {}", in_flight.max(0));
-        let _ = writeln!(
-            s,
-            "# HELP spotoken_active_sessions Sessions that have not ended."
+        describe(
+            &mut s,
+            "spotoken_active_sessions",
+            "gauge",
+            "Sessions that have not ended.",
         );
-        let _ = writeln!(s, "# TYPE spotoken_active_sessions gauge");
         let _ = writeln!(s, "spotoken_active_sessions {active_sessions}");
-        let _ = writeln!(
-            s,
-            "# HELP spotoken_accounts_reauth_required Accounts that need a new login."
+        describe(
+            &mut s,
+            "spotoken_accounts_reauth_required",
+            "gauge",
+            "Accounts that need a new login.",
         );
-        let _ = writeln!(s, "# TYPE spotoken_accounts_reauth_required gauge");
         let _ = writeln!(s, "spotoken_accounts_reauth_required {reauth_required}");
         s
     }

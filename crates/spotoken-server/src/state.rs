@@ -187,9 +187,9 @@ impl Shared {
     /// [`View`]); `None` when the cookie names no live session.
     pub async fn view(&self, cookie_value: &str) -> Result<Option<View>, AppError> {
         let now = Instant::now();
+        let generation = self.generation.load(Ordering::Acquire);
         {
             let mut views = self.views.get_or_default().borrow_mut();
-            let generation = self.generation.load(Ordering::Acquire);
             if views.generation != generation {
                 views.map.clear();
                 views.generation = generation;
@@ -200,7 +200,6 @@ impl Shared {
                 return Ok(Some(v.clone()));
             }
         }
-        let generation = self.generation.load(Ordering::Acquire);
         let Some((record, read_at)) = self.session_entry(cookie_value).await? else {
             return Ok(None);
         };

@@ -9,7 +9,6 @@
 use std::time::Instant;
 
 use axum::extract::Request;
-
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -18,12 +17,6 @@ use tracing::Instrument as _;
 
 /// The header carrying the id.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-thread_local! {
-    /// SplitMix64 state for generated ids, seeded once per thread from the
-    /// system's generator: ids need to be distinct, not secret.
-    static NEXT_ID: std::cell::Cell<u64> = std::cell::Cell::new(rand::rng().next_u64());
-}
 
 /// The incoming id when it is short and plain, else a new one: 16 hex digits.
 fn request_id<B>(req: &Request<B>) -> HeaderValue {
@@ -36,14 +29,7 @@ fn request_id<B>(req: &Request<B>) -> HeaderValue {
     {
         return v.clone();
     }
-    let mut z = NEXT_ID.with(|s| {
-        let z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        s.set(z);
-        z
-    });
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
+    let z = rand::rng().next_u64();
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 16];
     for (i, d) in id.iter_mut().enumerate() {

@@ -201,21 +201,17 @@ impl Upstream {
     }
 
     fn pooled(&self, resp: Response<Incoming>, sender: Sender) -> Response<PooledBody> {
-        resp.map(|body| {
-            let mut body = PooledBody {
-                body,
-                back: Some((sender, self.pool)),
-            };
-            if body.body.is_end_stream() {
-                body.release();
-            }
-            body
+        // An empty body (204, 304) is never polled: its drop returns the
+        // connection.
+        resp.map(|body| PooledBody {
+            body,
+            back: Some((sender, self.pool)),
         })
     }
 }
 
 /// Builds the [`Connector`].
-pub fn connector() -> Connector {
+fn connector() -> Connector {
     spotoken::http::install_crypto_provider();
     let mut http = HttpConnector::new();
     http.enforce_http(false);

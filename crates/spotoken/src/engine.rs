@@ -295,14 +295,18 @@ impl Tokens {
         account: &str,
         min_valid: Duration,
     ) -> Result<AccessToken, Error> {
-        if let Some(t) = self.cached(account, min_valid) {
-            return Ok(t.token);
+        self.fresh(account, min_valid).await.map(|c| c.token)
+    }
+
+    /// The cache entry if it has more than `min_valid` left, else the slow
+    /// path's. Boxed: the refresh is a future of a few kilobytes, and every
+    /// caller's future would otherwise carry (and move) it on the cached path
+    /// too.
+    async fn fresh(&self, account: &str, min_valid: Duration) -> Result<Cached, Error> {
+        match self.cached(account, min_valid) {
+            Some(c) => Ok(c),
+            None => Box::pin(self.slow_path(account, min_valid, Trigger::Stale)).await,
         }
-        // Boxed: the refresh is a future of a few kilobytes, and every caller's
-        // future would otherwise carry (and move) it on the cached path too.
-        Box::pin(self.slow_path(account, min_valid, Trigger::Stale))
-            .await
-            .map(|c| c.token)
     }
 
     /// Like [`access_token`](Self::access_token), with how much longer the
@@ -314,10 +318,7 @@ impl Tokens {
         account: &str,
     ) -> Result<(AccessToken, Duration), Error> {
         let margin = self.inner.margin;
-        let c = match self.cached(account, margin) {
-            Some(c) => c,
-            None => Box::pin(self.slow_path(account, margin, Trigger::Stale)).await?,
-        };
+        let c = self.fresh(account, margin).await?;
         let margin = i64::try_from(margin.as_secs()).unwrap_or(i64::MAX);
         let left = c
             .expires_at
@@ -665,7 +666,7 @@ impl Tokens {
         refresh: &RefreshToken,
     ) -> Result<TokenSet, Error> {
         let client = self.client_for(row_client_id);
-        if row_client_id != self.inner.client.client_id {
+        if matches!(client, std::borrow::Cow::Owned(_)) {
             tracing::debug!(
                 account,
                 client_id = row_client_id,

@@ -420,23 +420,20 @@ impl super::sessions::SessionStore for Postgres {
         id_hash: &[u8],
     ) -> Result<Option<super::sessions::SessionRecord>, Error> {
         let client = self.client().await?;
-        let deleted = client
+        // One statement: the deletion and, when a row went, the notice that
+        // makes every listening instance drop its cached sessions (delivered
+        // at commit).
+        Ok(client
             .query_opt(
-                "DELETE FROM spotoken_sessions WHERE id_hash = $1 RETURNING id_hash, account, created_at, expires_at",
-                &[&id_hash],
+                "WITH gone AS (DELETE FROM spotoken_sessions WHERE id_hash = $1
+                               RETURNING id_hash, account, created_at, expires_at)
+                 SELECT gone.*, pg_notify($2, '') FROM gone",
+                &[&id_hash, &self.channel],
             )
             .await
             .map_err(pg_err)?
             .as_ref()
-            .map(session_from_pg);
-        if deleted.is_some() {
-            // Every instance listening drops its cached sessions.
-            client
-                .execute("SELECT pg_notify($1, '')", &[&self.channel])
-                .await
-                .map_err(pg_err)?;
-        }
-        Ok(deleted)
+            .map(session_from_pg))
     }
 
     async fn put_pending(&self, p: super::sessions::PendingRecord) -> Result<(), Error> {
