@@ -27,6 +27,10 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     /// How long an instance trusts its in-memory copy of a session.
     pub session_cache_ttl: Duration,
+    /// How long a connection may take to send a request's headers, counted
+    /// from when it opens or its previous response was written: closes idle
+    /// keep-alive connections and clients that trickle headers (slowloris).
+    pub header_read_timeout: Duration,
     /// Serve the demo page at `/`.
     pub demo: bool,
 }
@@ -52,6 +56,7 @@ impl ServerConfig {
             max_body: 1024 * 1024,
             upstream_timeout: Duration::from_secs(30),
             session_cache_ttl: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             demo: false,
         })
     }

@@ -313,6 +313,7 @@ fn serve_connection(
     open: Open,
 ) {
     let _ = tcp.set_nodelay(true);
+    let header_read_timeout = app.state.config.header_read_timeout;
     let app = app.clone();
     let service = hyper::service::service_fn(move |req| {
         let app = app.clone();
@@ -323,8 +324,13 @@ fn serve_connection(
     // buffer (the old one is still referenced by the request's headers): an
     // 8 KiB allocation per request. A client that goes away is still
     // noticed when its response is written.
+    // Without a timer hyper has no header read timeout at all: a client
+    // could hold a connection open forever, idle or sending a header a byte
+    // at a time.
     let conn = hyper::server::conn::http1::Builder::new()
         .half_close(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
         .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
     let conn = graceful.watch(conn);
     tokio::spawn(async move {

@@ -6,7 +6,10 @@
 //! `Cookie` and `Authorization` never leave; the bearer token is injected;
 //! hop-by-hop headers are dropped both ways. A 401 causes one refresh (shared
 //! with every other request that saw it) and one retry; a 429 passes through
-//! with its `Retry-After`; an upstream timeout is a 504 with a JSON error.
+//! with its `Retry-After`; an upstream timeout is a 504 with a JSON error. A
+//! 403 passes through too, with [`MISSING_SCOPE`] naming the scopes the
+//! endpoint needs that the session's login did not grant (Spotify's
+//! `Insufficient client scope` never says which).
 
 use std::time::Instant;
 
@@ -19,7 +22,14 @@ use http_body_util::Full;
 use crate::cookies;
 use crate::error::AppError;
 use crate::state::{AppState, View};
+use spotoken::core::scope;
 use spotoken::core::secret::AccessToken;
+
+/// On a 403: the scopes (space-separated) the endpoint needs that this
+/// session was not granted, from the scope table. Absent when the grant
+/// covers the endpoint or the table does not know it.
+pub const MISSING_SCOPE: header::HeaderName =
+    header::HeaderName::from_static("spotoken-missing-scope");
 
 /// Request headers never forwarded (names as `http` stores them: lowercase).
 fn never_forwarded(name: &str) -> bool {
@@ -204,6 +214,11 @@ where
         break resp;
     };
     let status = upstream.status();
+    let missing = if status == StatusCode::FORBIDDEN {
+        missing_scopes(st, &view.record.account, parts.method.as_str(), path).await
+    } else {
+        None
+    };
     let (mut parts, incoming) = upstream.into_parts();
     let upstream_listed = connection_listed(&parts.headers);
     // Most responses carry none of these: look before removing.
@@ -219,8 +234,43 @@ where
     for name in upstream_listed {
         parts.headers.remove(name.as_str());
     }
+    if let Some(missing) = missing {
+        parts.headers.insert(MISSING_SCOPE, missing);
+    }
     st.metrics.proxied(status.as_u16(), started.elapsed());
     Ok(Response::from_parts(parts, Body::new(incoming)))
+}
+
+/// What a 403 for `method path` is most likely about: the scopes the endpoint
+/// needs that the account's grant lacks. Logged with what to do about it:
+/// log in again when the configured scopes include them, else add them.
+async fn missing_scopes(
+    st: &AppState,
+    account: &str,
+    method: &str,
+    path: &str,
+) -> Option<HeaderValue> {
+    let granted = match st.tokens.granted_scopes(account).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::debug!(error = %e, "granted scopes unknown");
+            return None;
+        }
+    };
+    let endpoint = format!("/{path}");
+    let missing = scope::missing_for(method, &endpoint, &granted);
+    if missing.is_empty() {
+        return None;
+    }
+    let names = missing.join(" ");
+    if missing.iter().all(|m| st.config.scopes.contains(m)) {
+        tracing::info!(%method, %endpoint, missing = %names,
+            "the Web API refused a scope this session was not granted; a new login asks for it");
+    } else {
+        tracing::warn!(%method, %endpoint, missing = %names,
+            "the Web API refused a scope that `--scopes` does not ask for; add it");
+    }
+    HeaderValue::from_str(&names).ok()
 }
 
 /// `/api` and `/api/` alone.

@@ -367,6 +367,49 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 
+    /// An upstream that answers each connection's first request with a
+    /// keep-alive response and then closes the connection; reports each
+    /// close on `closed`.
+    async fn closing_upstream() -> (Upstream, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = url::Url::parse(&format!("http://{}/", listener.local_addr().expect("addr")))
+            .expect("url");
+        let (closed, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    let n = tcp.read(&mut buf).await.expect("read");
+                    assert!(n > 0, "the request was cut off");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await
+                    .expect("write");
+                tcp.shutdown().await.expect("shutdown");
+                drop(tcp);
+                let _ = closed.send(());
+            }
+        });
+        (Upstream::new(&url).expect("upstream"), rx)
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_noticed_before_use() {
+        let (up, mut closed) = closing_upstream().await;
+        assert_eq!(get(&up).await, "{}");
+        // The idle connection is now closed by the upstream; the next request
+        // finds out by polling it and takes a new one.
+        closed.recv().await.expect("closed");
+        assert_eq!(get(&up).await, "{}");
+        closed.recv().await.expect("closed");
+        assert_eq!(get(&up).await, "{}");
+    }
+
     #[tokio::test]
     async fn a_body_dropped_before_its_end_gives_its_connection_up() {
         let (up, accepted) = upstream(true).await;

@@ -506,6 +506,95 @@ async fn proxy_strips_credentials_and_passes_429_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_names_the_scope_the_session_lacks() {
+    let env = Env::new().await;
+    let url = &env.server.url;
+    let mut b = Browser::default();
+    b.login(url).await;
+    // Granted: user-read-private user-read-currently-playing (see `start`).
+    let r = b.get(&format!("{url}/api/v1/me/playlists")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.headers["spotoken-missing-scope"], "playlist-read-private");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "Insufficient client scope",
+        "Spotify's body passes through"
+    );
+    // A 403 on an endpoint the grant covers is about something else: no name.
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Api,
+        status: 403,
+        body: Some(serde_json::json!({"error": {"status": 403,
+            "message": "User not registered in the Developer Dashboard"}})),
+        ..Failure::default()
+    });
+    let r = b.get(&format!("{url}/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        !r.headers.contains_key("spotoken-missing-scope"),
+        "{:?}",
+        r.headers
+    );
+    let r = b.get(&format!("{url}/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.headers.contains_key("spotoken-missing-scope"));
+}
+
+/// Reads until the server closes the connection; panics if it has not
+/// within a minute (it should within a fraction of a second).
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tcp.read_to_end(&mut got),
+    )
+    .await
+    .expect("the server kept the connection open")
+    .expect("read");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_connections_are_closed() {
+    use tokio::io::AsyncWriteExt as _;
+    let env = Env::with(|c| c.header_read_timeout = std::time::Duration::from_millis(200)).await;
+    // The real serving path (hyper's HTTP/1 server per event loop), not
+    // `axum::serve` as in `start`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(spotoken_server::serve(
+        listener,
+        env.server.state.clone(),
+        spotoken_server::refresher::RefresherConfig::default(),
+        std::future::pending(),
+    ));
+    // A header that never ends.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut slow).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    // A keep-alive connection that goes quiet after one request.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    // Connections that keep asking are served.
+    let r = client()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_timeouts_are_504_json() {
     let env = Env::with(|c| c.upstream_timeout = std::time::Duration::from_millis(300)).await;
     let mut b = Browser::default();
