@@ -5,7 +5,9 @@
 //! encoded slashes or dots, no backslashes, no absolute URLs). The browser's
 //! `Cookie` and `Authorization` never leave; the bearer token is injected;
 //! hop-by-hop headers are dropped both ways. A 401 causes one refresh (shared
-//! with every other request that saw it) and one retry; a 429 passes through
+//! with every other request that saw it) and one retry; an idempotent request
+//! whose kept-alive connection hung up before answering goes once more on a
+//! new connection; a 429 passes through
 //! with its `Retry-After`; an upstream timeout is a 504 with a JSON error. A
 //! 403 passes through too, with [`MISSING_SCOPE`] naming the scopes the
 //! endpoint needs that the session's login did not grant (Spotify's
@@ -22,6 +24,7 @@ use http_body_util::Full;
 use crate::cookies;
 use crate::error::AppError;
 use crate::state::{AppState, View};
+use crate::upstream::SendError;
 use spotoken::core::scope;
 use spotoken::core::secret::AccessToken;
 
@@ -173,6 +176,7 @@ where
     };
     let mut bearer = view.bearer;
     let mut retried = false;
+    let mut on_new = false;
     let upstream = loop {
         let mut req = Request::builder()
             .method(parts.method.clone())
@@ -180,17 +184,25 @@ where
             .body(Full::new(body.clone()))
             .map_err(|e| AppError::BadRequest(format!("cannot forward the request: {e}")))?;
         *req.headers_mut() = upstream_headers(st, &parts.headers, bearer.clone());
-        let resp =
-            match tokio::time::timeout(st.config.upstream_timeout, st.upstream.send(req)).await {
-                Err(_) => return Err(AppError::UpstreamTimeout),
-                Ok(Err(e)) => {
-                    return Err(AppError::Spotoken(spotoken::Error::temporary(
-                        format!("network: cannot reach the Web API ({e})"),
-                        None,
-                    )));
-                }
-                Ok(Ok(r)) => r,
-            };
+        let sent = st.upstream.send(req, on_new);
+        let resp = match tokio::time::timeout(st.config.upstream_timeout, sent).await {
+            Err(_) => return Err(AppError::UpstreamTimeout),
+            // The upstream closed a kept-alive connection as it was
+            // reused: a request that is safe to repeat goes again, once,
+            // on a new connection.
+            Ok(Err(SendError::Stale(e))) if !on_new && parts.method.is_idempotent() => {
+                tracing::debug!(error = %e, "retrying on a new upstream connection");
+                on_new = true;
+                continue;
+            }
+            Ok(Err(e)) => {
+                return Err(AppError::Spotoken(spotoken::Error::temporary(
+                    format!("network: cannot reach the Web API ({e})"),
+                    None,
+                )));
+            }
+            Ok(Ok(r)) => r,
+        };
         if resp.status() == StatusCode::UNAUTHORIZED && !retried {
             retried = true;
             st.drop_view(cookie);

@@ -37,8 +37,52 @@ use tower::Service as _;
 /// system's certificates, read from disk) is shared by every thread.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// What a failed exchange reports.
+/// What a failed connection reports.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// A kept-alive connection from the pool ended before any of the response
+    /// arrived: the upstream most likely closed it, idle, just as it was
+    /// reused. The request may have reached it; an idempotent one can be
+    /// sent again on a new connection.
+    Stale(hyper::Error),
+    /// Anything else: cannot connect, TLS, a new connection failing, a
+    /// malformed response.
+    Failed(BoxError),
+}
+
+impl SendError {
+    fn after_reuse(e: hyper::Error) -> Self {
+        let reset = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                )
+            });
+        if e.is_incomplete_message() || e.is_canceled() || reset {
+            Self::Stale(e)
+        } else {
+            Self::Failed(e.into())
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stale(e) => write!(f, "a kept-alive connection ended before the response: {e}"),
+            Self::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 
@@ -159,14 +203,16 @@ impl Upstream {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) over an idle connection of
-    /// this thread, or a new one. A request that an idle connection turned
-    /// out unable to take (closed meanwhile) was never written, and goes to
-    /// the next one.
+    /// this thread, or a new one; only a new one when `fresh` (to send an
+    /// idempotent request again after [`SendError::Stale`]). A request that
+    /// an idle connection turned out unable to take (closed meanwhile) was
+    /// never written, and goes to the next one.
     pub async fn send(
         &self,
         mut req: Request<Full<Bytes>>,
-    ) -> Result<Response<PooledBody>, BoxError> {
-        while let Some(mut sender) = take_idle(self.pool) {
+        fresh: bool,
+    ) -> Result<Response<PooledBody>, SendError> {
+        while let Some(mut sender) = (!fresh).then(|| take_idle(self.pool)).flatten() {
             if std::future::poll_fn(|cx| sender.poll_ready(cx))
                 .await
                 .is_err()
@@ -177,13 +223,16 @@ impl Upstream {
                 Ok(resp) => return Ok(self.pooled(resp, sender)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(e.into_error().into()),
+                    None => return Err(SendError::after_reuse(e.into_error())),
                 },
             }
         }
         // Boxed: connecting (TCP, TLS) is a large future, rarely needed.
-        let mut sender = Box::pin(self.connect()).await?;
-        let resp = sender.send_request(req).await?;
+        let mut sender = Box::pin(self.connect()).await.map_err(SendError::Failed)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Failed(e.into()))?;
         Ok(self.pooled(resp, sender))
     }
 
@@ -323,7 +372,7 @@ mod tests {
             .header("host", up.host())
             .body(Full::new(Bytes::new()))
             .expect("request");
-        let resp = up.send(req).await.expect("send");
+        let resp = up.send(req, false).await.expect("send");
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.expect("body").to_bytes()
     }
@@ -418,7 +467,7 @@ mod tests {
             .header("host", up.host())
             .body(Full::new(Bytes::new()))
             .expect("request");
-        drop(up.send(req).await.expect("send"));
+        drop(up.send(req, false).await.expect("send"));
         assert_eq!(get(&up).await, "{}");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }

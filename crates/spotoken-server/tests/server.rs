@@ -29,6 +29,18 @@ async fn start(
     keys: KeyRing,
     tweak: impl FnOnce(&mut ServerConfig),
 ) -> Server {
+    start_with_api(emu, &emu.url(), tokens_store, sessions, keys, tweak).await
+}
+
+/// [`start`] with the Web API at `api` instead of the emulator.
+async fn start_with_api(
+    emu: &Emulator,
+    api: &str,
+    tokens_store: Arc<dyn TokenStore>,
+    sessions: Arc<dyn SessionStore>,
+    keys: KeyRing,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -42,7 +54,7 @@ async fn start(
     let m = metrics.clone();
     let tokens = Tokens::builder()
         .client_id(DEFAULT_CLIENT_ID)
-        .provider(Provider::spotify_like(&emu.url(), &emu.url()).expect("provider"))
+        .provider(Provider::spotify_like(&emu.url(), api).expect("provider"))
         .shared_store(tokens_store)
         .keys(keys)
         .on_refresh(move |_, o| m.refresh(o.as_str()))
@@ -592,6 +604,85 @@ async fn idle_and_trickling_connections_are_closed() {
         .await
         .expect("healthz");
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A Web API that answers each connection's first request with `{}` and
+/// hangs up on reading the second, as a server closing an idle keep-alive
+/// connection just as it is reused; counts connections.
+async fn api_hanging_up_on_reuse() -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut heads, mut got, mut buf) = (0, Vec::new(), [0u8; 4096]);
+                while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                    got.extend_from_slice(&buf[..n]);
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        heads += 1;
+                        if heads > 1 {
+                            return;
+                        }
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                      content-length: 2\r\n\r\n{}";
+                        tcp.write_all(answer.as_bytes()).await.expect("write");
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+// One thread: the proxy's idle upstream connections are per thread, so the
+// second request surely reuses the first one's connection.
+#[tokio::test(flavor = "current_thread")]
+async fn a_safe_request_is_sent_again_when_a_reused_connection_hangs_up() {
+    use std::sync::atomic::Ordering;
+    let emu = Emulator::start().await.expect("emulator");
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Sqlite::open(dir.path().join("server.db")).expect("store"));
+    let (api, accepted) = api_hanging_up_on_reuse().await;
+    let server = start_with_api(
+        &emu,
+        &api,
+        store.clone(),
+        store,
+        KeyRing::generate(),
+        |_| {},
+    )
+    .await;
+    let url = &server.url;
+    let mut b = Browser::default();
+    b.login(url).await;
+    // The login read the profile on a connection of its own.
+    let before = accepted.load(Ordering::SeqCst);
+    let r = b.get(&format!("{url}/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(accepted.load(Ordering::SeqCst), before + 1);
+    // Reuses that connection, which hangs up: sent again on a new one.
+    let r = b.get(&format!("{url}/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(accepted.load(Ordering::SeqCst), before + 2);
+    // A POST may have been acted on before the hang-up: not sent again.
+    let r = b
+        .send(
+            reqwest::Method::POST,
+            &format!("{url}/api/v1/me/player/next"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.json()["error"], "temporary");
+    assert_eq!(accepted.load(Ordering::SeqCst), before + 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
