@@ -36,6 +36,35 @@ pub struct ConfigFile {
     pub key_source: Option<String>,
     /// The account used when `--account` is not given.
     pub default_account: Option<String>,
+    /// `spotoken serve`'s settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<ServeFile>,
+}
+
+/// The `[serve]` table of `config.toml`: what `spotoken serve` takes when
+/// neither its flags nor the environment say.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    /// Address to listen on.
+    pub bind: Option<String>,
+    /// The origin browsers use.
+    pub public_url: Option<String>,
+    /// Redirect URI registered with the app (overrides the top-level one,
+    /// which is the CLI login's).
+    pub redirect_uri: Option<String>,
+    /// Scopes requested at login (overrides the top-level `scopes`).
+    pub scopes: Option<String>,
+    /// `postgres://…` or a SQLite file path.
+    pub database_url: Option<String>,
+    /// API path prefixes the proxy forwards.
+    pub allow_prefixes: Option<Vec<String>>,
+    /// How long a browser session lasts (`30d`, `12h`, seconds).
+    pub session_ttl: Option<String>,
+    /// Threads serving requests.
+    pub threads: Option<usize>,
+    /// Serve the demo page at `/`.
+    pub demo: Option<bool>,
 }
 
 /// Where the key comes from.

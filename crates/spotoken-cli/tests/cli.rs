@@ -533,6 +533,25 @@ async fn the_small_executable_answers_fresh_tokens_alone_and_hands_over_the_rest
     assert_eq!(bad.code, 2, "usage error from clap in spotoken-full");
 }
 
+/// Reads `spotoken serve`'s stderr up to its "listening on" line; returns
+/// the bound address (`http://…`) and the line.
+async fn listening(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) -> (String, String) {
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("read")
+            .expect("serve prints its address");
+        if line.contains("listening on")
+            && let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://"))
+        {
+            return (url.to_owned(), line);
+        }
+    }
+}
+
 /// `spotoken serve` as deployed: several event loops, the binary's own signal
 /// handling. Clients on separate connections are served (connections are
 /// handed to the least busy loop), upstream connections are pooled, and
@@ -546,19 +565,7 @@ async fn serve_pools_upstream_connections_and_finishes_requests_on_sigterm() {
         .spawn()
         .expect("spawn serve");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let server = loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("read")
-            .expect("serve prints its address");
-        if let Some(url) = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://") && line.contains("listening on"))
-        {
-            break url.to_owned();
-        }
-    };
+    let (server, _) = listening(&mut lines).await;
     let rest = tokio::spawn(async move {
         let mut all = String::new();
         while let Ok(Some(l)) = lines.next_line().await {
@@ -678,4 +685,29 @@ async fn serve_pools_upstream_connections_and_finishes_requests_on_sigterm() {
     let stderr = rest.await.expect("stderr");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("spotoken serve stopped"), "{stderr}");
+}
+
+/// `spotoken serve` with no flags takes its settings from the `[serve]` table
+/// of `config.toml`; a misspelt key there is a configuration error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reads_the_serve_table_of_the_config_file() {
+    let env = Env::new().await;
+    let config = env.home.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[serve]\nbind = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1:4321\"\ndemo = true\n",
+    )
+    .expect("write config");
+    let mut child = env.cmd(&["serve"]).spawn().expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (addr, line) = listening(&mut lines).await;
+    assert!(line.contains("public URL http://127.0.0.1:4321"), "{line}");
+    let demo = reqwest::get(format!("{addr}/")).await.expect("demo page");
+    assert_eq!(demo.status(), 200, "demo = true in the table");
+    child.kill().await.expect("kill");
+
+    std::fs::write(&config, "[serve]\nbnd = \"127.0.0.1:0\"\n").expect("write config");
+    let bad = env.run(&["serve"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("config.toml"), "{}", bad.stderr);
 }

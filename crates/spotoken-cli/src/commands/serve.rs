@@ -12,12 +12,13 @@ use spotoken_server::{AppState, Metrics, ServerConfig, refresher::RefresherConfi
 
 use crate::config::{Resolved, parse_duration_arg};
 
-/// Options of `spotoken serve`.
-#[derive(Debug, Clone, clap::Args)]
+/// Options of `spotoken serve`. Each one not given falls back to the
+/// `[serve]` table of `config.toml`, then to its default ([`Settings::resolve`]).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "SPOTOKEN_BIND", default_value = "127.0.0.1:8080")]
-    pub bind: String,
+    /// Address to listen on [default: config's [serve] bind, else 127.0.0.1:8080]
+    #[arg(long, env = "SPOTOKEN_BIND")]
+    pub bind: Option<String>,
     /// The origin browsers use [default: http://{the bound address}]
     #[arg(long, env = "SPOTOKEN_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -34,9 +35,9 @@ pub struct ServeArgs {
     /// API path prefixes the proxy forwards (repeatable) [default: v1/]
     #[arg(long = "allow-prefix")]
     pub allow_prefixes: Vec<String>,
-    /// How long a browser session lasts.
-    #[arg(long, default_value = "30d", value_parser = parse_duration_arg)]
-    pub session_ttl: Duration,
+    /// How long a browser session lasts [default: 30d]
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub session_ttl: Option<Duration>,
     /// Serve a demo page at / (login button, profile, what is playing, logout).
     #[arg(long)]
     pub demo: bool,
@@ -45,46 +46,107 @@ pub struct ServeArgs {
     pub threads: Option<usize>,
 }
 
+/// What the server runs with: flags and environment, then `[serve]` in
+/// `config.toml`, then the top-level settings the CLI login shares (redirect
+/// URI, scopes), then defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Address to listen on.
+    pub bind: String,
+    /// The origin browsers use; `None`: `http://{the bound address}`.
+    pub public_url: Option<String>,
+    /// Redirect URI; `None`: `{public-url}/auth/callback`.
+    pub redirect_uri: Option<String>,
+    /// Scopes requested at login.
+    pub scopes: Scopes,
+    /// `postgres://…` or a SQLite path; `None`: the home's store.
+    pub database_url: Option<String>,
+    /// API path prefixes the proxy forwards, without a leading slash.
+    pub allow_prefixes: Vec<String>,
+    /// How long a browser session lasts.
+    pub session_ttl: Duration,
+    /// Threads serving requests; `None`: one per core.
+    pub threads: Option<usize>,
+    /// Serve the demo page.
+    pub demo: bool,
+}
+
+impl Settings {
+    /// Resolves `args` against the config (pure: no I/O).
+    pub fn resolve(args: &ServeArgs, cfg: &Resolved) -> Result<Self, Error> {
+        let file = cfg.file.serve.clone().unwrap_or_default();
+        let session_ttl = match (args.session_ttl, &file.session_ttl) {
+            (Some(d), _) => d,
+            (None, Some(s)) => parse_duration_arg(s).map_err(|e| {
+                Error::Configuration(format!(
+                    "[serve] session_ttl in {}: {e}",
+                    cfg.config_path.display()
+                ))
+            })?,
+            (None, None) => Duration::from_secs(30 * 24 * 3600),
+        };
+        let allow_prefixes = if args.allow_prefixes.is_empty() {
+            file.allow_prefixes
+                .unwrap_or_else(|| vec!["v1/".to_owned()])
+        } else {
+            args.allow_prefixes.clone()
+        };
+        Ok(Self {
+            bind: args
+                .bind
+                .clone()
+                .or(file.bind)
+                .unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+            public_url: args.public_url.clone().or(file.public_url),
+            redirect_uri: args
+                .redirect_uri
+                .clone()
+                .or(file.redirect_uri)
+                .or_else(|| cfg.redirect_uri.clone()),
+            scopes: match (&args.scopes, &file.scopes) {
+                (Some(s), _) | (None, Some(s)) => Scopes::parse(s),
+                (None, None) => cfg
+                    .scopes
+                    .clone()
+                    .unwrap_or_else(|| Scopes::parse("user-read-private")),
+            },
+            database_url: args.database_url.clone().or(file.database_url),
+            allow_prefixes: allow_prefixes
+                .iter()
+                .map(|p| p.trim_start_matches('/').to_owned())
+                .collect(),
+            session_ttl,
+            threads: args.threads.or(file.threads),
+            demo: args.demo || file.demo.unwrap_or(false),
+        })
+    }
+}
+
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
-    let listener = tokio::net::TcpListener::bind(&args.bind)
+    let settings = Settings::resolve(&args, cfg)?;
+    let listener = tokio::net::TcpListener::bind(&settings.bind)
         .await
-        .map_err(|e| Error::Configuration(format!("cannot listen on {}: {e}", args.bind)))?;
+        .map_err(|e| Error::Configuration(format!("cannot listen on {}: {e}", settings.bind)))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let public_url = args
+    let public_url = settings
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
     let mut sc = ServerConfig::new(&public_url)?;
-    if let Some(r) = args
-        .redirect_uri
-        .clone()
-        .or_else(|| cfg.redirect_uri.clone())
-    {
-        spotoken::core::endpoint::check_redirect_uri(&r)?;
-        sc.redirect_uri = r;
+    if let Some(r) = &settings.redirect_uri {
+        spotoken::core::endpoint::check_redirect_uri(r)?;
+        sc.redirect_uri = r.clone();
     }
-    sc.scopes = match &args.scopes {
-        Some(s) => Scopes::parse(s),
-        None => cfg
-            .scopes
-            .clone()
-            .unwrap_or_else(|| Scopes::parse("user-read-private")),
-    };
-    if !args.allow_prefixes.is_empty() {
-        sc.allowed_prefixes = args
-            .allow_prefixes
-            .iter()
-            .map(|p| p.trim_start_matches('/').to_owned())
-            .collect();
-    }
-    sc.session_ttl = args.session_ttl;
-    sc.demo = args.demo;
+    sc.scopes = settings.scopes.clone();
+    sc.allowed_prefixes = settings.allow_prefixes.clone();
+    sc.session_ttl = settings.session_ttl;
+    sc.demo = settings.demo;
 
     let (tokens_store, sessions): (Arc<dyn TokenStore>, Arc<dyn SessionStore>) =
-        match args.database_url.as_deref() {
+        match settings.database_url.as_deref() {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 let pg = Arc::new(spotoken::store::Postgres::connect(url).await?);
                 (pg.clone(), pg)
@@ -123,10 +185,10 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     eprintln!(
         "spotoken serve listening on http://{addr} (public URL {public_url}; store: {describe})"
     );
-    if args.demo {
+    if settings.demo {
         eprintln!("demo page: {public_url}/");
     }
-    let threads = args.threads.unwrap_or_else(|| {
+    let threads = settings.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     spotoken_server::serve_on_threads(
@@ -140,4 +202,112 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     .map_err(|e| Error::Internal(format!("server failed: {e}")))?;
     eprintln!("spotoken serve stopped");
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServeFile;
+
+    fn resolved(serve: Option<ServeFile>, top_scopes: Option<&str>) -> Resolved {
+        let g = crate::cli::Global {
+            home: Some(std::env::temp_dir().join("spotoken-serve-settings-test")),
+            account: None,
+            client_id: None,
+            accounts_url: None,
+            api_url: None,
+            output: crate::cli::Output::Text,
+            verbose: 0,
+        };
+        let mut cfg = crate::config::resolve(&g).expect("resolve");
+        cfg.file.serve = serve;
+        cfg.scopes = top_scopes.map(Scopes::parse);
+        cfg.redirect_uri = Some("http://127.0.0.1:9999/callback".into());
+        cfg
+    }
+
+    #[test]
+    fn defaults_without_flags_or_config() {
+        let s = Settings::resolve(&ServeArgs::default(), &resolved(None, None)).expect("ok");
+        assert_eq!(s.bind, "127.0.0.1:8080");
+        assert_eq!(s.public_url, None);
+        assert_eq!(s.scopes, Scopes::parse("user-read-private"));
+        assert_eq!(s.allow_prefixes, ["v1/"]);
+        assert_eq!(s.session_ttl, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!((s.threads, s.demo, s.database_url), (None, false, None));
+        // The top-level redirect URI (the CLI login's) is the last resort.
+        assert_eq!(
+            s.redirect_uri.as_deref(),
+            Some("http://127.0.0.1:9999/callback")
+        );
+    }
+
+    #[test]
+    fn the_serve_table_fills_what_flags_leave_out() {
+        let file = ServeFile {
+            bind: Some("0.0.0.0:9000".into()),
+            public_url: Some("https://app.example".into()),
+            redirect_uri: Some("https://app.example/auth/callback".into()),
+            scopes: Some("user-read-private,playlist-read-private".into()),
+            database_url: Some("postgres://db/spotoken".into()),
+            allow_prefixes: Some(vec!["/v1/me".into()]),
+            session_ttl: Some("12h".into()),
+            threads: Some(3),
+            demo: Some(true),
+        };
+        let s = Settings::resolve(
+            &ServeArgs::default(),
+            &resolved(Some(file.clone()), Some("x")),
+        )
+        .expect("ok");
+        assert_eq!(s.bind, "0.0.0.0:9000");
+        assert_eq!(s.public_url.as_deref(), Some("https://app.example"));
+        assert_eq!(
+            s.redirect_uri.as_deref(),
+            Some("https://app.example/auth/callback")
+        );
+        assert_eq!(
+            s.scopes,
+            Scopes::parse("user-read-private playlist-read-private")
+        );
+        assert_eq!(s.database_url.as_deref(), Some("postgres://db/spotoken"));
+        assert_eq!(s.allow_prefixes, ["v1/me"]);
+        assert_eq!(s.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!((s.threads, s.demo), (Some(3), true));
+
+        let flags = ServeArgs {
+            bind: Some("127.0.0.1:0".into()),
+            public_url: Some("http://127.0.0.1:1".into()),
+            scopes: Some("user-read-email".into()),
+            allow_prefixes: vec!["v1/search".into()],
+            session_ttl: Some(Duration::from_secs(60)),
+            threads: Some(1),
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(&flags, &resolved(Some(file), None)).expect("ok");
+        assert_eq!(s.bind, "127.0.0.1:0");
+        assert_eq!(s.public_url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(s.scopes, Scopes::parse("user-read-email"));
+        assert_eq!(s.allow_prefixes, ["v1/search"]);
+        assert_eq!(s.session_ttl, Duration::from_secs(60));
+        assert_eq!(s.threads, Some(1));
+    }
+
+    #[test]
+    fn top_level_scopes_apply_when_the_serve_table_has_none() {
+        let s = Settings::resolve(&ServeArgs::default(), &resolved(None, Some("a b"))).expect("ok");
+        assert_eq!(s.scopes, Scopes::parse("a b"));
+    }
+
+    #[test]
+    fn a_bad_session_ttl_names_the_file() {
+        let file = ServeFile {
+            session_ttl: Some("soon".into()),
+            ..ServeFile::default()
+        };
+        let e = Settings::resolve(&ServeArgs::default(), &resolved(Some(file), None))
+            .expect_err("refused");
+        assert!(e.to_string().contains("[serve] session_ttl"), "{e}");
+        assert!(e.to_string().contains("config.toml"), "{e}");
+    }
 }
