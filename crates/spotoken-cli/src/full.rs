@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     let args = cli::Args::parse();
-    init_logging(args.global.verbose);
+    init_logging(args.global.verbose, args.global.output);
     // Commands are I/O-bound and short: two workers. The server runs one
     // single-threaded event loop per thread (`spotoken_server::serve_on_threads`),
     // this thread's among them.
@@ -50,7 +50,10 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn init_logging(verbose: u8) {
+/// Logs on stderr: for people, or with `--output json` one JSON object per
+/// line (a log collector's format: level, target, fields, and the request's
+/// span with its id for `spotoken serve`).
+fn init_logging(verbose: u8, output: cli::Output) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "warn",
@@ -58,8 +61,11 @@ fn init_logging(verbose: u8) {
         _ => "debug,spotoken=trace",
     };
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match output {
+        cli::Output::Text => builder.try_init(),
+        cli::Output::Json => builder.json().try_init(),
+    };
 }

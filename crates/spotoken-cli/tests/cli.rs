@@ -711,3 +711,60 @@ async fn serve_reads_the_serve_table_of_the_config_file() {
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("config.toml"), "{}", bad.stderr);
 }
+
+/// `spotoken --output json serve`: where it listens as JSON on stdout, and a
+/// log collector's format on stderr: one JSON object per line, each request
+/// with its id, and never a query string or a cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_json_lines_with_request_ids_and_no_secrets() {
+    let env = Env::new().await;
+    let mut child = env
+        .cmd(&["--output", "json", "serve", "--bind", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("spawn serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = stdout.next_line().await.expect("read").expect("a line");
+    let started: Value = serde_json::from_str(&first).expect("JSON on stdout");
+    let server = started["listening"].as_str().expect("address").to_owned();
+    assert_eq!(started["demo"], Value::Null);
+
+    let http = browser();
+    let r = http
+        .get(format!("{server}/healthz"))
+        .header("x-request-id", "trace-me-1")
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.headers()["x-request-id"], "trace-me-1");
+    let cookie = "__Host-spotoken_session=not-a-real-session-value";
+    let r = http
+        .get(format!("{server}/api/v1/me?code=query-secret"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(r.status(), 401);
+
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut handled = Vec::new();
+    while handled.len() < 2 {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), stderr.next_line())
+            .await
+            .expect("the request logs arrive")
+            .expect("read")
+            .expect("a line");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(!line.contains("query-secret"), "{line}");
+        assert!(!line.contains("not-a-real-session-value"), "{line}");
+        if v["fields"]["message"] == "handled" {
+            handled.push(v);
+        }
+    }
+    assert_eq!(handled[0]["span"]["request_id"], "trace-me-1");
+    assert_eq!(handled[0]["span"]["path"], "/healthz");
+    assert_eq!(handled[0]["fields"]["status"], 200);
+    assert_eq!(handled[1]["span"]["path"], "/api/v1/me");
+    assert_eq!(handled[1]["fields"]["status"], 401);
+    child.kill().await.expect("kill");
+}

@@ -10,7 +10,9 @@ use spotoken::core::scope::Scopes;
 use spotoken::store::{SessionStore, TokenStore};
 use spotoken_server::{AppState, Metrics, ServerConfig, refresher::RefresherConfig};
 
+use crate::cli::Output;
 use crate::config::{Resolved, parse_duration_arg};
+use crate::output;
 
 /// Options of `spotoken serve`. Each one not given falls back to the
 /// `[serve]` table of `config.toml`, then to its default ([`Settings::resolve`]).
@@ -182,15 +184,27 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     let tokens = b.build()?;
     let describe = tokens.store().describe();
     let state = AppState::new(tokens, sessions, sc, metrics)?;
-    eprintln!(
-        "spotoken serve listening on http://{addr} (public URL {public_url}; store: {describe})"
-    );
-    if settings.demo {
-        eprintln!("demo page: {public_url}/");
-    }
     let threads = settings.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
+    let demo = settings.demo.then(|| format!("{public_url}/"));
+    if cfg.output == Output::Json {
+        // For scripts: where it listens, on stdout (logs are JSON on stderr).
+        output::json(&serde_json::json!({
+            "listening": format!("http://{addr}"),
+            "public_url": public_url,
+            "store": describe,
+            "threads": threads,
+            "demo": demo,
+        }));
+    } else {
+        eprintln!(
+            "spotoken serve listening on http://{addr} (public URL {public_url}; store: {describe})"
+        );
+        if let Some(page) = &demo {
+            eprintln!("demo page: {page}");
+        }
+    }
     spotoken_server::serve_on_threads(
         listener,
         state,
@@ -200,7 +214,9 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     )
     .await
     .map_err(|e| Error::Internal(format!("server failed: {e}")))?;
-    eprintln!("spotoken serve stopped");
+    if cfg.output == Output::Text {
+        eprintln!("spotoken serve stopped");
+    }
     Ok(0)
 }
 
