@@ -23,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod cookies;
 pub mod error;
+pub mod http1;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;

@@ -19,7 +19,6 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
 use bytes::Bytes;
-use http_body_util::Full;
 
 use crate::cookies;
 use crate::error::AppError;
@@ -157,10 +156,7 @@ where
     let path = checked_path(raw, &st.config.allowed_prefixes)?;
     // The path is checked above, so it is appended to the configured (and
     // start-up-checked) API base as it is: no parse-and-join per request.
-    let uri = st
-        .upstream
-        .path(path, parts.uri.query())
-        .map_err(|_| AppError::BadRequest("not a valid upstream path".into()))?;
+    let target = st.upstream.target(path, parts.uri.query());
     let body = if body.is_end_stream() {
         Bytes::new()
     } else {
@@ -178,13 +174,10 @@ where
     let mut retried = false;
     let mut on_new = false;
     let upstream = loop {
-        let mut req = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri.clone())
-            .body(Full::new(body.clone()))
-            .map_err(|e| AppError::BadRequest(format!("cannot forward the request: {e}")))?;
-        *req.headers_mut() = upstream_headers(st, &parts.headers, bearer.clone());
-        let sent = st.upstream.send(req, on_new);
+        let headers = upstream_headers(st, &parts.headers, bearer.clone());
+        let sent = st
+            .upstream
+            .send(&parts.method, &target, &headers, &body, on_new);
         let resp = match tokio::time::timeout(st.config.upstream_timeout, sent).await {
             Err(_) => return Err(AppError::UpstreamTimeout),
             // The upstream closed a kept-alive connection as it was

@@ -1,35 +1,40 @@
-//! Keep-alive connections to the upstream API, pooled per thread.
+//! Keep-alive connections to the upstream API, pooled per thread, and the
+//! exchanges over them.
 //!
 //! The proxy's hot path is "take an idle connection, send, hand the body to
-//! the browser". hyper-util's pooled client does that with a shared pool
-//! behind a mutex, keyed by a hashed origin, and hands each connection back
-//! through a spawned task once it turns ready; here each thread keeps a plain
-//! stack of idle connections per upstream, and a connection goes back the
-//! moment the response body it carried has been read to its end (by
-//! [`PooledBody`]), before its connection task has even noticed. The next
-//! request takes it and waits the few microseconds until it is ready. A pool
-//! that kept only connections already ready made requests open new
-//! connections while dozens were about to turn idle (~156 upstream
-//! connections for 64 clients, docs/BENCHMARKS.md).
+//! the browser". Each thread keeps a plain stack of idle connections per
+//! upstream (no shared pool, no mutex), and no connection has a task of its
+//! own: the request writes to the connection and reads the response head
+//! itself, and the response body reads the rest as the browser's connection
+//! takes it ([`UpstreamBody`]). A body that had already arrived with the head
+//! (most Web API answers) gives the connection back at once; any other gives
+//! it back when read to its end. The wire format is [`crate::http1`]'s.
+//!
+//! An idle connection is checked before reuse without a system call (its
+//! read readiness, which the event loop sets when the upstream closes it);
+//! one that still ends before any of the response arrives is reported as
+//! [`SendError::Stale`], so the proxy can send an idempotent request again.
 //!
 //! With one event loop per thread (`serve_on_threads`), a request and the
-//! connection it uses are driven by the same thread. On a multi-threaded
-//! runtime (tests) a connection may be returned to another thread's stack,
-//! which is only a matter of locality.
+//! connection it uses are on the same thread. On a multi-threaded runtime
+//! (tests) a connection may be returned to another thread's stack, which is
+//! only a matter of locality.
 
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderValue, Request, Response, Uri};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
+use axum::http::{HeaderMap, HeaderValue, Method, Response, Uri};
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tower::Service as _;
+
+use crate::http1::{self, Chunked, Framing, Malformed, Step};
 
 /// Opens connections to the upstream API: rustls with the platform's
 /// verifier (HTTPS, or plain HTTP to loopback, as the configured API URL was
@@ -47,30 +52,10 @@ pub enum SendError {
     /// arrived: the upstream most likely closed it, idle, just as it was
     /// reused. The request may have reached it; an idempotent one can be
     /// sent again on a new connection.
-    Stale(hyper::Error),
+    Stale(std::io::Error),
     /// Anything else: cannot connect, TLS, a new connection failing, a
     /// malformed response.
     Failed(BoxError),
-}
-
-impl SendError {
-    fn after_reuse(e: hyper::Error) -> Self {
-        let reset = std::error::Error::source(&e)
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::ConnectionAborted
-                        | std::io::ErrorKind::BrokenPipe
-                )
-            });
-        if e.is_incomplete_message() || e.is_canceled() || reset {
-            Self::Stale(e)
-        } else {
-            Self::Failed(e.into())
-        }
-    }
 }
 
 impl std::fmt::Display for SendError {
@@ -84,8 +69,6 @@ impl std::fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
-type Sender = http1::SendRequest<Full<Bytes>>;
-
 /// An idle connection older than this is closed rather than used: a server
 /// may be about to close it (hyper-util's default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -93,12 +76,88 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per thread and upstream; more are closed.
 const MAX_IDLE: usize = 512;
 
+/// Read buffer room made before each read.
+const READ_CHUNK: usize = 8 * 1024;
+
 /// Distinguishes the pools of different [`Upstream`]s sharing a thread
 /// (tests run several servers, each with its own emulator).
 static NEXT_POOL: AtomicUsize = AtomicUsize::new(0);
 
+/// A connection's byte stream: plain TCP (loopback) or TLS.
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<TokioIo<hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One HTTP/1 connection with its read buffer (which may hold the start of
+/// nothing: responses are only read after their request).
+struct Conn {
+    io: Io,
+    buf: BytesMut,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    /// Still open and quiet? Polls a read once without waking anyone: the
+    /// event loop marks a connection readable when the upstream closes it,
+    /// and an idle connection has nothing else to say. No system call unless
+    /// it was marked.
+    fn still_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.buf.reserve(READ_CHUNK);
+        let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+        matches!(std::future::Future::poll(read, &mut cx), Poll::Pending)
+    }
+
+    /// Reads more into the buffer; 0 at the end of the stream.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        self.buf.reserve(READ_CHUNK);
+        self.io.read_buf(&mut self.buf).await
+    }
+}
+
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -109,13 +168,13 @@ thread_local! {
 
 /// The most recently used idle connection of `pool` that is still open and
 /// not too old.
-fn take_idle(pool: usize) -> Option<Sender> {
+fn take_idle(pool: usize) -> Option<Conn> {
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
         let stack = &mut pools.iter_mut().find(|(id, _)| *id == pool)?.1;
-        while let Some(idle) = stack.pop() {
-            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
-                return Some(idle.sender);
+        while let Some(mut idle) = stack.pop() {
+            if idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.still_open() {
+                return Some(idle.conn);
             }
         }
         None
@@ -124,7 +183,7 @@ fn take_idle(pool: usize) -> Option<Sender> {
 
 /// Puts a connection back (dropping it, which closes it, when the stack is
 /// full); closes connections idle for too long.
-fn put_idle(pool: usize, sender: Sender) {
+fn put_idle(pool: usize, conn: Conn) {
     // During thread teardown the pool may be gone: the connection just closes.
     let _ = POOLS.try_with(|pools| {
         let Ok(mut pools) = pools.try_borrow_mut() else {
@@ -143,10 +202,10 @@ fn put_idle(pool: usize, sender: Sender) {
             .first()
             .is_some_and(|oldest| now.duration_since(oldest.since) >= IDLE_TIMEOUT)
         {
-            stack.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && !i.sender.is_closed());
+            stack.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT);
         }
         if stack.len() < MAX_IDLE {
-            stack.push(Idle { sender, since: now });
+            stack.push(Idle { conn, since: now });
         }
     });
 }
@@ -164,6 +223,11 @@ pub struct Upstream {
 impl Upstream {
     /// For the API base URL (already checked: HTTPS, or HTTP to loopback).
     pub fn new(api_base: &url::Url) -> Result<Self, spotoken::Error> {
+        Self::with_connector(api_base, connector())
+    }
+
+    /// With another connector (tests: one trusting a test CA).
+    fn with_connector(api_base: &url::Url, connector: Connector) -> Result<Self, spotoken::Error> {
         let bad = |why: &str| spotoken::Error::Configuration(format!("API URL {api_base}: {why}"));
         let host = api_base.host_str().ok_or_else(|| bad("no host"))?;
         let authority = match api_base.port() {
@@ -174,7 +238,7 @@ impl Upstream {
             .parse()
             .map_err(|_| bad("not a valid origin"))?;
         Ok(Self {
-            connector: connector(),
+            connector,
             origin,
             prefix: api_base.path().trim_end_matches('/').into(),
             host: HeaderValue::from_str(&authority).map_err(|_| bad("not a valid host"))?,
@@ -182,19 +246,20 @@ impl Upstream {
         })
     }
 
-    /// The upstream path for a (checked) path below the API base, with the
-    /// query: origin-form, as an HTTP/1 request line wants it.
-    pub fn path(&self, path: &str, query: Option<&str>) -> Result<Uri, axum::http::Error> {
-        let mut pq =
+    /// The upstream request target for a checked path below the API base
+    /// and the query: origin-form. Both come from a URI hyper already
+    /// parsed, so they hold no characters a request line cannot.
+    pub fn target(&self, path: &str, query: Option<&str>) -> String {
+        let mut t =
             String::with_capacity(self.prefix.len() + 2 + path.len() + query.map_or(0, str::len));
-        pq.push_str(&self.prefix);
-        pq.push('/');
-        pq.push_str(path);
+        t.push_str(&self.prefix);
+        t.push('/');
+        t.push_str(path);
         if let Some(q) = query {
-            pq.push('?');
-            pq.push_str(q);
+            t.push('?');
+            t.push_str(q);
         }
-        Ok(Uri::try_from(pq)?)
+        t
     }
 
     /// The `Host` header for upstream requests.
@@ -202,60 +267,98 @@ impl Upstream {
         &self.host
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) over an idle connection of
+    /// Sends a request (`headers` with `Host` set) over an idle connection of
     /// this thread, or a new one; only a new one when `fresh` (to send an
-    /// idempotent request again after [`SendError::Stale`]). A request that
-    /// an idle connection turned out unable to take (closed meanwhile) was
-    /// never written, and goes to the next one.
+    /// idempotent request again after [`SendError::Stale`]).
     pub async fn send(
         &self,
-        mut req: Request<Full<Bytes>>,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: &[u8],
         fresh: bool,
-    ) -> Result<Response<PooledBody>, SendError> {
-        while let Some(mut sender) = (!fresh).then(|| take_idle(self.pool)).flatten() {
-            if std::future::poll_fn(|cx| sender.poll_ready(cx))
-                .await
-                .is_err()
-            {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::after_reuse(e.into_error())),
-                },
-            }
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let (mut conn, reused) = match (!fresh).then(|| take_idle(self.pool)).flatten() {
+            Some(c) => (c, true),
+            // Boxed: connecting (TCP, TLS) is a large future, rarely needed.
+            None => (
+                Box::pin(self.connect()).await.map_err(SendError::Failed)?,
+                false,
+            ),
+        };
+        // What the idle check read (nothing, normally) belongs to no response.
+        conn.buf.clear();
+        http1::encode_request(method, target, headers, body, &mut conn.out);
+        let written = async {
+            conn.io.write_all(&conn.out).await?;
+            conn.io.flush().await
         }
-        // Boxed: connecting (TCP, TLS) is a large future, rarely needed.
-        let mut sender = Box::pin(self.connect()).await.map_err(SendError::Failed)?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| SendError::Failed(e.into()))?;
-        Ok(self.pooled(resp, sender))
+        .await;
+        if let Err(e) = written {
+            return Err(lost(e, reused));
+        }
+        let head = loop {
+            match http1::parse_head(&conn.buf, method) {
+                Ok(Some(head)) => {
+                    let _ = conn.buf.split_to(head.size);
+                    if head.status.is_informational() {
+                        continue;
+                    }
+                    break head;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(SendError::Failed(e.into())),
+            }
+            let nothing_yet = conn.buf.is_empty();
+            match conn.fill().await {
+                Ok(0) if nothing_yet => {
+                    return Err(lost(std::io::ErrorKind::UnexpectedEof.into(), reused));
+                }
+                Ok(0) => return Err(SendError::Failed("the response head was cut off".into())),
+                Ok(_) => {}
+                Err(e) if nothing_yet => return Err(lost(e, reused)),
+                Err(e) => return Err(SendError::Failed(e.into())),
+            }
+        };
+        let mut resp = Response::new(UpstreamBody::start(
+            conn,
+            head.framing,
+            head.reusable,
+            self.pool,
+        ));
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
     }
 
-    async fn connect(&self) -> Result<Sender, BoxError> {
+    async fn connect(&self) -> Result<Conn, BoxError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = connector.call(self.origin.clone()).await?;
-        let (sender, connection) = http1::handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
-    }
-
-    fn pooled(&self, resp: Response<Incoming>, sender: Sender) -> Response<PooledBody> {
-        // An empty body (204, 304) is never polled: its drop returns the
-        // connection.
-        resp.map(|body| PooledBody {
-            body,
-            back: Some((sender, self.pool)),
+        let io = match connector.call(self.origin.clone()).await? {
+            hyper_rustls::MaybeHttpsStream::Http(tcp) => Io::Plain(tcp.into_inner()),
+            tls => Io::Tls(Box::new(TokioIo::new(tls))),
+        };
+        Ok(Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(512),
         })
+    }
+}
+
+/// A connection that failed before any of the response: stale when it was
+/// reused (and the failure is the upstream hanging up).
+fn lost(e: std::io::Error, reused: bool) -> SendError {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    if reused
+        && matches!(
+            e.kind(),
+            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+        )
+    {
+        SendError::Stale(e)
+    } else {
+        SendError::Failed(e.into())
     }
 }
 
@@ -273,120 +376,340 @@ fn connector() -> Connector {
         .wrap_connector(http)
 }
 
-/// An upstream response body that returns its connection to the pool once
-/// read to the end. Dropped before its end, it closes the connection (HTTP/1
-/// cannot skip the rest of a response).
-pub struct PooledBody {
-    body: Incoming,
-    back: Option<(Sender, usize)>,
+/// An upstream response body. What arrived with the head is handed out
+/// first; the rest is read from the connection as the body is polled. The
+/// connection goes back to this thread's pool once the body has ended (at
+/// once when it all came with the head); dropped before its end, it closes
+/// the connection (HTTP/1 cannot skip the rest of a response).
+pub struct UpstreamBody {
+    /// Bytes ready to hand out.
+    ready: Option<Bytes>,
+    /// The rest, when there is more to read.
+    rest: Option<Reading>,
+    /// What is still to come, when known.
+    hint: SizeHint,
 }
 
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some((sender, pool)) = self.back.take() {
-            put_idle(pool, sender);
-        }
+struct Reading {
+    conn: Conn,
+    left: Left,
+    reusable: bool,
+    pool: usize,
+}
+
+enum Left {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+impl UpstreamBody {
+    fn start(conn: Conn, framing: Framing, reusable: bool, pool: usize) -> Self {
+        let left = match framing {
+            Framing::Empty => Left::Length(0),
+            Framing::Length(n) => Left::Length(n),
+            Framing::Chunked => Left::Chunked(Chunked::default()),
+            Framing::UntilClose => Left::UntilClose,
+        };
+        let mut reading = Reading {
+            conn,
+            left,
+            reusable,
+            pool,
+        };
+        // The common case: the whole body came with the head.
+        let mut parts: Vec<Bytes> = Vec::new();
+        let done = loop {
+            match reading.step() {
+                Ok(Step::Data(b)) => parts.push(b),
+                Ok(Step::Done) => break true,
+                Ok(Step::NeedMore) | Err(_) => break false,
+            }
+        };
+        let ready = match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(parts.concat().into()),
+        };
+        let got = ready.as_ref().map_or(0, |b| b.len() as u64);
+        let hint = match (&reading.left, done) {
+            (_, true) => SizeHint::with_exact(got),
+            (Left::Length(n), false) => SizeHint::with_exact(got + n),
+            _ => SizeHint::default(),
+        };
+        let rest = if done {
+            reading.finish();
+            None
+        } else {
+            Some(reading)
+        };
+        Self { ready, rest, hint }
     }
 }
 
-impl Body for PooledBody {
+impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            Some(Ok(_)) if this.body.is_end_stream() => this.release(),
-            None => this.release(),
-            Some(Err(_)) => this.back = None,
-            Some(Ok(_)) => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(b) = this.ready.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
         }
-        Poll::Ready(frame)
+        loop {
+            let Some(reading) = this.rest.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match reading.step() {
+                Ok(Step::Data(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                Ok(Step::Done) => {
+                    if let Some(r) = this.rest.take() {
+                        r.finish();
+                    }
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(e) => {
+                    this.rest = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            let conn = &mut reading.conn;
+            conn.buf.reserve(READ_CHUNK);
+            let read = std::pin::pin!(conn.io.read_buf(&mut conn.buf));
+            match std::future::Future::poll(read, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    let until_close = matches!(reading.left, Left::UntilClose);
+                    this.rest = None;
+                    return Poll::Ready(if until_close {
+                        None
+                    } else {
+                        Some(Err("the upstream closed the connection mid-body".into()))
+                    });
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.rest = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.ready.is_none() && self.rest.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.hint
     }
 }
 
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if self.body.is_end_stream() {
-            self.release();
+impl Reading {
+    /// The next piece from what is buffered.
+    fn step(&mut self) -> Result<Step, Malformed> {
+        let buf = &mut self.conn.buf;
+        match &mut self.left {
+            Left::Length(0) => Ok(Step::Done),
+            Left::Length(n) => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let take = usize::try_from(*n).unwrap_or(usize::MAX).min(buf.len());
+                *n -= take as u64;
+                Ok(Step::Data(buf.split_to(take).freeze()))
+            }
+            Left::Chunked(c) => c.step(buf),
+            Left::UntilClose if buf.is_empty() => Ok(Step::NeedMore),
+            Left::UntilClose => Ok(Step::Data(buf.split().freeze())),
+        }
+    }
+
+    /// The body has ended: the connection goes back if it can carry more.
+    fn finish(self) {
+        if self.reusable && self.conn.buf.is_empty() {
+            put_idle(self.pool, self.conn);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
 
-    use http_body_util::BodyExt as _;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::Incoming;
 
     use super::*;
 
-    /// An upstream on port 0 answering `{}` to everything, counting the
-    /// connections it accepts; `keep_alive: false` answers with
-    /// `Connection: close`.
-    async fn upstream(keep_alive: bool) -> (Upstream, Arc<AtomicU64>) {
+    const BIG: usize = 1024 * 1024;
+
+    type Reply = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+    /// A body of unknown length (so hyper sends it chunked), last chunk first.
+    struct Chunks(Vec<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// A listener on a free loopback port, and its `{scheme}://…/base/` URL.
+    async fn bound(scheme: &str) -> (tokio::net::TcpListener, url::Url) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = url::Url::parse(&format!(
-            "http://{}/base/",
-            listener.local_addr().expect("addr")
-        ))
-        .expect("url");
+        let addr = listener.local_addr().expect("addr");
+        let url = url::Url::parse(&format!("{scheme}://{addr}/base/")).expect("url");
+        (listener, url)
+    }
+
+    /// hyper's server as the upstream, counting the connections it accepts:
+    /// `/base/v1/me` is `{}` with a length, `/base/chunked` three chunks,
+    /// `/base/big` a megabyte, `/base/empty` a 204; `keep_alive: false`
+    /// answers with `Connection: close`.
+    async fn upstream(keep_alive: bool) -> (Upstream, Arc<AtomicU64>) {
+        let (listener, url) = bound("http").await;
         let accepted = Arc::new(AtomicU64::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    assert!(req.uri().path().starts_with("/base/"), "{}", req.uri());
-                    assert!(req.headers().contains_key("host"));
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("{}"))))
-                });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
                         .keep_alive(keep_alive)
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+                        .serve_connection(TokioIo::new(tcp), hyper::service::service_fn(answer)),
                 );
             }
         });
         (Upstream::new(&url).expect("upstream"), accepted)
     }
 
-    async fn get(up: &Upstream) -> Bytes {
-        let req = Request::builder()
-            .uri(up.path("v1/me", Some("a=1")).expect("path"))
-            .header("host", up.host())
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        let resp = up.send(req, false).await.expect("send");
-        assert_eq!(resp.status(), 200);
+    /// The test upstream's answers (see [`upstream`]).
+    async fn answer(req: Request<Incoming>) -> Result<Response<Reply>, Infallible> {
+        assert!(req.headers().contains_key("host"));
+        let body: Reply = match req.uri().path() {
+            "/base/chunked" => Chunks(vec!["ef".into(), "cd".into(), "ab".into()]).boxed(),
+            "/base/big" => Full::new(Bytes::from(vec![b'x'; BIG])).boxed(),
+            "/base/empty" => {
+                let mut r = Response::new(Full::new(Bytes::new()).boxed());
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                return Ok::<_, Infallible>(r);
+            }
+            _ => Full::new(Bytes::from("{}")).boxed(),
+        };
+        Ok(Response::new(body))
+    }
+
+    /// The same upstream over TLS, with a certificate for 127.0.0.1 from a
+    /// test CA, and an [`Upstream`] that trusts that CA.
+    async fn tls_upstream() -> (Upstream, Arc<AtomicU64>) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let der = cert.der().clone();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let (listener, url) = bound("https").await;
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let tls = acceptor.accept(tcp).await.expect("handshake");
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), hyper::service::service_fn(answer))
+                        .await;
+                });
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).expect("root");
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        (
+            Upstream::with_connector(&url, connector).expect("upstream"),
+            accepted,
+        )
+    }
+
+    #[tokio::test]
+    async fn over_tls_bodies_arrive_whole_and_connections_are_reused() {
+        let (up, accepted) = tls_upstream().await;
+        for _ in 0..5 {
+            assert_eq!(get(&up).await, "{}");
+        }
+        assert_eq!(get_path(&up, "chunked").await, "abcdef");
+        assert_eq!(get_path(&up, "big").await.len(), BIG);
+        assert_eq!(get(&up).await, "{}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let resp = send(&up, Method::GET, "big").await;
+        drop(resp);
+        assert_eq!(get(&up).await, "{}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    async fn send(up: &Upstream, method: Method, path: &str) -> Response<UpstreamBody> {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", up.host().clone());
+        up.send(&method, &up.target(path, Some("a=1")), &headers, b"", false)
+            .await
+            .expect("send")
+    }
+
+    async fn get_path(up: &Upstream, path: &str) -> Bytes {
+        let resp = send(up, Method::GET, path).await;
+        assert!(resp.status().is_success());
         resp.into_body().collect().await.expect("body").to_bytes()
     }
 
+    async fn get(up: &Upstream) -> Bytes {
+        get_path(up, "v1/me").await
+    }
+
     #[test]
-    fn paths_are_origin_form_below_the_base() {
+    fn targets_are_origin_form_below_the_base() {
         let up = Upstream::new(&url::Url::parse("https://api.example:8443/").expect("url"))
             .expect("upstream");
-        assert_eq!(up.path("v1/me", None).expect("path"), "/v1/me");
-        assert_eq!(up.path("v1/me", Some("x=1")).expect("path"), "/v1/me?x=1");
+        assert_eq!(up.target("v1/me", None), "/v1/me");
+        assert_eq!(up.target("v1/me", Some("x=1")), "/v1/me?x=1");
         assert_eq!(up.host(), "api.example:8443");
         let up = Upstream::new(&url::Url::parse("https://api.example/base").expect("url"))
             .expect("upstream");
-        assert_eq!(up.path("v1/me", None).expect("path"), "/base/v1/me");
+        assert_eq!(up.target("v1/me", None), "/base/v1/me");
         assert_eq!(up.host(), "api.example");
     }
 
@@ -397,14 +720,53 @@ mod tests {
             assert_eq!(get(&up).await, "{}");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        // Three at once need three connections; afterwards they are reused.
-        let (a, b, c) = tokio::join!(get(&up), get(&up), get(&up));
-        assert_eq!((a, b, c), ("{}".into(), "{}".into(), "{}".into()));
+        // Three bodies still being read need three connections; afterwards
+        // they are reused.
+        let (a, b, c) = tokio::join!(
+            send(&up, Method::GET, "big"),
+            send(&up, Method::GET, "big"),
+            send(&up, Method::GET, "big")
+        );
+        for r in [a, b, c] {
+            assert_eq!(
+                r.into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes()
+                    .len(),
+                BIG
+            );
+        }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
         for _ in 0..20 {
             get(&up).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn chunked_large_and_empty_bodies_arrive_whole_and_keep_the_connection() {
+        let (up, accepted) = upstream(true).await;
+        assert_eq!(get_path(&up, "chunked").await, "abcdef");
+        let big = get_path(&up, "big").await;
+        assert!(big.len() == BIG && big.iter().all(|b| *b == b'x'));
+        let resp = send(&up, Method::GET, "empty").await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert!(resp.body().is_end_stream());
+        drop(resp);
+        let resp = send(&up, Method::HEAD, "v1/me").await;
+        assert_eq!(resp.headers()["content-length"], "2");
+        assert!(
+            resp.into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+                .is_empty()
+        );
+        assert_eq!(get(&up).await, "{}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -414,6 +776,16 @@ mod tests {
             assert_eq!(get(&up).await, "{}");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_gives_its_connection_up() {
+        let (up, accepted) = upstream(true).await;
+        let resp = send(&up, Method::GET, "big").await;
+        assert!(!resp.body().is_end_stream());
+        drop(resp);
+        assert_eq!(get(&up).await, "{}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     /// An upstream that answers each connection's first request with a
@@ -457,18 +829,5 @@ mod tests {
         assert_eq!(get(&up).await, "{}");
         closed.recv().await.expect("closed");
         assert_eq!(get(&up).await, "{}");
-    }
-
-    #[tokio::test]
-    async fn a_body_dropped_before_its_end_gives_its_connection_up() {
-        let (up, accepted) = upstream(true).await;
-        let req = Request::builder()
-            .uri(up.path("v1/me", None).expect("path"))
-            .header("host", up.host())
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        drop(up.send(req, false).await.expect("send"));
-        assert_eq!(get(&up).await, "{}");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
