@@ -418,19 +418,21 @@ impl UpstreamBody {
             pool,
         };
         // The common case: the whole body came with the head.
-        let mut parts: Vec<Bytes> = Vec::new();
+        // One piece, usually: kept without a `Vec` (an allocation per request).
+        let mut ready: Option<Bytes> = None;
+        let mut more: Vec<Bytes> = Vec::new();
         let done = loop {
             match reading.step() {
-                Ok(Step::Data(b)) => parts.push(b),
+                Ok(Step::Data(b)) if ready.is_none() => ready = Some(b),
+                Ok(Step::Data(b)) => more.push(b),
                 Ok(Step::Done) => break true,
                 Ok(Step::NeedMore) | Err(_) => break false,
             }
         };
-        let ready = match parts.len() {
-            0 => None,
-            1 => parts.pop(),
-            _ => Some(parts.concat().into()),
-        };
+        if let Some(first) = ready.take_if(|_| !more.is_empty()) {
+            more.insert(0, first);
+            ready = Some(more.concat().into());
+        }
         let got = ready.as_ref().map_or(0, |b| b.len() as u64);
         let hint = match (&reading.left, done) {
             (_, true) => SizeHint::with_exact(got),
@@ -748,7 +750,10 @@ mod tests {
     #[tokio::test]
     async fn chunked_large_and_empty_bodies_arrive_whole_and_keep_the_connection() {
         let (up, accepted) = upstream(true).await;
-        assert_eq!(get_path(&up, "chunked").await, "abcdef");
+        let resp = send(&up, Method::GET, "chunked").await;
+        assert_eq!(resp.headers()["transfer-encoding"], "chunked");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, "abcdef");
         let big = get_path(&up, "big").await;
         assert!(big.len() == BIG && big.iter().all(|b| *b == b'x'));
         let resp = send(&up, Method::GET, "empty").await;
