@@ -24,7 +24,7 @@ pub struct ServeArgs {
     /// The origin browsers use [default: http://{the bound address}]
     #[arg(long, env = "SPOTOKEN_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Redirect URI registered with the app [default: {public-url}/auth/callback]
+    /// Redirect URI registered with the app [default: config's [serve] redirect_uri, else {public-url}/auth/callback]
     #[arg(long, env = "SPOTOKEN_REDIRECT_URI")]
     pub redirect_uri: Option<String>,
     /// Scopes requested at login [default: config, else user-read-private]
@@ -49,8 +49,8 @@ pub struct ServeArgs {
 }
 
 /// What the server runs with: flags and environment, then `[serve]` in
-/// `config.toml`, then the top-level settings the CLI login shares (redirect
-/// URI, scopes), then defaults.
+/// `config.toml`, then the top-level `scopes` (shared with the CLI login),
+/// then defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Address to listen on.
@@ -100,11 +100,9 @@ impl Settings {
                 .or(file.bind)
                 .unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
             public_url: args.public_url.clone().or(file.public_url),
-            redirect_uri: args
-                .redirect_uri
-                .clone()
-                .or(file.redirect_uri)
-                .or_else(|| cfg.redirect_uri.clone()),
+            // Not the top-level `redirect_uri`: that is the CLI login's
+            // loopback listener, where this server's callback is not.
+            redirect_uri: args.redirect_uri.clone().or(file.redirect_uri),
             scopes: match (&args.scopes, &file.scopes) {
                 (Some(s), _) | (None, Some(s)) => Scopes::parse(s),
                 (None, None) => cfg
@@ -251,11 +249,8 @@ mod tests {
         assert_eq!(s.allow_prefixes, ["v1/"]);
         assert_eq!(s.session_ttl, Duration::from_secs(30 * 24 * 3600));
         assert_eq!((s.threads, s.demo, s.database_url), (None, false, None));
-        // The top-level redirect URI (the CLI login's) is the last resort.
-        assert_eq!(
-            s.redirect_uri.as_deref(),
-            Some("http://127.0.0.1:9999/callback")
-        );
+        // Not the top-level redirect URI: that is the CLI login's listener.
+        assert_eq!(s.redirect_uri, None);
     }
 
     #[test]
