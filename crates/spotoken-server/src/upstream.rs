@@ -218,6 +218,7 @@ pub struct Upstream {
     prefix: Box<str>,
     host: HeaderValue,
     pool: usize,
+    stall: Duration,
 }
 
 impl Upstream {
@@ -243,7 +244,16 @@ impl Upstream {
             prefix: api_base.path().trim_end_matches('/').into(),
             host: HeaderValue::from_str(&authority).map_err(|_| bad("not a valid host"))?,
             pool: NEXT_POOL.fetch_add(1, Ordering::Relaxed),
+            stall: Duration::from_secs(30),
         })
+    }
+
+    /// How long a response body may wait for its next bytes before it fails
+    /// (and its connection is closed); 30 s unless set. The head is the
+    /// proxy's to time.
+    pub fn stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// The upstream request target for a checked path below the API base
@@ -324,7 +334,7 @@ impl Upstream {
             conn,
             head.framing,
             head.reusable,
-            self.pool,
+            (self.pool, self.stall),
         ));
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;
@@ -395,6 +405,9 @@ struct Reading {
     left: Left,
     reusable: bool,
     pool: usize,
+    stall: Duration,
+    /// Running while the body waits for bytes.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 enum Left {
@@ -404,7 +417,12 @@ enum Left {
 }
 
 impl UpstreamBody {
-    fn start(conn: Conn, framing: Framing, reusable: bool, pool: usize) -> Self {
+    fn start(
+        conn: Conn,
+        framing: Framing,
+        reusable: bool,
+        (pool, stall): (usize, Duration),
+    ) -> Self {
         let left = match framing {
             Framing::Empty => Left::Length(0),
             Framing::Length(n) => Left::Length(n),
@@ -416,6 +434,8 @@ impl UpstreamBody {
             left,
             reusable,
             pool,
+            stall,
+            waiting: None,
         };
         // The common case: the whole body came with the head.
         // One piece, usually: kept without a `Vec` (an allocation per request).
@@ -483,7 +503,21 @@ impl Body for UpstreamBody {
             conn.buf.reserve(READ_CHUNK);
             let read = std::pin::pin!(conn.io.read_buf(&mut conn.buf));
             match std::future::Future::poll(read, cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let stall = reading.stall;
+                    let waiting = reading
+                        .waiting
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                    if waiting.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.rest = None;
+                    return Poll::Ready(Some(Err(format!(
+                        "the upstream sent nothing more of the body for {} s",
+                        stall.as_secs_f64()
+                    )
+                    .into())));
+                }
                 Poll::Ready(Ok(0)) => {
                     let until_close = matches!(reading.left, Left::UntilClose);
                     this.rest = None;
@@ -493,7 +527,7 @@ impl Body for UpstreamBody {
                         Some(Err("the upstream closed the connection mid-body".into()))
                     });
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => reading.waiting = None,
                 Poll::Ready(Err(e)) => {
                     this.rest = None;
                     return Poll::Ready(Some(Err(e.into())));
@@ -791,6 +825,32 @@ mod tests {
         drop(resp);
         assert_eq!(get(&up).await, "{}");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_fails_instead_of_hanging() {
+        use tokio::io::AsyncWriteExt as _;
+        let (listener, url) = bound("http").await;
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+                .await
+                .expect("write");
+            // Keeps the connection open and says nothing more.
+            std::future::pending::<()>().await;
+            drop(tcp);
+        });
+        let up = Upstream::new(&url)
+            .expect("upstream")
+            .stall_timeout(Duration::from_millis(100));
+        let resp = send(&up, Method::GET, "v1/me").await;
+        let outcome = tokio::time::timeout(Duration::from_secs(60), resp.into_body().collect())
+            .await
+            .expect("the body ends, one way or another");
+        let Err(err) = outcome else {
+            panic!("a stalled body is an error");
+        };
+        assert!(err.to_string().contains("nothing more"), "{err}");
     }
 
     /// An upstream that answers each connection's first request with a
