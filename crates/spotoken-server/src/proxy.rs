@@ -170,11 +170,10 @@ where
             Err(_) => return Err(AppError::BadRequest("the request body was cut off".into())),
         }
     };
-    let mut bearer = view.bearer;
+    let mut headers = upstream_headers(st, &parts.headers, view.bearer);
     let mut retried = false;
     let mut on_new = false;
     let upstream = loop {
-        let headers = upstream_headers(st, &parts.headers, bearer.clone());
         let sent = st
             .upstream
             .send(&parts.method, &target, &headers, &body, on_new);
@@ -199,7 +198,7 @@ where
         if resp.status() == StatusCode::UNAUTHORIZED && !retried {
             retried = true;
             st.drop_view(cookie);
-            let rejected = bearer
+            let rejected = headers[header::AUTHORIZATION]
                 .to_str()
                 .ok()
                 .and_then(|b| b.strip_prefix("Bearer "))
@@ -213,7 +212,7 @@ where
                 .tokens
                 .refresh_after_rejection(&view.record.account, &rejected)
                 .await?;
-            bearer = crate::state::bearer(&token)?;
+            headers.insert(header::AUTHORIZATION, crate::state::bearer(&token)?);
             continue;
         }
         break resp;
@@ -224,7 +223,7 @@ where
     } else {
         None
     };
-    let (mut parts, incoming) = upstream.into_parts();
+    let (mut parts, upstream_body) = upstream.into_parts();
     let upstream_listed = connection_listed(&parts.headers);
     // Most responses carry none of these: look before removing.
     if parts
@@ -243,7 +242,7 @@ where
         parts.headers.insert(MISSING_SCOPE, missing);
     }
     st.metrics.proxied(status.as_u16(), started.elapsed());
-    Ok(Response::from_parts(parts, Body::new(incoming)))
+    Ok(Response::from_parts(parts, Body::new(upstream_body)))
 }
 
 /// What a 403 for `method path` is most likely about: the scopes the endpoint

@@ -144,15 +144,14 @@ impl Conn {
     /// it was marked.
     fn still_open(&mut self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.buf.reserve(READ_CHUNK);
-        let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
-        matches!(std::future::Future::poll(read, &mut cx), Poll::Pending)
+        self.poll_fill(&mut cx).is_pending()
     }
 
     /// Reads more into the buffer; 0 at the end of the stream.
-    async fn fill(&mut self) -> std::io::Result<usize> {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         self.buf.reserve(READ_CHUNK);
-        self.io.read_buf(&mut self.buf).await
+        let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+        std::future::Future::poll(read, cx)
     }
 }
 
@@ -296,8 +295,6 @@ impl Upstream {
                 false,
             ),
         };
-        // What the idle check read (nothing, normally) belongs to no response.
-        conn.buf.clear();
         http1::encode_request(method, target, headers, body, &mut conn.out);
         let written = async {
             conn.io.write_all(&conn.out).await?;
@@ -320,7 +317,7 @@ impl Upstream {
                 Err(e) => return Err(SendError::Failed(e.into())),
             }
             let nothing_yet = conn.buf.is_empty();
-            match conn.fill().await {
+            match std::future::poll_fn(|cx| conn.poll_fill(cx)).await {
                 Ok(0) if nothing_yet => {
                     return Err(lost(std::io::ErrorKind::UnexpectedEof.into(), reused));
                 }
@@ -330,12 +327,14 @@ impl Upstream {
                 Err(e) => return Err(SendError::Failed(e.into())),
             }
         };
-        let mut resp = Response::new(UpstreamBody::start(
+        let mut resp = Response::new(UpstreamBody::start(Reading {
             conn,
-            head.framing,
-            head.reusable,
-            (self.pool, self.stall),
-        ));
+            left: Left::from(head.framing),
+            reusable: head.reusable,
+            pool: self.pool,
+            stall: self.stall,
+            waiting: None,
+        }));
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;
         Ok(resp)
@@ -410,35 +409,29 @@ struct Reading {
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// What is left of a body: the decoding state for its [`Framing`].
 enum Left {
     Length(u64),
     Chunked(Chunked),
     UntilClose,
 }
 
-impl UpstreamBody {
-    fn start(
-        conn: Conn,
-        framing: Framing,
-        reusable: bool,
-        (pool, stall): (usize, Duration),
-    ) -> Self {
-        let left = match framing {
+impl From<Framing> for Left {
+    fn from(framing: Framing) -> Self {
+        match framing {
             Framing::Empty => Left::Length(0),
             Framing::Length(n) => Left::Length(n),
             Framing::Chunked => Left::Chunked(Chunked::default()),
             Framing::UntilClose => Left::UntilClose,
-        };
-        let mut reading = Reading {
-            conn,
-            left,
-            reusable,
-            pool,
-            stall,
-            waiting: None,
-        };
-        // The common case: the whole body came with the head.
-        // One piece, usually: kept without a `Vec` (an allocation per request).
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// Takes what of the body is already buffered. The common case: the
+    /// whole body came with the head, in one piece (kept without a `Vec`, an
+    /// allocation per request).
+    fn start(mut reading: Reading) -> Self {
         let mut ready: Option<Bytes> = None;
         let mut more: Vec<Bytes> = Vec::new();
         let done = loop {
@@ -499,10 +492,7 @@ impl Body for UpstreamBody {
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
-            let conn = &mut reading.conn;
-            conn.buf.reserve(READ_CHUNK);
-            let read = std::pin::pin!(conn.io.read_buf(&mut conn.buf));
-            match std::future::Future::poll(read, cx) {
+            match reading.conn.poll_fill(cx) {
                 Poll::Pending => {
                     let stall = reading.stall;
                     let waiting = reading
