@@ -24,6 +24,8 @@ use crate::error::AppError;
 use crate::state::{AppState, Session, check_csrf};
 
 /// The `/auth` routes.
+/// Every answer here depends on the browser's cookies: none may be cached
+/// or shared (see [`crate::proxy::private_to_session`]).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/auth/login", routing::get(login))
@@ -31,6 +33,12 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/logout", routing::post(logout))
         .route("/auth/session", routing::get(session))
         .route("/auth/token", routing::get(token))
+        .layer(axum::middleware::map_response(private_answer))
+}
+
+async fn private_answer(mut r: Response) -> Response {
+    crate::proxy::private_to_session(r.headers_mut());
+    r
 }
 
 /// 32 random bytes, base64url: session ids, login bindings.
@@ -191,8 +199,9 @@ async fn callback(
     // A new session id, always; the browser's old session (if any) ends.
     if let Some(old) = cookies::get(&headers, cookies::SESSION) {
         let old_hash = hash(old);
+        let deleted = st.sessions.delete_session(&old_hash).await;
         st.forget(old);
-        if let Ok(Some(old)) = st.sessions.delete_session(&old_hash).await {
+        if let Ok(Some(old)) = deleted {
             let _ = st.tokens.logout(&old.account).await;
         }
     }
@@ -230,8 +239,11 @@ async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
     let mut remove_access_at = None;
     if let Some(value) = cookies::get(&headers, cookies::SESSION) {
         let id_hash = hash(value);
+        // Delete, then forget: a request arriving between the two would
+        // otherwise cache the row again and be served after the logout.
+        let deleted = st.sessions.delete_session(&id_hash).await;
         st.forget(value);
-        if let Some(s) = st.sessions.delete_session(&id_hash).await? {
+        if let Some(s) = deleted? {
             remove_access_at = st.tokens.logout(&s.account).await?.remove_access_at;
         }
     }

@@ -149,10 +149,21 @@ impl Api {
             match answer.status {
                 401 if !refreshed => {
                     tracing::debug!(account = %self.account, "API answered 401; refreshing once");
-                    token = self
+                    match self
                         .tokens
                         .refresh_after_rejection(&self.account, &token)
-                        .await?;
+                        .await?
+                    {
+                        Some(fresh) => token = fresh,
+                        None => {
+                            return Err(classify_api_error(
+                                &answer,
+                                method.as_str(),
+                                path,
+                                &Scopes::default(),
+                            ));
+                        }
+                    }
                     refreshed = true;
                 }
                 429 => {

@@ -537,6 +537,12 @@ async fn api_refreshes_once_on_401_and_retries() {
     assert_eq!(api.get("/v1/me").await.expect("me").status, 200);
     // The provider expires the token early: our clock still thinks it is fresh.
     env.emu.expire_access_tokens();
+    // ... a while after it was obtained: a 401 to a token moments old is
+    // passed on without a refresh.
+    env.offset.fetch_add(
+        spotoken::engine::REFRESH_AFTER_401_INTERVAL_SECS,
+        Ordering::SeqCst,
+    );
     env.emu.update(|s| {
         s.unauthorized_message = "a message nobody matches on".into();
         s.token_latency_ms = 50;
@@ -722,6 +728,12 @@ async fn reqwest_middleware_injects_and_refreshes_once_on_401() {
     let me = format!("{}/v1/me", env.emu.url());
     assert_eq!(client.get(&me).send().await.expect("send").status(), 200);
     env.emu.expire_access_tokens();
+    // ... a while after it was obtained: a 401 to a token moments old is
+    // passed on without a refresh.
+    env.offset.fetch_add(
+        spotoken::engine::REFRESH_AFTER_401_INTERVAL_SECS,
+        Ordering::SeqCst,
+    );
     env.emu.update(|s| s.token_latency_ms = 50);
     let mut tasks = Vec::new();
     for _ in 0..20 {
