@@ -54,6 +54,8 @@ pub struct Shared {
     pub upstream: crate::upstream::Upstream,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Bounds on started logins.
+    pub logins: crate::limits::LoginLimiter,
     cache: Mutex<SessionCache>,
     views: ThreadLocal<RefCell<Views>>,
     /// Bumped at every logout on this instance: views made before are dropped.
@@ -124,6 +126,7 @@ impl AppState {
         Ok(Self(Arc::new(Shared {
             tokens,
             sessions,
+            logins: crate::limits::LoginLimiter::new(config.login_limits),
             config: Arc::new(config),
             upstream,
             metrics,
@@ -273,6 +276,11 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
+
+/// The client's address as the connection shows it (a front proxy's, when
+/// there is one), for bounds on unauthenticated work; `None` when unknown.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
 
 /// The logged-in session of a request (401 if there is none).
 pub struct Session {

@@ -1331,3 +1331,97 @@ async fn a_request_racing_a_logout_cannot_revive_the_session() {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}: {}", r.body);
     }
 }
+
+/// Finding 7: started logins are bounded per client and in total, before
+/// anything is written; the limit answers 429 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_logins_are_bounded_before_anything_is_written() {
+    let env = Env::with(|c| {
+        c.login_limits = spotoken_server::limits::LoginLimits {
+            window: std::time::Duration::from_secs(3600),
+            per_client: 5,
+            total: 100,
+        }
+    })
+    .await;
+    let mut b = Browser::default();
+    for i in 0..5 {
+        let r = b.get(&format!("{}/auth/login", env.server.url)).await;
+        assert_eq!(r.status, StatusCode::FOUND, "login {i}");
+    }
+    let r = b.get(&format!("{}/auth/login", env.server.url)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    let wait: u64 = r.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(wait > 0 && wait <= 3600, "{wait}");
+    assert!(r.location().is_empty(), "no login was started");
+}
+
+/// Finding 7: a scrape reads counters kept on change; it does not scan
+/// the store (the gauges move with logins and logouts, with no background
+/// pass running in this harness).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_gauges_follow_logins_and_logouts_without_a_scan() {
+    let env = Env::new().await;
+    let gauge = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("spotoken_active_sessions "))
+            .map(str::to_owned)
+    };
+    let scrape = || async {
+        client()
+            .get(format!("{}/metrics", env.server.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    assert_eq!(gauge(&scrape().await).as_deref(), Some("0"));
+    let mut b = Browser::default();
+    b.login(&env.server.url).await;
+    assert_eq!(gauge(&scrape().await).as_deref(), Some("1"));
+    let r = b
+        .send(
+            reqwest::Method::POST,
+            &format!("{}/auth/logout", env.server.url),
+            &[("X-CSRF", "1")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(gauge(&scrape().await).as_deref(), Some("0"));
+}
+
+/// Finding 8: a login that fails on the provider's side shows the browser
+/// a generic message with the request id, never the provider's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_callback_shows_a_request_id_not_the_providers_text() {
+    let env = Env::new().await;
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        status: 500,
+        text: Some("internal trace: token=BQDxk2secretlookingvalue0123456789 at db01".into()),
+        content_type: Some("text/plain".into()),
+        times: 10,
+        ..Failure::default()
+    });
+    let mut b = Browser::default();
+    let r = b.login_with(&env.server.url, |c| c).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    let id = r.headers["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        r.body.contains(&id),
+        "the page names the request id: {}",
+        r.body
+    );
+    for leaked in ["BQDxk2secret", "db01", "internal trace"] {
+        assert!(!r.body.contains(leaked), "{leaked} shown: {}", r.body);
+    }
+}
