@@ -11,6 +11,9 @@
 //! here is the framing decision and the chunked decoder, both property-tested
 //! and fuzzed (`fuzz/fuzz_targets/upstream_response.rs`).
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod differential;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::{Buf as _, Bytes, BytesMut};
 
@@ -132,6 +135,11 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed
             length =
                 Some(parse_length(field.value.trim_ascii()).ok_or(Malformed("Content-Length"))?);
         } else if name == header::TRANSFER_ENCODING {
+            // Framing read from bytes another parser may not read as text
+            // would be read two ways (found by the differential test).
+            if !field.value.is_ascii() {
+                return Err(Malformed("Transfer-Encoding is not ASCII"));
+            }
             transfer_encoding = true;
             // Only the last coding says how the message ends.
             chunked = split_list(field.value)
@@ -143,6 +151,11 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed
             close = true;
         }
         headers.append(name, value);
+    }
+    // RFC 9112 §6.1: Transfer-Encoding is HTTP/1.1's; in an HTTP/1.0
+    // message the framing is faulty (found by the differential test).
+    if transfer_encoding && resp.version == Some(0) {
+        return Err(Malformed("Transfer-Encoding in an HTTP/1.0 response"));
     }
     if transfer_encoding && length.is_some() {
         return Err(Malformed("both Transfer-Encoding and Content-Length"));
@@ -188,6 +201,22 @@ fn split_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|b| *b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|e| !e.is_empty())
+}
+
+/// Whether a trailer line is a well-formed field (`token ":" value`, the
+/// value printable ASCII or tab): one that is not is refused, as hyper's
+/// client refuses it (found by the differential test).
+fn field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !name.is_empty()
+        && name.iter().all(tchar)
+        && value
+            .iter()
+            .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
 }
 
 /// A Content-Length: decimal digits only.
@@ -284,6 +313,9 @@ impl Chunked {
                         }
                         return Ok(Step::NeedMore);
                     };
+                    if end > 0 && !field_line(&buf[..end]) {
+                        return Err(Malformed("trailer field"));
+                    }
                     buf.advance(end + 2);
                     if end == 0 {
                         self.state = ChunkState::Done;
