@@ -775,7 +775,7 @@ async fn an_account_is_refreshed_with_the_client_id_it_was_logged_in_with() {
     env.login("me", "user-read-private").await;
     env.emu.register_client(spotoken_emulator::Client {
         id: "another-client".into(),
-        secret: None,
+        secret: spotoken_emulator::new_secret(),
         redirect_uris: vec![REDIRECT.into()],
     });
     let other = Env::engine_as(
