@@ -88,10 +88,18 @@ async fn not_found() -> Response<Body> {
     )
 }
 
-/// Browsers may call the Web API and the token endpoint from any origin, as
-/// Spotify allows: every answer carries `access-control-allow-origin: *`, and
-/// a preflight `OPTIONS` is answered before authentication.
+/// Browsers may call the Web API (and the echo) and the token endpoint from
+/// any origin, as Spotify allows: their answers carry
+/// `access-control-allow-origin: *`, and a preflight `OPTIONS` is answered
+/// before authentication. The control plane is not offered to other origins,
+/// so a web page cannot reset or reconfigure a running emulator.
 async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response<Body> {
+    let path = req.uri().path();
+    let open =
+        path.starts_with("/v1/") || path.starts_with(webapi::ECHO_PREFIX) || path == "/api/token";
+    if !open {
+        return next.run(req).await;
+    }
     let preflight = req.method() == axum::http::Method::OPTIONS;
     let mut r = if preflight {
         let mut r = Response::new(Body::empty());

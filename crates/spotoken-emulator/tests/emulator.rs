@@ -1535,6 +1535,18 @@ async fn the_web_api_and_token_endpoint_answer_browsers() {
         .await
         .expect("send");
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    // Not the control plane: a web page must not reconfigure the emulator.
+    let r = http()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/_emulator/reset", emu.url()),
+        )
+        .header("origin", "http://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("send");
+    assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
 /// Row "client credentials": an app token, with the secret by Basic or in the

@@ -484,7 +484,21 @@ fn urlencode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_strips_credentials_and_passes_429_through() {
     let env = Env::new().await;
-    let url = &env.server.url;
+    // The Web API at the emulator's request echo: it checks the token as the
+    // API does, then shows what the proxy sent.
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Sqlite::open(dir.path().join("echo.db")).expect("store"));
+    let echo = format!("{}{}", env.emu.url(), spotoken_emulator::ECHO_PREFIX);
+    let server = start_with_api(
+        &env.emu,
+        &echo,
+        store.clone(),
+        store,
+        KeyRing::generate(),
+        |_| {},
+    )
+    .await;
+    let url = &server.url;
     let mut b = Browser::default();
     b.login(url).await;
     let r = b
@@ -501,6 +515,11 @@ async fn proxy_strips_credentials_and_passes_429_through() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.json()["path"], "/v1/echo/thing");
+    assert_eq!(
+        r.json()["user"],
+        "alice",
+        "with the session's token, not the browser's"
+    );
     assert_eq!(r.json()["query"], "x=1");
     assert!(r.set_cookies().is_empty());
     env.emu.inject(Failure {
