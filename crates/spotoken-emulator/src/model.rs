@@ -48,14 +48,15 @@ pub struct User {
     pub id: String,
     /// Display name.
     pub display_name: String,
-    /// E-mail (returned only with `user-read-email`).
+    /// E-mail (returned only with `user-read-email`, in extended quota mode).
     pub email: String,
-    /// Country (returned only with `user-read-private`).
+    /// Country (returned only with `user-read-private`, in extended quota mode).
     pub country: String,
-    /// `premium` or `free` (returned only with `user-read-private`).
+    /// `premium` or `free` (returned only with `user-read-private`, in extended
+    /// quota mode); a free user's player commands get 403 `PREMIUM_REQUIRED`.
     pub product: String,
     /// Whether the user is on the development-mode allowlist. An unregistered
-    /// user gets 403 "User not registered in the Developer Dashboard" from the API.
+    /// user gets Spotify's plain-text 403 from the API in development mode.
     pub registered: bool,
 }
 
