@@ -76,7 +76,7 @@ async fn patch_settings(State(s): State<Shared>, Json(patch): Json<Value>) -> Re
     }
     match serde_json::from_value::<Settings>(current) {
         Ok(new) => {
-            w.settings = new;
+            w.set_settings(new);
             json_response(StatusCode::OK, &json!(w.settings))
         }
         Err(e) => bad_request(e),
@@ -195,22 +195,10 @@ struct SwitchDevice {
 async fn switch_device(State(s): State<Shared>, Json(b): Json<SwitchDevice>) -> Response<Body> {
     let mut w = s.lock();
     let user = b.user.unwrap_or_else(|| w.settings.default_user.clone());
-    if w.user(&user).is_none() {
-        return bad_request(format!("no user {user:?}"));
+    match w.set_active_device(&user, b.active.as_deref()) {
+        Ok(()) => json_response(StatusCode::OK, &json!({"user": user, "active": b.active})),
+        Err(e) => bad_request(e),
     }
-    if let Some(id) = &b.active
-        && !w.devices.iter().any(|d| d.id == *id)
-    {
-        return bad_request(format!("no device {id:?}"));
-    }
-    let now = w.now_ms();
-    let devices = w.devices.clone();
-    let p = w
-        .players
-        .entry(user.clone())
-        .or_insert_with(|| crate::player::Player::new(&devices, now));
-    p.active = b.active.clone();
-    json_response(StatusCode::OK, &json!({"user": user, "active": b.active}))
 }
 
 async fn users(State(s): State<Shared>) -> Json<Vec<crate::model::User>> {

@@ -177,7 +177,27 @@ impl Emulator {
 
     /// Changes settings in place.
     pub fn update(&self, f: impl FnOnce(&mut Settings)) {
-        f(&mut self.shared.lock().settings);
+        let mut w = self.shared.lock();
+        let mut s = w.settings.clone();
+        f(&mut s);
+        w.set_settings(s);
+    }
+
+    /// The ids of the devices every user has (the first is active at first).
+    pub fn device_ids(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .devices
+            .iter()
+            .map(|d| d.id.clone())
+            .collect()
+    }
+
+    /// Makes `device` the user's active device, or (None) leaves the user
+    /// with no active device, so that player commands answer 404
+    /// `NO_ACTIVE_DEVICE`. Errors name an unknown user or device.
+    pub fn set_active_device(&self, user: &str, device: Option<&str>) -> Result<(), String> {
+        self.shared.lock().set_active_device(user, device)
     }
 
     /// A copy of the current settings.

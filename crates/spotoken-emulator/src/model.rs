@@ -148,7 +148,7 @@ impl Endpoint {
 /// A rolling-window rate limit per app (Spotify counts per app over 30 s), on
 /// the emulator's clock. Each endpoint kind it applies to (the token endpoint,
 /// the Web API) has a window of its own.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
     /// Requests allowed in the window.
     pub requests: u32,
@@ -513,6 +513,33 @@ impl World {
         Some(out)
     }
 
+    /// Replaces the settings; changed rate limits start with empty windows.
+    pub fn set_settings(&mut self, new: Settings) {
+        if new.rate_limits != self.settings.rate_limits {
+            self.rate_window.clear();
+        }
+        self.settings = new;
+    }
+
+    /// Makes `device` the user's active device, or leaves the user with none.
+    pub fn set_active_device(&mut self, user: &str, device: Option<&str>) -> Result<(), String> {
+        if self.user(user).is_none() {
+            return Err(format!("no user {user:?}"));
+        }
+        if let Some(id) = device
+            && !self.devices.iter().any(|d| d.id == id)
+        {
+            return Err(format!("no device {id:?}"));
+        }
+        let now = self.now_ms();
+        let devices = self.devices.clone();
+        self.players
+            .entry(user.to_owned())
+            .or_insert_with(|| crate::player::Player::new(&devices, now))
+            .active = device.map(str::to_owned);
+        Ok(())
+    }
+
     /// Counts a request to `endpoint` (the token endpoint or the Web API)
     /// against the rate limits, on the emulator's clock; `Some` when over one.
     /// A refused request does not count.
@@ -741,6 +768,27 @@ mod tests {
         w.offset_ms += 20_000;
         assert_eq!(w.rate_limited(Endpoint::Api, "a"), None);
         assert!(w.rate_limited(Endpoint::Api, "a").is_some());
+    }
+
+    #[test]
+    fn new_rate_limits_start_with_empty_windows() {
+        let mut w = World::new(None);
+        let limit = |requests| RateLimit {
+            requests,
+            window_secs: 30,
+            applies_to: Endpoint::Api,
+            quota_exceeded: false,
+        };
+        let mut s = w.settings.clone();
+        s.rate_limits = vec![limit(1)];
+        w.set_settings(s.clone());
+        assert_eq!(w.rate_limited(Endpoint::Api, "a"), None);
+        assert!(w.rate_limited(Endpoint::Api, "a").is_some());
+        w.set_settings(s.clone());
+        assert!(w.rate_limited(Endpoint::Api, "a").is_some(), "unchanged");
+        s.rate_limits = vec![limit(2)];
+        w.set_settings(s);
+        assert_eq!(w.rate_limited(Endpoint::Api, "a"), None, "a new window");
     }
 
     #[test]

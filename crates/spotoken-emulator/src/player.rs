@@ -242,6 +242,7 @@ pub(crate) fn handle(c: &mut Ctx<'_>) -> Option<Response<Body>> {
             ok(json!({"currently_playing": current, "queue": queue}))
         }
         ("GET", _) => return None,
+        (m, cmd) if !is_command(m, cmd) => return None,
         _ if !premium => player_error(
             StatusCode::FORBIDDEN,
             "Premium required",
@@ -301,18 +302,26 @@ pub(crate) fn handle(c: &mut Ctx<'_>) -> Option<Response<Body>> {
                     p.previous(now);
                     no_content()
                 }
-                ("POST", "/queue") => match c.query.get("uri").and_then(|u| Track::by_uri(u)) {
+                // POST /queue, the last command `is_command` lets through.
+                _ => match c.query.get("uri").and_then(|u| Track::by_uri(u)) {
                     Some(t) => {
                         p.queue.push_back(t);
                         no_content()
                     }
                     None => api_error(StatusCode::BAD_REQUEST, "Invalid track uri"),
                 },
-                _ => return None,
             }
         }
     };
     Some(r)
+}
+
+/// The player commands the emulator knows (transfer is `PUT` on the root).
+fn is_command(method: &str, path: &str) -> bool {
+    matches!(
+        (method, path),
+        ("PUT", "" | "/" | "/play" | "/pause") | ("POST", "/next" | "/previous" | "/queue")
+    )
 }
 
 /// `PUT /v1/me/player/play`: resume, or start `uris` or a `context_uri`

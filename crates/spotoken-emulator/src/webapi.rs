@@ -614,7 +614,7 @@ fn search(c: &Ctx<'_>) -> Response<Body> {
     let shapes = c.shapes();
     let encoded: String = url::form_urlencoded::byte_serialize(q.as_bytes()).collect();
     let mut out = serde_json::Map::new();
-    for t in types.split(',') {
+    for t in types.split(',').map(str::trim) {
         let link_query = format!("q={encoded}&type={t}");
         let page = |all: &[Value]| {
             shapes.page_with_query("search", &link_query, all, offset, limit, Clone::clone)

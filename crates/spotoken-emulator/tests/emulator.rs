@@ -1379,6 +1379,16 @@ async fn player_needs_an_active_device_and_premium() {
     )
     .await;
     assert_eq!((s, body), (StatusCode::NOT_FOUND, no_device));
+    // And through the Rust handle.
+    assert!(
+        emu.set_active_device("alice", Some("no-such-device"))
+            .is_err()
+    );
+    emu.set_active_device("alice", Some(&emu.device_ids()[1]))
+        .expect("a known device");
+    let (_, v) = get(&emu, "/v1/me/player", &alice).await;
+    assert_eq!(v["device"]["name"], "Emulated Phone");
+    emu.set_active_device("alice", None).expect("none");
     let listed: Value = http()
         .get(format!("{}/_emulator/devices", emu.url()))
         .send()
