@@ -5,7 +5,10 @@
 //! requests rejected at once cause one refresh. On 429 it waits `Retry-After`
 //! when that is within the caller's cap, else fails at once with a temporary
 //! error that states the wait. A `403 Insufficient client scope` becomes an
-//! insufficient-scope error naming the missing scope, from the endpoint table.
+//! insufficient-scope error naming the missing scope, from the endpoint table;
+//! the 403s that no login fixes (a user off a development-mode app's
+//! allowlist, an app owner without Premium, both sent as plain text, and a
+//! free user's `PREMIUM_REQUIRED`) become configuration errors saying so.
 
 use std::time::Duration;
 
