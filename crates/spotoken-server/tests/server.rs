@@ -978,3 +978,38 @@ async fn three_instances_on_postgres_refresh_once() {
     );
     schema.drop_all().await;
 }
+
+/// Issue 17: the proxy decides a 401 by its status (a plain-text one is
+/// refreshed and retried), and passes Spotify's plain-text 403s through as
+/// they came, naming no scope, with the session kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_401_and_403_from_spotify() {
+    let env = Env::new().await;
+    let url = &env.server.url;
+    let mut b = Browser::default();
+    b.login(url).await;
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Api,
+        status: 401,
+        text: Some("no JSON here".into()),
+        content_type: Some("text/plain".into()),
+        ..Failure::default()
+    });
+    let r = b.get(&format!("{url}/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        env.emu.counters().token_outcome("refresh_token", "ok"),
+        1,
+        "one refresh, then the retry"
+    );
+    env.emu.update(|s| s.owner_premium = false);
+    let r = b.get(&format!("{url}/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body, spotoken_emulator::OWNER_PREMIUM_REQUIRED);
+    assert!(!r.headers.contains_key("spotoken-missing-scope"));
+    env.emu.update(|s| s.owner_premium = true);
+    assert_eq!(
+        b.get(&format!("{url}/api/v1/me")).await.status,
+        StatusCode::OK
+    );
+}
