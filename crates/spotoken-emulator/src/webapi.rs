@@ -220,7 +220,8 @@ fn answer(
     let Some(token) = auth
         .get(..7)
         .filter(|p| p.eq_ignore_ascii_case("bearer "))
-        .map(|_| auth[7..].trim())
+        .and_then(|_| auth.get(7..))
+        .map(str::trim)
     else {
         return api_error(
             StatusCode::BAD_REQUEST,
