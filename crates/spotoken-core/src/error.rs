@@ -59,7 +59,9 @@ impl ErrorKind {
 pub enum ReauthReason {
     /// No tokens stored for this account.
     NotLoggedIn,
-    /// The provider answered `invalid_grant` (revoked, expired, reused).
+    /// The provider answered `invalid_grant` (revoked, expired, reused: a
+    /// provider that detects reuse of a rotated refresh token revokes the
+    /// whole grant, and every later refresh gets this too).
     InvalidGrant {
         /// The provider's `error_description`, if any.
         description: String,
@@ -69,6 +71,8 @@ pub enum ReauthReason {
     RefreshTokenExpired,
     /// The user refused consent (`error=access_denied`).
     AccessDenied,
+    /// The device code expired before the user approved (RFC 8628 `expired_token`).
+    DeviceCodeExpired,
     /// The account was already flagged; the stored reason.
     Flagged(String),
 }
@@ -90,6 +94,9 @@ impl std::fmt::Display for ReauthReason {
                 "the refresh token is past its lifetime (six months after authorization)",
             ),
             ReauthReason::AccessDenied => f.write_str("access was denied on the consent screen"),
+            ReauthReason::DeviceCodeExpired => {
+                f.write_str("the device code expired before the user approved it (expired_token)")
+            }
             ReauthReason::Flagged(r) => f.write_str(r),
         }
     }
