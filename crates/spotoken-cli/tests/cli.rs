@@ -802,3 +802,70 @@ async fn serve_logs_json_lines_with_request_ids_and_no_secrets() {
     assert_eq!(r.status(), 404, "not where browsers connect");
     child.kill().await.expect("kill");
 }
+
+/// Issue 12: a provider named by its issuer is discovered, the device flow
+/// logs in, and the account remembers where it came from: later commands
+/// without `--issuer` (whose configured endpoints have no issuer) refresh it
+/// at the discovered token endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_login_through_discovery_and_the_account_remembers_its_issuer() {
+    let env = Env::new().await;
+    env.emu.update(|s| s.device_interval_secs = 1);
+    let issuer = env.emu.url();
+    let out = env
+        .run(&[
+            "--issuer",
+            &issuer,
+            "login",
+            "--device",
+            "--scopes",
+            "user-read-private",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("enter the code"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("{issuer}/device")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        env.emu.counters().token_outcome(
+            spotoken::core::device::DEVICE_CODE_GRANT,
+            "authorization_pending"
+        ),
+        1
+    );
+
+    let status = env.run(&["status", "--output", "json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let v: Value = serde_json::from_str(&status.stdout).expect("json");
+    assert_eq!(v["accounts"][0]["issuer"], issuer.as_str());
+    let text = env.run(&["status"]).await;
+    assert!(
+        text.stdout.contains(&format!("provider:       {issuer}")),
+        "{}",
+        text.stdout
+    );
+
+    age_account(&env).await;
+    let token = env.run(&["token"]).await;
+    assert_eq!(token.code, 0, "{}", token.stderr);
+    assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 1);
+}
+
+/// Issue 12: an issuer without a discovery document is a configuration
+/// error that says what to configure instead (exit 2), not a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_without_a_discovery_document_is_a_configuration_error() {
+    let env = Env::new().await;
+    let issuer = format!("{}/tenant", env.emu.url());
+    let out = env.run(&["--issuer", &issuer, "login", "--device"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("publishes no discovery document"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("token_url"), "{}", out.stderr);
+}
