@@ -10,6 +10,8 @@ use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_spotoken");
 
+mod interop;
+
 struct Env {
     emu: Emulator,
     home: tempfile::TempDir,
@@ -19,6 +21,16 @@ struct Out {
     code: i32,
     stdout: String,
     stderr: String,
+}
+
+/// Runs a prepared command to its end.
+async fn output(mut c: Command) -> Out {
+    let o = c.output().await.expect("run spotoken");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
 }
 
 impl Env {
@@ -31,32 +43,17 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("SPOTOKEN_") || k == "RUST_LOG" {
-                c.env_remove(k);
-            }
-        }
-        c.args(args)
-            .env("SPOTOKEN_HOME", self.home.path())
+        let mut c = interop::spotoken_cmd(args);
+        c.env("SPOTOKEN_HOME", self.home.path())
             .env("SPOTOKEN_CLIENT_ID", DEFAULT_CLIENT_ID)
             .env("SPOTOKEN_ACCOUNTS_URL", self.emu.url())
             .env("SPOTOKEN_API_URL", self.emu.url())
-            .env("RUST_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .env("RUST_LOG", "trace");
         c
     }
 
     async fn run(&self, args: &[&str]) -> Out {
-        let o = self.cmd(args).output().await.expect("run spotoken");
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
+        output(self.cmd(args)).await
     }
 
     /// `spotoken login --no-browser`, followed by a plain HTTP client as the
