@@ -849,6 +849,43 @@ async fn device_login_through_discovery_and_the_account_remembers_its_issuer() {
     let token = env.run(&["token"]).await;
     assert_eq!(token.code, 0, "{}", token.stderr);
     assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 1);
+
+    // Logout revokes at the discovered endpoint, waiting out a 503's
+    // Retry-After, and deletes the account.
+    env.emu.inject(Failure {
+        path: Some("/oauth2/revoke".into()),
+        status: 503,
+        headers: [("Retry-After".to_owned(), "1".to_owned())].into(),
+        ..Failure::default()
+    });
+    let logout = env.run(&["logout", "--output", "json"]).await;
+    assert_eq!(logout.code, 0, "{}", logout.stderr);
+    assert!(
+        logout.stderr.contains("revocation failed; retrying"),
+        "{}",
+        logout.stderr
+    );
+    let v: Value = serde_json::from_str(&logout.stdout).expect("json");
+    assert_eq!(v["logged_out"][0]["revoked"], true, "{}", logout.stdout);
+    assert!(v["logged_out"][0]["remove_access_at"].is_null());
+    assert_eq!(env.emu.counters().token_outcome("revocation", "revoked"), 1);
+    assert_eq!(env.run(&["status"]).await.code, 3, "deleted locally");
+}
+
+/// Issue 12: a refused device login stops at once with a clear message
+/// (exit 3), storing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_device_login_stops_with_a_clear_message() {
+    let env = Env::new().await;
+    env.emu.update(|s| {
+        s.device_interval_secs = 1;
+        s.deny = true;
+    });
+    let issuer = env.emu.url();
+    let out = env.run(&["--issuer", &issuer, "login", "--device"]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("access was denied"), "{}", out.stderr);
+    assert_eq!(env.run(&["status"]).await.code, 3, "nothing stored");
 }
 
 /// Issue 12: an issuer without a discovery document is a configuration

@@ -1,6 +1,6 @@
-//! Beyond Spotify: a discovery document (RFC 8414) and the device
-//! authorization grant (RFC 8628), so spotoken's code paths for other
-//! providers run against the emulator too. Spotify publishes neither for
+//! Beyond Spotify: a discovery document (RFC 8414), the device
+//! authorization grant (RFC 8628) and token revocation (RFC 7009), so
+//! spotoken's code paths for other providers run against the emulator too. Spotify publishes neither for
 //! third-party apps; `docs/EMULATOR.md` marks them as extensions.
 //!
 //! Approval follows the consent setting: with automatic consent the user
@@ -23,6 +23,8 @@ use crate::{Shared, json_response};
 
 /// Where the device authorization endpoint is.
 pub const DEVICE_AUTHORIZATION_PATH: &str = "/oauth2/device_authorization";
+/// Where the RFC 7009 revocation endpoint is.
+pub const REVOCATION_PATH: &str = "/oauth2/revoke";
 /// How long device codes live.
 const DEVICE_CODE_LIFETIME_SECS: i64 = 600;
 
@@ -57,6 +59,7 @@ pub async fn metadata(headers: HeaderMap) -> Response<Body> {
             "authorization_endpoint": format!("{issuer}/authorize"),
             "token_endpoint": format!("{issuer}/api/token"),
             "device_authorization_endpoint": format!("{issuer}{DEVICE_AUTHORIZATION_PATH}"),
+            "revocation_endpoint": format!("{issuer}{REVOCATION_PATH}"),
             "response_types_supported": ["code"],
             "grant_types_supported": [
                 "authorization_code", "refresh_token", "client_credentials",
@@ -115,6 +118,37 @@ pub async fn authorize(
             "interval": interval_secs,
         }),
     )
+}
+
+/// `POST /oauth2/revoke`: revokes a refresh token's whole grant (an access
+/// token's too); 200 whatever the token was, as RFC 7009 §2.2 says.
+pub async fn revoke(State(shared): State<Shared>, body: axum::body::Bytes) -> Response<Body> {
+    let failure = shared
+        .lock()
+        .take_failure(crate::model::Endpoint::Any, None, REVOCATION_PATH);
+    if let Some(f) = failure {
+        return crate::injected(f, None).await;
+    }
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let mut w = shared.lock();
+    let token = form.get("token").map_or("", String::as_str);
+    let grant = w
+        .refresh
+        .get(token)
+        .map(|r| r.grant)
+        .or_else(|| w.access.get(token).and_then(|a| a.grant));
+    if let Some(g) = grant {
+        w.revoke_grant(g);
+    }
+    w.count_token(
+        "revocation",
+        if grant.is_some() {
+            "revoked"
+        } else {
+            "unknown"
+        },
+    );
+    json_response(StatusCode::OK, &json!({}))
 }
 
 /// A device-code poll of the token endpoint: tokens, or the RFC 8628 error.

@@ -78,6 +78,7 @@ pub fn app(shared: Shared) -> Router {
             get(device::metadata),
         )
         .route(device::DEVICE_AUTHORIZATION_PATH, post(device::authorize))
+        .route(device::REVOCATION_PATH, post(device::revoke))
         .route("/v1/{*path}", any(webapi::api))
         .route("/_echo/{*path}", any(webapi::echo))
         .nest("/_emulator", control::routes())
