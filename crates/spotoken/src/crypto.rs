@@ -261,7 +261,7 @@ pub fn load_key_ring(key_file: &Path, env_value: Option<&str>) -> Result<KeyRing
     if let Some(v) = env_value {
         return KeyRing::new(parse_keys(v, MASTER_KEY_ENV)?);
     }
-    match std::fs::read_to_string(key_file) {
+    match read_key_file(key_file) {
         Ok(text) => KeyRing::new(parse_keys(
             &text,
             &format!("the key file {}", key_file.display()),
@@ -276,6 +276,14 @@ pub fn load_key_ring(key_file: &Path, env_value: Option<&str>) -> Result<KeyRing
             key_file.display()
         ))),
     }
+}
+
+/// Reads a key file after checking that only its owner can read it.
+fn read_key_file(path: &Path) -> std::io::Result<zeroize::Zeroizing<String>> {
+    use std::io::Read as _;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    crate::fs::open_secret_file(path)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Loads the key ring from the OS keyring entry `spotoken` / `label` (the CLI
@@ -402,6 +410,22 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dir_mode, 0o700);
+    }
+
+    #[test]
+    fn a_key_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("master.key");
+        load_key_ring(&path, None).expect("create");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = load_key_ring(&path, None).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Configuration);
+        assert!(
+            e.to_string()
+                .contains(&format!("chmod 600 {}", path.display())),
+            "{e}"
+        );
     }
 
     #[cfg(feature = "keyring")]
