@@ -62,7 +62,7 @@ impl ApiResponse {
         let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
         v.pointer("/error/message")
             .and_then(|m| m.as_str())
-            .map(str::to_owned)
+            .map(spotoken_core::redact)
     }
 }
 
@@ -199,7 +199,7 @@ pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &S
         .and_then(|v| {
             v.pointer("/error/message")
                 .and_then(|m| m.as_str())
-                .map(str::to_owned)
+                .map(spotoken_core::redact)
         })
         .unwrap_or_default();
     let endpoint = format!("{method} {}", path.split('?').next().unwrap_or(path));
@@ -224,7 +224,7 @@ pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &S
                 .and_then(|v| {
                     v.pointer("/error/reason")
                         .and_then(|m| m.as_str())
-                        .map(str::to_owned)
+                        .map(spotoken_core::redact)
                 })
                 .map(|r| format!(", {r}"))
                 .unwrap_or_default();

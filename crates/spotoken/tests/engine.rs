@@ -349,6 +349,45 @@ async fn invalid_grant_flags_the_account_and_stops_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_providers_invalid_grant_description_is_redacted() {
+    let env = Env::new().await;
+    env.login("default", "").await;
+    // 22 characters: shorter than the old 24-character cut, as some providers'
+    // opaque tokens are.
+    let token = "AQBx7Lq9Zk2Pw4Ty8Rv1Nc";
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        grant: Some("refresh_token".into()),
+        status: 400,
+        body: Some(serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": format!("Invalid refresh token {token} (reused)"),
+        })),
+        ..Failure::default()
+    });
+    env.expire_locally();
+    let e = env
+        .tokens
+        .access_token("default")
+        .await
+        .expect_err("invalid_grant");
+    assert_eq!(e.kind(), ErrorKind::AuthorizationNeeded);
+    let shown = format!("{e} {e:?}");
+    assert!(!shown.contains(token), "{shown}");
+    assert!(
+        shown.contains("Invalid refresh token [redacted] (reused)"),
+        "{shown}"
+    );
+    let status = env
+        .tokens
+        .status("default")
+        .await
+        .expect("status")
+        .expect("row kept");
+    assert!(!format!("{status:?}").contains(token), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_twice_then_ok_honours_retry_after() {
     let env = Env::new().await;
     env.login("default", "").await;
@@ -556,6 +595,29 @@ async fn api_refreshes_once_on_401_and_retries() {
         1,
         "100 rejected calls, one refresh"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_a_web_api_error_message_is_redacted() {
+    let env = Env::new().await;
+    env.login("default", "user-read-private").await;
+    let token = "BQC7b1x0Zy9wVu8tSr7qPo";
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Api,
+        status: 403,
+        body: Some(serde_json::json!({"error": {"status": 403,
+            "message": format!("User not registered in the Developer Dashboard (token {token})")}})),
+        ..Failure::default()
+    });
+    let e = env
+        .tokens
+        .api("default")
+        .get("/v1/me")
+        .await
+        .expect_err("403");
+    assert_eq!(e.kind(), ErrorKind::Configuration);
+    assert!(!e.to_string().contains(token), "{e}");
+    assert!(e.to_string().contains("(token [redacted])"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
