@@ -16,6 +16,8 @@ pub mod sessions;
 pub mod sqlite;
 
 #[cfg(feature = "postgres")]
+mod pg_connect;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 
 use async_trait::async_trait;
