@@ -392,14 +392,30 @@ impl Tokens {
             .remove(account);
     }
 
-    fn flight(&self, account: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner
+    fn flight(&self, account: &str) -> Flight<'_> {
+        let cell = self
+            .inner
             .flights
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(account.to_owned())
             .or_default()
-            .clone()
+            .clone();
+        Flight {
+            inner: &self.inner,
+            account: account.to_owned(),
+            cell,
+        }
+    }
+
+    /// How many accounts have a single-flight entry (tests).
+    #[cfg(test)]
+    pub(crate) fn flights_len(&self) -> usize {
+        self.inner
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Decrypts the row's access token if it satisfies the trigger.
@@ -489,7 +505,7 @@ impl Tokens {
     ) -> Result<Cached, Error> {
         let seen_generation = self.peek_cache(account).map(|c| c.generation);
         let flight = self.flight(account);
-        let _in_flight = flight.lock().await;
+        let _in_flight = flight.cell.lock().await;
         // Someone ahead of us in this process may have refreshed already.
         if let Some(c) = self.peek_cache(account) {
             let fresh =
@@ -762,9 +778,97 @@ impl Tokens {
     }
 }
 
+/// A place in an account's single flight. The map entry goes when the last
+/// holder or waiter leaves, so a process serving many accounts keeps one entry
+/// per refresh in progress, not one per account ever seen.
+struct Flight<'a> {
+    inner: &'a Inner,
+    account: String,
+    cell: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self
+            .inner
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Clones are made only under this map lock, so the count cannot grow
+        // while we look: two means the map's and ours.
+        if Arc::strong_count(&self.cell) == 2
+            && flights
+                .get(&self.account)
+                .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+        {
+            flights.remove(&self.account);
+        }
+    }
+}
+
 fn not_logged_in(account: &str) -> Error {
     Error::AuthorizationNeeded {
         account: account.to_owned(),
         reason: ReauthReason::NotLoggedIn,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Sqlite;
+
+    /// An engine over a store holding `n` accounts with valid access tokens.
+    async fn engine_with_accounts(n: usize) -> (Tokens, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let keys = KeyRing::generate();
+        let store = Sqlite::open(dir.path().join("tokens.db")).expect("store");
+        let now = unix_now();
+        for i in 0..n {
+            let account = format!("acct{i}");
+            let mut row = crate::store::suite::row(&account);
+            row.access_token = Some(
+                keys.seal(&account, Field::AccessToken, b"BQaccess")
+                    .expect("seal"),
+            );
+            row.refresh_token = keys
+                .seal(&account, Field::RefreshToken, b"AQrefresh")
+                .expect("seal");
+            row.access_expires_at = now + 3600;
+            store.upsert(row).await.expect("upsert");
+        }
+        let tokens = Tokens::builder()
+            .client_id("cid")
+            .provider(
+                Provider::spotify_like("http://127.0.0.1:9", "http://127.0.0.1:9")
+                    .expect("provider"),
+            )
+            .store(store)
+            .keys(keys)
+            .build()
+            .expect("tokens");
+        (tokens, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_single_flight_map_keeps_no_entry_once_callers_are_done() {
+        let (tokens, _dir) = engine_with_accounts(200).await;
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            for _ in 0..3 {
+                let tokens = tokens.clone();
+                tasks.push(tokio::spawn(async move {
+                    tokens.access_token(&format!("acct{i}")).await
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.expect("join").expect("token");
+        }
+        assert_eq!(
+            tokens.flights_len(),
+            0,
+            "200 accounts served, no entry left"
+        );
     }
 }
