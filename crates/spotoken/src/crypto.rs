@@ -266,11 +266,7 @@ pub fn load_key_ring(key_file: &Path, env_value: Option<&str>) -> Result<KeyRing
             &text,
             &format!("the key file {}", key_file.display()),
         )?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = random_key();
-            write_key_file(key_file, &[&key])?;
-            Ok(KeyRing::single(key))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key_file(key_file),
         Err(e) => Err(Error::Configuration(format!(
             "cannot read the key file {}: {e}",
             key_file.display()
@@ -309,28 +305,78 @@ pub fn load_key_ring_from_os_keyring(label: &str) -> Result<KeyRing, Error> {
     }
 }
 
-/// Writes keys (first active) to a key file, atomically, mode 0600, in a 0700 directory.
+/// Writes keys (first active) to a key file, atomically, mode 0600, in a 0700
+/// directory, replacing the file if there is one (`rekey`).
 pub fn write_key_file(path: &Path, keys: &[&Key32]) -> Result<(), Error> {
-    let io = |e: std::io::Error| {
-        Error::Configuration(format!("cannot write the key file {}: {e}", path.display()))
-    };
-    if let Some(dir) = path.parent() {
-        crate::fs::private_dir(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = crate::fs::create_private_file(&tmp).map_err(io)?;
-    let mut text = zeroize::Zeroizing::new(String::from(
-        "# spotoken master keys: the first one encrypts, the others only decrypt. Keep this file secret.\n",
-    ));
-    for k in keys {
-        text.push_str(&encode_key(k));
-        text.push('\n');
-    }
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    let tmp = write_temporary_key_file(path, keys)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        key_file_error(path, e)
+    })?;
     crate::fs::sync_parent(path);
     Ok(())
+}
+
+/// Creates the key file with a fresh key, unless another process got there
+/// first: then its key is the one. The file appears complete or not at all
+/// (a hard link of a written temporary file never replaces an existing one).
+fn create_key_file(path: &Path) -> Result<KeyRing, Error> {
+    let key = random_key();
+    let tmp = write_temporary_key_file(path, &[&key])?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            crate::fs::sync_parent(path);
+            Ok(KeyRing::single(key))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = read_key_file(path).map_err(|e| key_file_error(path, e))?;
+            KeyRing::new(parse_keys(
+                &text,
+                &format!("the key file {}", path.display()),
+            )?)
+        }
+        Err(e) => Err(key_file_error(path, e)),
+    }
+}
+
+fn key_file_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Configuration(format!("cannot write the key file {}: {e}", path.display()))
+}
+
+/// Writes keys to a temporary file of its own beside `path` (two processes
+/// never share one) and returns its name.
+fn write_temporary_key_file(path: &Path, keys: &[&Key32]) -> Result<std::path::PathBuf, Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fs::private_dir(dir)?;
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let tmp = path.with_file_name(name);
+    let written = (|| {
+        let mut f = crate::fs::create_private_file(&tmp)?;
+        let mut text = zeroize::Zeroizing::new(String::from(
+            "# spotoken master keys: the first one encrypts, the others only decrypt. Keep this file secret.\n",
+        ));
+        for k in keys {
+            text.push_str(&encode_key(k));
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })();
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(key_file_error(path, e))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -410,6 +456,35 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dir_mode, 0o700);
+    }
+
+    #[test]
+    fn many_creators_of_the_key_file_at_once_all_end_with_the_same_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("home").join("master.key");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    load_key_ring(&path, None).map(|r| r.active_id())
+                })
+            })
+            .collect();
+        let ids: std::collections::HashSet<String> = threads
+            .into_iter()
+            .map(|t| t.join().expect("join").expect("every creator succeeds"))
+            .collect();
+        assert_eq!(ids.len(), 1, "one key for everyone: {ids:?}");
+        let on_disk = load_key_ring(&path, None).expect("read").active_id();
+        assert!(ids.contains(&on_disk));
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .filter(|n| n != "master.key")
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
     #[test]
