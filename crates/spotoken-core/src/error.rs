@@ -67,6 +67,13 @@ pub enum ReauthReason {
     /// The refresh token is past its lifetime (Spotify: six months after the
     /// original authorization).
     RefreshTokenExpired,
+    /// A refresh reached the provider but its answer was lost (a timeout, a
+    /// connection that broke after the request was sent); the provider rotated
+    /// the refresh token, so the old one, presented again, was refused.
+    LostRotation {
+        /// The provider's `error_description` for the retry, if any.
+        description: String,
+    },
     /// The user refused consent (`error=access_denied`).
     AccessDenied,
     /// The account was already flagged; the stored reason.
@@ -88,6 +95,13 @@ impl std::fmt::Display for ReauthReason {
             }
             ReauthReason::RefreshTokenExpired => f.write_str(
                 "the refresh token is past its lifetime (six months after authorization)",
+            ),
+            ReauthReason::LostRotation { description } => write!(
+                f,
+                "the answer to a refresh was lost after the provider had it (lost rotation): the \
+                 refresh token it rotated to never arrived, and the old one was refused \
+                 (invalid_grant{}{description})",
+                if description.is_empty() { "" } else { ": " }
             ),
             ReauthReason::AccessDenied => f.write_str("access was denied on the consent screen"),
             ReauthReason::Flagged(r) => f.write_str(r),

@@ -579,11 +579,9 @@ impl Tokens {
                 .open(account, Field::RefreshToken, &row.refresh_token)?;
             RefreshToken::new(String::from_utf8_lossy(&plain).into_owned())
         };
-        let set = match self
-            .request_refresh(account, &row.client_id, &refresh)
-            .await
-        {
-            Ok(set) => set,
+        let set = match self.request_refresh(lock, &row, &refresh).await {
+            Ok(Refreshed::Answer(set)) => set,
+            Ok(Refreshed::Changed(row)) => return self.adopt_written(&row),
             Err(Error::AuthorizationNeeded { reason, .. }) => {
                 let reason = match reason {
                     ReauthReason::InvalidGrant { .. }
@@ -647,17 +645,22 @@ impl Tokens {
             None => {
                 // Someone wrote the row meanwhile (a new login): theirs wins.
                 let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
-                Self::check_state(&row)?;
-                self.usable(&row, Duration::ZERO, Trigger::Stale)?
-                    .map(|c| (c, false))
-                    .ok_or_else(|| {
-                        Error::temporary(
-                            "the account changed while refreshing (a new login?); try again",
-                            None,
-                        )
-                    })
+                self.adopt_written(&row)
             }
         }
+    }
+
+    /// Uses a row someone else wrote while we were refreshing.
+    fn adopt_written(&self, row: &Row) -> Result<(Cached, bool), Error> {
+        Self::check_state(row)?;
+        self.usable(row, Duration::ZERO, Trigger::Stale)?
+            .map(|c| (c, false))
+            .ok_or_else(|| {
+                Error::temporary(
+                    "the account changed while refreshing (a new login?); try again",
+                    None,
+                )
+            })
     }
 
     /// The client a stored account's refresh token belongs to: the one that
@@ -675,12 +678,20 @@ impl Tokens {
     }
 
     /// One refresh request, retried within the backoff budget.
+    ///
+    /// A request whose answer was lost (a timeout, a connection broken after
+    /// sending) may have been carried out: under rotation the provider then
+    /// holds a new refresh token we never saw. Before such a retry the row is
+    /// read again (another writer's result wins over presenting the old
+    /// token), and an `invalid_grant` after it is reported as a lost rotation.
     async fn request_refresh(
         &self,
-        account: &str,
-        row_client_id: &str,
+        lock: &mut dyn AccountLock,
+        row: &Row,
         refresh: &RefreshToken,
-    ) -> Result<TokenSet, Error> {
+    ) -> Result<Refreshed, Error> {
+        let account = row.account.as_str();
+        let row_client_id = row.client_id.as_str();
         let client = self.client_for(row_client_id);
         if matches!(client, std::borrow::Cow::Owned(_)) {
             tracing::debug!(
@@ -692,13 +703,24 @@ impl Tokens {
         let req = protocol::refresh_request(&self.inner.provider.token_url, &client, refresh);
         let started = Instant::now();
         let mut attempt = 1;
+        let mut lost = false;
         loop {
-            let outcome = match http::send_form(&self.inner.http, &req).await {
+            let outcome = match http::send_form_tracked(&self.inner.http, &req).await {
                 Ok(answer) => protocol::parse_token_answer(answer.as_core(), account),
-                Err(e) => Err(e),
+                Err(f) => {
+                    lost |= f.maybe_delivered;
+                    Err(f.error)
+                }
             };
             let err = match outcome {
-                Ok(set) => return Ok(set),
+                Ok(set) => return Ok(Refreshed::Answer(set)),
+                Err(Error::AuthorizationNeeded {
+                    account,
+                    reason: ReauthReason::InvalidGrant { description },
+                }) if lost => Error::AuthorizationNeeded {
+                    account,
+                    reason: ReauthReason::LostRotation { description },
+                },
                 Err(e) => e,
             };
             match self
@@ -715,6 +737,13 @@ impl Tokens {
                     );
                     tokio::time::sleep(d).await;
                     attempt += 1;
+                    if lost
+                        && let Some(now) = lock.load().await?
+                        && now.version != row.version
+                    {
+                        tracing::info!(account, "the row changed after a lost refresh answer");
+                        return Ok(Refreshed::Changed(now));
+                    }
                 }
                 Retry::GiveUp(e) => return Err(e),
             }
@@ -776,6 +805,14 @@ impl Tokens {
         }
         Ok(n)
     }
+}
+
+/// What a refresh request came to.
+enum Refreshed {
+    /// The provider's answer.
+    Answer(TokenSet),
+    /// The row changed while an answer was lost: someone else's result.
+    Changed(Row),
 }
 
 /// A place in an account's single flight. The map entry goes when the last

@@ -126,6 +126,15 @@ impl Env {
     async fn login(&self, account: &str, scopes: &str) -> spotoken::LoginOutcome {
         login(&self.tokens, account, scopes).await
     }
+
+    /// The default account's status (its row must exist).
+    async fn status(&self) -> spotoken::AccountStatus {
+        self.tokens
+            .status("default")
+            .await
+            .expect("status")
+            .expect("row kept")
+    }
 }
 
 async fn login(tokens: &Tokens, account: &str, scopes: &str) -> spotoken::LoginOutcome {
@@ -355,22 +364,19 @@ async fn a_token_in_the_providers_invalid_grant_description_is_redacted() {
     // 22 characters: shorter than the old 24-character cut, as some providers'
     // opaque tokens are.
     let token = "AQBx7Lq9Zk2Pw4Ty8Rv1Nc";
-    env.emu.inject(Failure {
-        endpoint: Endpoint::Token,
-        grant: Some("refresh_token".into()),
-        status: 400,
-        body: Some(serde_json::json!({
-            "error": "invalid_grant",
-            "error_description": format!("Invalid refresh token {token} (reused)"),
-        })),
-        ..Failure::default()
-    });
-    env.expire_locally();
-    let e = env
-        .tokens
-        .access_token("default")
-        .await
-        .expect_err("invalid_grant");
+    let e = refresh_failing_with(
+        &env,
+        Failure {
+            status: 400,
+            body: Some(serde_json::json!({
+                "error": "invalid_grant",
+                "error_description": format!("Invalid refresh token {token} (reused)"),
+            })),
+            ..Failure::default()
+        },
+    )
+    .await
+    .expect_err("invalid_grant");
     assert_eq!(e.kind(), ErrorKind::AuthorizationNeeded);
     let shown = format!("{e} {e:?}");
     assert!(!shown.contains(token), "{shown}");
@@ -378,13 +384,82 @@ async fn a_token_in_the_providers_invalid_grant_description_is_redacted() {
         shown.contains("Invalid refresh token [redacted] (reused)"),
         "{shown}"
     );
-    let status = env
-        .tokens
-        .status("default")
-        .await
-        .expect("status")
-        .expect("row kept");
+    let status = env.status().await;
     assert!(!format!("{status:?}").contains(token), "{status:?}");
+}
+
+/// Logs in under `rotation`, loses the answer to the next refresh after the
+/// emulator carried it out, and asks for a token.
+async fn refresh_with_a_lost_answer(rotation: Rotation) -> (Env, Result<String, spotoken::Error>) {
+    let env = Env::new().await;
+    env.emu.update(|s| s.rotation = rotation);
+    env.login("default", "").await;
+    let got = refresh_failing_with(
+        &env,
+        Failure {
+            drop_connection: true,
+            after_processing: true,
+            ..Failure::default()
+        },
+    )
+    .await
+    .map(|t| t.expose().to_owned());
+    (env, got)
+}
+
+/// Queues `failure` for the next refresh, lets the token expire, and asks for one.
+async fn refresh_failing_with(
+    env: &Env,
+    failure: Failure,
+) -> Result<spotoken::core::secret::AccessToken, spotoken::Error> {
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        grant: Some("refresh_token".into()),
+        ..failure
+    });
+    env.expire_locally();
+    env.tokens.access_token("default").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_refresh_answer_under_reuse_detection_is_a_lost_rotation() {
+    let (env, got) = refresh_with_a_lost_answer(Rotation::RotateReuseDetection).await;
+    let e = got.expect_err("the family was revoked");
+    assert!(
+        matches!(
+            &e,
+            spotoken::Error::AuthorizationNeeded {
+                reason: spotoken::ReauthReason::LostRotation { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("lost rotation"), "{e}");
+    assert!(e.to_string().contains("spotoken login"), "{e}");
+    let c = env.emu.counters();
+    assert_eq!(c.token_outcome("refresh_token", "ok"), 1, "the lost one");
+    assert_eq!(
+        c.token_requests_for("refresh_token"),
+        2,
+        "one retry, no loop"
+    );
+    assert_eq!(env.status().await.state, "reauth_required");
+    let again = env
+        .tokens
+        .access_token("default")
+        .await
+        .expect_err("flagged");
+    assert_eq!(again.kind(), ErrorKind::AuthorizationNeeded);
+    assert_eq!(env.emu.counters().token_requests_for("refresh_token"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_refresh_answer_without_rotation_is_retried() {
+    let (env, got) = refresh_with_a_lost_answer(Rotation::None).await;
+    got.expect("the retry gets a token");
+    let c = env.emu.counters();
+    assert_eq!(c.token_outcome("refresh_token", "ok"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
