@@ -197,6 +197,15 @@ async fn age_account(env: &Env) {
     row.authorized_at = now - 3600;
     row.last_refresh = Some(now - 3540);
     row.access_expires_at = now + 60;
+    // Written as spotoken writes: secrets sealed for the version the row gets.
+    let master = env
+        .extra_env
+        .iter()
+        .find(|(k, _)| *k == spotoken::crypto::MASTER_KEY_ENV)
+        .map(|(_, v)| v.as_str());
+    let keys =
+        spotoken::crypto::load_key_ring(&env.home.path().join("master.key"), master).expect("keys");
+    row.carry_secrets_to_next_version(&keys).expect("reseal");
     store.update(row).await.expect("update").expect("written");
 }
 

@@ -3,7 +3,11 @@
 //! Every secret the store keeps is sealed with XChaCha20-Poly1305 into an
 //! envelope `version ‖ key id ‖ nonce ‖ ciphertext+tag`. The associated data
 //! binds the ciphertext to its account and field, so a ciphertext copied to
-//! another account or field fails to open. A [`KeyRing`] has one active key for
+//! another account or field fails to open; a token row's secrets (envelope
+//! version 2) are also bound to the row version they were written with, so a
+//! ciphertext from an older row does not open in a newer one (a rollback of
+//! one field by someone who can write to the database). Envelopes of version
+//! 1 (no row version) still open; the next write of the row replaces them. A [`KeyRing`] has one active key for
 //! sealing and any number of older keys for opening, which is what `rekey` needs.
 //!
 //! Keys come from `SPOTOKEN_MASTER_KEY` (base64 of 32 bytes; several separated by
@@ -24,7 +28,10 @@ use spotoken_core::secret::Key32;
 
 use crate::Error;
 
-const ENVELOPE_VERSION: u8 = 1;
+/// Associated data: account and field.
+const ENVELOPE_V1: u8 = 1;
+/// Associated data: account, field and the row version.
+const ENVELOPE_V2: u8 = 2;
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 24;
 const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
@@ -129,8 +136,30 @@ impl KeyRing {
         hex(&self.active)
     }
 
-    /// Seals `plaintext` for `account`'s `field` with the active key.
+    /// Seals `plaintext` for `account`'s `field` with the active key (secrets
+    /// outside token rows, such as a pending login).
     pub fn seal(&self, account: &str, field: Field, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        self.seal_envelope(ENVELOPE_V1, &associated_data(account, field), plaintext)
+    }
+
+    /// Seals a token row's secret for the row `version` it will be stored with.
+    pub fn seal_row(
+        &self,
+        account: &str,
+        field: Field,
+        version: i64,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let ad = row_associated_data(account, field, version);
+        self.seal_envelope(ENVELOPE_V2, &ad, plaintext)
+    }
+
+    fn seal_envelope(
+        &self,
+        envelope_version: u8,
+        ad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
         let key = self
             .keys
             .get(&self.active)
@@ -140,36 +169,62 @@ impl KeyRing {
         rand::rng().fill_bytes(&mut nonce_bytes);
         let nonce = XNonce::try_from(&nonce_bytes[..])
             .map_err(|_| Error::Internal("bad nonce length".into()))?;
-        let ad = associated_data(account, field);
         let ct = cipher
             .encrypt(
                 &nonce,
                 Payload {
                     msg: plaintext,
-                    aad: &ad,
+                    aad: ad,
                 },
             )
             .map_err(|_| Error::Internal("encryption failed".into()))?;
         let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
-        out.push(ENVELOPE_VERSION);
+        out.push(envelope_version);
         out.extend_from_slice(&self.active);
         out.extend_from_slice(nonce.as_slice());
         out.extend_from_slice(&ct);
         Ok(out)
     }
 
-    /// Opens an envelope sealed for `account`'s `field`.
+    /// Opens an envelope sealed by [`seal`](Self::seal) for `account`'s `field`.
     pub fn open(
         &self,
         account: &str,
         field: Field,
         envelope: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
-        if envelope.len() < HEADER_LEN + 16 || envelope[0] != ENVELOPE_VERSION {
-            return Err(Error::Internal(format!(
-                "the stored {} of account '{account}' is not a spotoken envelope (corrupted store?)",
-                field.name()
-            )));
+        if envelope.first() != Some(&ENVELOPE_V1) {
+            return Err(not_an_envelope(account, field));
+        }
+        self.open_envelope(account, field, &associated_data(account, field), envelope)
+    }
+
+    /// Opens a token row's secret read from a row of `version` (or written
+    /// before row versions were bound: envelope version 1).
+    pub fn open_row(
+        &self,
+        account: &str,
+        field: Field,
+        version: i64,
+        envelope: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        let ad = match envelope.first() {
+            Some(&ENVELOPE_V1) => associated_data(account, field),
+            Some(&ENVELOPE_V2) => row_associated_data(account, field, version),
+            _ => return Err(not_an_envelope(account, field)),
+        };
+        self.open_envelope(account, field, &ad, envelope)
+    }
+
+    fn open_envelope(
+        &self,
+        account: &str,
+        field: Field,
+        ad: &[u8],
+        envelope: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        if envelope.len() < HEADER_LEN + 16 {
+            return Err(not_an_envelope(account, field));
         }
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&envelope[1..1 + KEY_ID_LEN]);
@@ -184,23 +239,29 @@ impl KeyRing {
         let cipher = XChaCha20Poly1305::new(key.expose().into());
         let nonce = XNonce::try_from(&envelope[1 + KEY_ID_LEN..HEADER_LEN])
             .map_err(|_| Error::Internal("bad nonce length".into()))?;
-        let ad = associated_data(account, field);
         cipher
             .decrypt(
                 &nonce,
                 Payload {
                     msg: &envelope[HEADER_LEN..],
-                    aad: &ad,
+                    aad: ad,
                 },
             )
             .map(zeroize::Zeroizing::new)
             .map_err(|_| {
                 Error::Internal(format!(
-                    "the stored {} of account '{account}' failed its integrity check (tampered with, or copied \
-                     from another account); log in again to replace it",
+                    "the stored {} of account '{account}' failed its integrity check (tampered with, copied \
+                     from another account, or put back from an older version of the row); log in again to \
+                     replace it",
                     field.name()
                 ))
             })
+    }
+
+    /// Whether a token row's envelope is sealed with the active key and bound
+    /// to its row version (`rekey` rewrites the others).
+    pub fn is_current(&self, envelope: &[u8]) -> bool {
+        envelope.first() == Some(&ENVELOPE_V2) && self.is_active(envelope)
     }
 
     /// Whether an envelope was sealed with the active key (`rekey` skips those).
@@ -211,6 +272,17 @@ impl KeyRing {
 
 fn associated_data(account: &str, field: Field) -> Vec<u8> {
     format!("spotoken/v1\0{account}\0{}", field.name()).into_bytes()
+}
+
+fn row_associated_data(account: &str, field: Field, version: i64) -> Vec<u8> {
+    format!("spotoken/v2\0{account}\0{}\0{version}", field.name()).into_bytes()
+}
+
+fn not_an_envelope(account: &str, field: Field) -> Error {
+    Error::Internal(format!(
+        "the stored {} of account '{account}' is not a spotoken envelope (corrupted store?)",
+        field.name()
+    ))
 }
 
 /// A fresh random 32-byte key from the OS.
@@ -406,6 +478,39 @@ mod tests {
             .expect("seal");
         assert!(ring.open("bob", Field::RefreshToken, &env).is_err());
         assert!(ring.open("alice", Field::AccessToken, &env).is_err());
+    }
+
+    #[test]
+    fn a_row_secret_opens_only_in_the_row_version_it_was_sealed_for() {
+        let ring = KeyRing::generate();
+        let env = ring
+            .seal_row("a", Field::RefreshToken, 7, b"AQold")
+            .expect("seal");
+        assert_eq!(
+            &*ring
+                .open_row("a", Field::RefreshToken, 7, &env)
+                .expect("open"),
+            b"AQold"
+        );
+        let e = ring
+            .open_row("a", Field::RefreshToken, 9, &env)
+            .unwrap_err();
+        assert!(e.to_string().contains("older version of the row"), "{e}");
+        assert!(ring.open_row("b", Field::RefreshToken, 7, &env).is_err());
+        assert!(ring.open("a", Field::RefreshToken, &env).is_err());
+        // Envelopes from before row versions were bound still open, and are
+        // what rekey rewrites.
+        let legacy = ring
+            .seal("a", Field::RefreshToken, b"AQlegacy")
+            .expect("seal");
+        assert_eq!(
+            &*ring
+                .open_row("a", Field::RefreshToken, 3, &legacy)
+                .expect("open"),
+            b"AQlegacy"
+        );
+        assert!(!ring.is_current(&legacy));
+        assert!(ring.is_current(&env));
     }
 
     #[test]

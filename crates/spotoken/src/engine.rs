@@ -442,10 +442,10 @@ impl Tokens {
         if !fresh && !just_obtained {
             return Ok(None);
         }
-        let plain = self
-            .inner
-            .keys
-            .open(&row.account, Field::AccessToken, sealed)?;
+        let plain =
+            self.inner
+                .keys
+                .open_row(&row.account, Field::AccessToken, row.version, sealed)?;
         let token = AccessToken::new(String::from_utf8_lossy(&plain).into_owned());
         if let Trigger::Rejected(r) = trigger
             && r.expose() == token.expose()
@@ -573,10 +573,12 @@ impl Tokens {
             return Ok((c, false));
         }
         let refresh = {
-            let plain = self
-                .inner
-                .keys
-                .open(account, Field::RefreshToken, &row.refresh_token)?;
+            let plain = self.inner.keys.open_row(
+                account,
+                Field::RefreshToken,
+                row.version,
+                &row.refresh_token,
+            )?;
             RefreshToken::new(String::from_utf8_lossy(&plain).into_owned())
         };
         let set = match self.request_refresh(lock, &row, &refresh).await {
@@ -606,19 +608,25 @@ impl Tokens {
         let rotated = set.refresh_token.is_some();
         let now = self.now();
         let expires_at = now + i64::try_from(set.expires_in.as_secs()).unwrap_or(3600);
+        // Both secrets are sealed for the version this write gives the row,
+        // the kept refresh token too.
+        let written_version = row.version + 1;
+        let keys = &self.inner.keys;
         let mut next = row.clone();
-        next.access_token = Some(self.inner.keys.seal(
+        next.access_token = Some(keys.seal_row(
             account,
             Field::AccessToken,
+            written_version,
             set.access_token.expose().as_bytes(),
         )?);
         next.access_expires_at = expires_at;
-        if let Some(rt) = &set.refresh_token {
-            next.refresh_token =
-                self.inner
-                    .keys
-                    .seal(account, Field::RefreshToken, rt.expose().as_bytes())?;
-        }
+        let kept = set.refresh_token.as_ref().unwrap_or(&refresh);
+        next.refresh_token = keys.seal_row(
+            account,
+            Field::RefreshToken,
+            written_version,
+            kept.expose().as_bytes(),
+        )?;
         if let Some(s) = set.scope {
             next.scopes = s;
         }
@@ -754,6 +762,9 @@ impl Tokens {
         let account = row.account.clone();
         row.state = AccountState::ReauthRequired(reason.to_string());
         row.access_token = None;
+        // Keep the refresh token openable in the row's next version (logout
+        // may still revoke it).
+        let _ = row.carry_secrets_to_next_version(&self.inner.keys);
         match lock.update(row).await {
             Ok(_) => {}
             Err(e) => {
@@ -770,16 +781,17 @@ impl Tokens {
         }
     }
 
-    /// Re-encrypts every row not sealed with the active key; returns how many.
+    /// Re-encrypts every row not sealed with the active key (or not yet bound
+    /// to its row version); returns how many.
     pub async fn rekey(&self) -> Result<usize, Error> {
         let mut n = 0;
         for listed in self.inner.store.list().await? {
             let account = listed.account.clone();
-            let stale = !self.inner.keys.is_active(&listed.refresh_token)
+            let stale = !self.inner.keys.is_current(&listed.refresh_token)
                 || listed
                     .access_token
                     .as_ref()
-                    .is_some_and(|a| !self.inner.keys.is_active(a));
+                    .is_some_and(|a| !self.inner.keys.is_current(a));
             if !stale {
                 continue;
             }
@@ -788,13 +800,7 @@ impl Tokens {
                 let Some(mut row) = lock.load().await? else {
                     return Ok(false);
                 };
-                let keys = &self.inner.keys;
-                let rt = keys.open(&account, Field::RefreshToken, &row.refresh_token)?;
-                row.refresh_token = keys.seal(&account, Field::RefreshToken, &rt)?;
-                if let Some(at) = &row.access_token {
-                    let at = keys.open(&account, Field::AccessToken, at)?;
-                    row.access_token = Some(keys.seal(&account, Field::AccessToken, &at)?);
-                }
+                row.carry_secrets_to_next_version(&self.inner.keys)?;
                 Ok::<_, Error>(lock.update(row).await?.is_some())
             }
             .await;
@@ -855,8 +861,9 @@ mod tests {
     use super::*;
     use crate::store::Sqlite;
 
-    /// An engine over a store holding `n` accounts with valid access tokens.
-    async fn engine_with_accounts(n: usize) -> (Tokens, tempfile::TempDir) {
+    /// An engine over a store holding `n` accounts with valid access tokens,
+    /// sealed as today (`legacy`: as before row versions were bound).
+    async fn engine_with_accounts(n: usize, legacy: bool) -> (Tokens, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tmp");
         let keys = KeyRing::generate();
         let store = Sqlite::open(dir.path().join("tokens.db")).expect("store");
@@ -864,13 +871,16 @@ mod tests {
         for i in 0..n {
             let account = format!("acct{i}");
             let mut row = crate::store::suite::row(&account);
-            row.access_token = Some(
-                keys.seal(&account, Field::AccessToken, b"BQaccess")
-                    .expect("seal"),
-            );
-            row.refresh_token = keys
-                .seal(&account, Field::RefreshToken, b"AQrefresh")
-                .expect("seal");
+            let seal = |field, plain: &[u8]| {
+                if legacy {
+                    keys.seal(&account, field, plain)
+                } else {
+                    keys.seal_row(&account, field, 1, plain)
+                }
+                .expect("seal")
+            };
+            row.access_token = Some(seal(Field::AccessToken, b"BQaccess"));
+            row.refresh_token = seal(Field::RefreshToken, b"AQrefresh");
             row.access_expires_at = now + 3600;
             store.upsert(row).await.expect("upsert");
         }
@@ -889,7 +899,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_single_flight_map_keeps_no_entry_once_callers_are_done() {
-        let (tokens, _dir) = engine_with_accounts(200).await;
+        let (tokens, _dir) = engine_with_accounts(200, false).await;
         let mut tasks = Vec::new();
         for i in 0..200 {
             for _ in 0..3 {
@@ -906,6 +916,35 @@ mod tests {
             tokens.flights_len(),
             0,
             "200 accounts served, no entry left"
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_sealed_before_versions_were_bound_open_and_rekey_binds_them() {
+        let (tokens, _dir) = engine_with_accounts(3, true).await;
+        let token = tokens
+            .access_token("acct1")
+            .await
+            .expect("legacy row opens");
+        assert_eq!(token.expose(), "BQaccess");
+        assert_eq!(tokens.rekey().await.expect("rekey"), 3);
+        for row in tokens.store().list().await.expect("list") {
+            assert!(tokens.inner.keys.is_current(&row.refresh_token));
+            assert!(
+                row.access_token
+                    .as_ref()
+                    .is_some_and(|a| tokens.inner.keys.is_current(a))
+            );
+        }
+        tokens.evict("acct1");
+        assert_eq!(
+            tokens.access_token("acct1").await.expect("open").expose(),
+            "BQaccess"
+        );
+        assert_eq!(
+            tokens.rekey().await.expect("rekey"),
+            0,
+            "nothing left to rewrite"
         );
     }
 }

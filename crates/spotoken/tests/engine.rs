@@ -557,6 +557,45 @@ async fn html_502_is_temporary_and_keeps_the_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_ciphertext_put_back_into_a_newer_row_does_not_open() {
+    let env = Env::new().await;
+    env.emu.update(|s| s.rotation = Rotation::Rotate);
+    env.login("default", "").await;
+    let store = env.tokens.store().clone();
+    let old = store.load("default").await.expect("load").expect("row");
+    env.expire_locally();
+    env.tokens.access_token("default").await.expect("refresh");
+    let new = store.load("default").await.expect("load").expect("row");
+    assert!(new.version > old.version);
+    // Someone with write access to the database puts the older secrets back
+    // (without touching the version, which the store would bump).
+    let db = rusqlite::Connection::open(&env.db).expect("db");
+    db.execute(
+        "UPDATE accounts SET access_token = ?1, refresh_token = ?2 WHERE account = 'default'",
+        rusqlite::params![old.access_token, old.refresh_token],
+    )
+    .expect("roll back");
+    let other = Env::engine(&env.emu, &env.db, env.keys.clone(), env.offset.clone());
+    let e = other
+        .access_token("default")
+        .await
+        .expect_err("rolled back");
+    assert!(e.to_string().contains("older version of the row"), "{e}");
+    let refreshes = env.emu.counters().token_requests_for("refresh_token");
+    env.expire_locally();
+    let e = other
+        .access_token("default")
+        .await
+        .expect_err("rolled back");
+    assert!(e.to_string().contains("integrity check"), "{e}");
+    assert_eq!(
+        env.emu.counters().token_requests_for("refresh_token"),
+        refreshes,
+        "the old refresh token was never sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_swapped_or_wrongly_keyed_ciphertexts_fail_without_changes() {
     let env = Env::new().await;
     env.login("alice", "").await;
