@@ -690,10 +690,12 @@ mod tests {
     /// `SPOTOKEN_TEST_DATABASE_URL`, if any. CI needs nothing but the
     /// PostgreSQL the other store tests use, whatever its own `ssl` setting.
     async fn front(tls: Option<rustls::ServerConfig>) -> u16 {
+        front_on("127.0.0.1:0", tls).await
+    }
+
+    async fn front_on(bind: &str, tls: Option<rustls::ServerConfig>) -> u16 {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
         let upstream = crate::store::postgres::tests::test_url_quiet().map(|u| {
@@ -792,6 +794,20 @@ mod tests {
         assert_eq!(e.kind(), crate::ErrorKind::Configuration, "{e}");
         assert!(e.to_string().contains("does not offer TLS"), "{e}");
         assert!(e.to_string().contains("sslmode=require"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn prefer_off_loopback_refuses_a_server_without_tls() {
+        // 0.0.0.0 is not a loopback address, yet on Linux a connection to it
+        // reaches a listener on this machine: a "remote" server for the test.
+        let port = front_on("0.0.0.0:0", None).await;
+        let e = open(&format!("postgres://postgres@0.0.0.0:{port}/test"))
+            .await
+            .err()
+            .expect("no plain fallback");
+        assert_eq!(e.kind(), crate::ErrorKind::Configuration, "{e}");
+        assert!(e.to_string().contains("does not offer TLS"), "{e}");
+        assert!(e.to_string().contains("only on loopback"), "{e}");
     }
 
     #[tokio::test]
