@@ -451,6 +451,39 @@ async fn daemon_notifies_once_when_an_account_needs_a_login() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_storage_settings_exit_2_saying_why() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new().await;
+    // A database reached in clear over the network.
+    let o = env
+        .run(&[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://spotoken@db.example/spotoken?sslmode=disable",
+        ])
+        .await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("sslmode=disable"), "{}", o.stderr);
+    // A home other users can write to.
+    let shared = env.home.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let o = env
+        .run(&["--home", &shared.display().to_string(), "status"])
+        .await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("writable by other users"), "{}", o.stderr);
+    let mode = std::fs::metadata(&shared)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o777, "its mode is left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_notify_command_does_not_inherit_secrets() {
     let env = Env::with_secrets().await;
     let text = notify_after_revocation(&env, |marker| format!("env > {marker}")).await;
