@@ -110,6 +110,14 @@ pub(crate) fn resolve(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result
                 hosts(&config)
             )));
         }
+        // libpq never uses TLS over a Unix socket; neither does the server.
+        _ if config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_))) =>
+        {
+            tokio_postgres::config::SslMode::Disable
+        }
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer if loopback => tokio_postgres::config::SslMode::Prefer,
         _ => tokio_postgres::config::SslMode::Require,
@@ -188,13 +196,20 @@ fn is_loopback(config: &tokio_postgres::Config) -> bool {
     })
 }
 
-fn hosts(config: &tokio_postgres::Config) -> String {
+/// The hosts (and ports) of a configuration, for messages.
+pub(crate) fn hosts(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
     config
         .get_hosts()
         .iter()
-        .map(|h| match h {
-            Host::Tcp(name) => name.clone(),
-            Host::Unix(path) => path.display().to_string(),
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                Host::Tcp(name) if name.contains(':') => format!("[{name}]:{port}"),
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(path) => path.display().to_string(),
+            }
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -621,6 +636,7 @@ mod tests {
             "postgres://u@localhost/db?sslmode=disable",
             "postgres://u@[::1]/db?sslmode=disable",
             "host=/run/postgresql user=u sslmode=disable",
+            "host=/run/postgresql user=u sslmode=require",
         ] {
             let t = resolve(ok, &no_env).expect(ok);
             assert_eq!(

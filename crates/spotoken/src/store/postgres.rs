@@ -98,14 +98,9 @@ impl Postgres {
             }
             cfg.options(format!("-c search_path={s}"));
         }
-        let host = cfg
-            .get_hosts()
-            .first()
-            .map(|h| format!("{h:?}"))
-            .unwrap_or_default();
         let describe = format!(
-            "PostgreSQL {} {}{}",
-            host,
+            "PostgreSQL {}/{}{}",
+            pg_connect::hosts(cfg),
             cfg.get_dbname().unwrap_or(""),
             schema.map(|s| format!(" (schema {s})")).unwrap_or_default()
         );
