@@ -5,8 +5,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 use spotoken_emulator::{
-    DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_SECRET,
-    Emulator, Endpoint, Failure, Rotation,
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Emulator, Endpoint, Failure, Rotation,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
@@ -36,8 +35,8 @@ impl Env {
         }
     }
 
-    /// An environment holding every secret a child must not inherit, with a
-    /// confidential client so the client secret is really used.
+    /// An environment holding every secret a child must not inherit (the
+    /// client secret is the app's real one, so it is really used).
     async fn with_secrets() -> Self {
         let mut env = Self::new().await;
         env.extra_env = vec![
@@ -45,14 +44,7 @@ impl Env {
                 "SPOTOKEN_MASTER_KEY",
                 "c2VjcmV0LW1hc3Rlci1rZXktb2YtMzItYnl0ZXMhISE=".to_owned(),
             ),
-            (
-                "SPOTOKEN_CLIENT_ID",
-                DEFAULT_CONFIDENTIAL_CLIENT_ID.to_owned(),
-            ),
-            (
-                "SPOTOKEN_CLIENT_SECRET",
-                DEFAULT_CONFIDENTIAL_CLIENT_SECRET.to_owned(),
-            ),
+            ("SPOTOKEN_CLIENT_SECRET", DEFAULT_CLIENT_SECRET.to_owned()),
         ];
         env
     }
@@ -379,6 +371,12 @@ async fn exit_codes_match_their_situations() {
     let o = env.run(&["api", "/v1/me/playlists"]).await;
     assert_eq!(o.code, 5, "{}", o.stderr);
     assert!(o.stderr.contains("playlist-read-private"), "{}", o.stderr);
+    // 2: the app's owner has no Premium (Spotify's plain-text 403).
+    env.emu.update(|s| s.owner_premium = false);
+    let o = env.run(&["api", "/v1/me"]).await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("Premium"), "{}", o.stderr);
+    env.emu.update(|s| s.owner_premium = true);
     // 4: temporary failure after retries.
     env.emu.inject(Failure {
         endpoint: Endpoint::Token,
@@ -569,6 +567,10 @@ async fn demo_runs_with_no_configuration() {
     assert!(
         stdout.contains("100 callers -> 1 token request, 0 failures"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("GET /v1/me -> Alice Emulated (alice)"),
+        "the profile of a development-mode app: {stdout}"
     );
 }
 
@@ -867,7 +869,15 @@ async fn serve_reads_the_serve_table_of_the_config_file() {
 async fn serve_logs_json_lines_with_request_ids_and_no_secrets() {
     let env = Env::new().await;
     let mut child = env
-        .cmd(&["--output", "json", "serve", "--bind", "127.0.0.1:0"])
+        .cmd(&[
+            "--output",
+            "json",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--metrics-bind",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .spawn()
         .expect("spawn serve");
@@ -914,5 +924,21 @@ async fn serve_logs_json_lines_with_request_ids_and_no_secrets() {
     assert_eq!(handled[0]["fields"]["status"], 200);
     assert_eq!(handled[1]["span"]["path"], "/api/v1/me");
     assert_eq!(handled[1]["fields"]["status"], 401);
+    // Issue 11, finding 7: with --metrics-bind, /metrics is only there.
+    let metrics = started["metrics"].as_str().expect("metrics address");
+    let r = http.get(metrics).send().await.expect("metrics");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .expect("text")
+            .contains("spotoken_active_sessions")
+    );
+    let r = http
+        .get(format!("{server}/metrics"))
+        .send()
+        .await
+        .expect("main");
+    assert_eq!(r.status(), 404, "not where browsers connect");
     child.kill().await.expect("kill");
 }

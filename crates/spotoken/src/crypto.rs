@@ -193,8 +193,15 @@ impl KeyRing {
         field: Field,
         envelope: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
-        if envelope.first() != Some(&ENVELOPE_V1) {
-            return Err(not_an_envelope(account, field));
+        match envelope.first() {
+            Some(&ENVELOPE_V1) => {}
+            Some(&ENVELOPE_V2) => {
+                return Err(Error::Internal(format!(
+                    "the {} of account '{account}' is bound to its row version: open it with open_row",
+                    field.name()
+                )));
+            }
+            _ => return Err(not_an_envelope(account, field)),
         }
         self.open_envelope(account, field, &associated_data(account, field), envelope)
     }
