@@ -407,6 +407,143 @@ async fn refresh_with_a_lost_answer(rotation: Rotation) -> (Env, Result<String, 
     (env, got)
 }
 
+/// A store that writes `row` (as another writer would) just before the
+/// engine's second read under its refresh lock: the re-read after a lost answer.
+#[derive(Clone)]
+struct Interloper {
+    inner: Sqlite,
+    row: Arc<Mutex<Option<spotoken::store::Row>>>,
+}
+
+struct InterloperLock {
+    inner: Box<dyn spotoken::store::AccountLock>,
+    store: Sqlite,
+    row: Arc<Mutex<Option<spotoken::store::Row>>>,
+    loads: u32,
+}
+
+#[async_trait::async_trait]
+impl spotoken::store::TokenStore for Interloper {
+    async fn load(&self, a: &str) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        self.inner.load(a).await
+    }
+    async fn list(&self) -> Result<Vec<spotoken::store::Row>, spotoken::Error> {
+        self.inner.list().await
+    }
+    async fn upsert(
+        &self,
+        r: spotoken::store::Row,
+    ) -> Result<spotoken::store::Row, spotoken::Error> {
+        self.inner.upsert(r).await
+    }
+    async fn update(
+        &self,
+        r: spotoken::store::Row,
+    ) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        self.inner.update(r).await
+    }
+    async fn delete(&self, a: &str) -> Result<bool, spotoken::Error> {
+        self.inner.delete(a).await
+    }
+    async fn lock(
+        &self,
+        a: &str,
+    ) -> Result<Box<dyn spotoken::store::AccountLock>, spotoken::Error> {
+        Ok(Box::new(InterloperLock {
+            inner: self.inner.lock(a).await?,
+            store: self.inner.clone(),
+            row: self.row.clone(),
+            loads: 0,
+        }))
+    }
+    async fn ping(&self) -> Result<(), spotoken::Error> {
+        self.inner.ping().await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[async_trait::async_trait]
+impl spotoken::store::AccountLock for InterloperLock {
+    async fn load(&mut self) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        use spotoken::store::TokenStore as _;
+        self.loads += 1;
+        let queued = if self.loads == 2 {
+            self.row.lock().expect("row").take()
+        } else {
+            None
+        };
+        if let Some(row) = queued {
+            self.store
+                .update(row)
+                .await?
+                .expect("the interloper's write");
+        }
+        self.inner.load().await
+    }
+    async fn update(
+        &mut self,
+        r: spotoken::store::Row,
+    ) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        self.inner.update(r).await
+    }
+    async fn release(self: Box<Self>) -> Result<(), spotoken::Error> {
+        self.inner.release().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_lost_answer_a_row_written_meanwhile_is_used_not_the_old_token() {
+    use spotoken::store::TokenStore as _;
+    let env = Env::new().await;
+    env.emu
+        .update(|s| s.rotation = Rotation::RotateReuseDetection);
+    env.login("default", "").await;
+    env.expire_locally();
+    // What another writer stores while our answer is lost: a token valid for
+    // two more hours, its secrets sealed for the version its write gives.
+    let plain = Sqlite::open(&env.db).expect("store");
+    let mut theirs = plain.load("default").await.expect("load").expect("row");
+    theirs.access_expires_at = unix_now() + env.offset.load(Ordering::SeqCst) + 7200;
+    theirs
+        .carry_secrets_to_next_version(&env.keys)
+        .expect("reseal");
+    let tokens = Tokens::builder()
+        .client_id(DEFAULT_CLIENT_ID)
+        .provider(Provider::spotify_like(&env.emu.url(), &env.emu.url()).expect("provider"))
+        .store(Interloper {
+            inner: plain,
+            row: Arc::new(Mutex::new(Some(theirs))),
+        })
+        .keys(env.keys.clone())
+        .backoff(fast_backoff())
+        .clock({
+            let o = env.offset.clone();
+            move || unix_now() + o.load(Ordering::SeqCst)
+        })
+        .build()
+        .expect("tokens");
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        grant: Some("refresh_token".into()),
+        drop_connection: true,
+        after_processing: true,
+        ..Failure::default()
+    });
+    let token = tokens
+        .access_token("default")
+        .await
+        .expect("theirs is used");
+    assert!(!token.expose().is_empty());
+    assert_eq!(
+        env.emu.counters().token_requests_for("refresh_token"),
+        1,
+        "the old refresh token was not presented again (reuse detection would revoke)"
+    );
+    assert_eq!(env.status().await.state, "active");
+}
+
 /// Queues `failure` for the next refresh, lets the token expire, and asks for one.
 async fn refresh_failing_with(
     env: &Env,
