@@ -485,7 +485,7 @@ where
     }
 }
 
-/// The encrypted stream (no channel binding: SCRAM's `prefer` then does without).
+/// The encrypted stream.
 pub(crate) struct PgTlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PgTlsStream<S> {
@@ -517,9 +517,87 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for PgTlsStream<S> {
+    /// SCRAM's channel binding ties the password exchange to this TLS
+    /// connection: with `prefer` and `require`, which check no certificate,
+    /// it is what stops a man in the middle from relaying a SCRAM login.
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        self.0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| server_end_point(cert))
+            .map_or_else(ChannelBinding::none, ChannelBinding::tls_server_end_point)
     }
+}
+
+/// RFC 5929's `tls-server-end-point`: the server certificate hashed with the
+/// hash of its signature algorithm (SHA-256 for MD5 and SHA-1); `None` for
+/// algorithms it does not define (Ed25519, RSA-PSS), and SCRAM goes without.
+fn server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest as _;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    let oid = signature_algorithm(cert)?;
+    let hash = match (oid.split_last()?, oid) {
+        (_, ECDSA_SHA1) => 256,
+        ((last, head), _) if head == RSA => match last {
+            0x04 | 0x05 | 0x0b => 256,
+            0x0c => 384,
+            0x0d => 512,
+            _ => return None,
+        },
+        ((last, head), _) if head == ECDSA_SHA2 => match last {
+            0x02 => 256,
+            0x03 => 384,
+            0x04 => 512,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(match hash {
+        256 => sha2::Sha256::digest(cert).to_vec(),
+        384 => sha2::Sha384::digest(cert).to_vec(),
+        _ => sha2::Sha512::digest(cert).to_vec(),
+    })
+}
+
+/// The OID of a DER certificate's `signatureAlgorithm` (the element after
+/// `tbsCertificate` in the outer SEQUENCE).
+fn signature_algorithm(cert: &[u8]) -> Option<&[u8]> {
+    let (0x30, body, _) = der_element(cert)? else {
+        return None;
+    };
+    let (_, _tbs, rest) = der_element(body)?;
+    let (0x30, algorithm, _) = der_element(rest)? else {
+        return None;
+    };
+    match der_element(algorithm)? {
+        (0x06, oid, _) => Some(oid),
+        _ => None,
+    }
+}
+
+/// One DER element: its tag, its content and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, after) = rest.split_at_checked(n)?;
+        rest = after;
+        bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+    };
+    let (content, rest) = rest.split_at_checked(len)?;
+    Some((tag, content, rest))
 }
 
 /// Turns a failure to connect into the taxonomy: TLS that cannot work as
@@ -699,6 +777,33 @@ mod tests {
             None,
             "a readable password file is ignored"
         );
+    }
+
+    #[test]
+    fn channel_binding_hashes_the_certificate_with_its_signature_hash() {
+        use sha2::Digest as _;
+        let cert = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).expect("key");
+            rcgen::CertificateParams::new(vec!["db.example".to_owned()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("cert")
+                .der()
+                .to_vec()
+        };
+        let p256 = cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            server_end_point(&p256),
+            Some(sha2::Sha256::digest(&p256).to_vec())
+        );
+        let p384 = cert(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(
+            server_end_point(&p384),
+            Some(sha2::Sha384::digest(&p384).to_vec())
+        );
+        assert_eq!(server_end_point(&cert(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(server_end_point(&p256[..40]), None, "truncated");
+        assert_eq!(server_end_point(b""), None);
     }
 
     /// A test PostgreSQL front: answers the SSL request (with TLS when given a
