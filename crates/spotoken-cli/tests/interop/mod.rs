@@ -267,9 +267,10 @@ impl Home {
         let keys = spotoken::crypto::load_key_ring(&self.dir.path().join("master.key"), None)
             .expect("keys");
         let plain = keys
-            .open(
+            .open_row(
                 "default",
                 spotoken::crypto::Field::RefreshToken,
+                row.version,
                 &row.refresh_token,
             )
             .expect("decrypt");
@@ -286,6 +287,9 @@ impl Home {
         row.authorized_at = now - 3600;
         row.last_refresh = Some(now - 3540);
         row.access_expires_at = now + 60;
+        let keys = spotoken::crypto::load_key_ring(&self.dir.path().join("master.key"), None)
+            .expect("keys");
+        row.carry_secrets_to_next_version(&keys).expect("reseal");
         store.update(row).await.expect("update").expect("written");
     }
 }
