@@ -985,6 +985,17 @@ async fn device_login_through_discovery_and_the_account_remembers_its_issuer() {
         text.stdout
     );
 
+    // A fresh cached token costs no discovery, on the fast path or the full one.
+    let fetched = env.emu.counters().discovery_requests;
+    for args in [
+        &["token", "--issuer", &issuer][..],
+        &["--issuer", &issuer, "-v", "token"][..],
+    ] {
+        let token = env.run(args).await;
+        assert_eq!(token.code, 0, "{}", token.stderr);
+    }
+    assert_eq!(env.emu.counters().discovery_requests, fetched);
+
     age_account(&env).await;
     let token = env.run(&["token"]).await;
     assert_eq!(token.code, 0, "{}", token.stderr);

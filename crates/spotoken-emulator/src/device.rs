@@ -50,7 +50,8 @@ fn origin(headers: &HeaderMap) -> String {
 
 /// `GET /.well-known/oauth-authorization-server`: the emulator's endpoints,
 /// its issuer being the origin it was reached at.
-pub async fn metadata(headers: HeaderMap) -> Response<Body> {
+pub async fn metadata(State(shared): State<Shared>, headers: HeaderMap) -> Response<Body> {
+    shared.lock().counters.discovery_requests += 1;
     let issuer = origin(&headers);
     let mut r = json_response(
         StatusCode::OK,

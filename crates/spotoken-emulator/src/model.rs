@@ -323,6 +323,9 @@ pub struct Counters {
     /// few).
     #[serde(default)]
     pub connections: u64,
+    /// Requests for the discovery document.
+    #[serde(default)]
+    pub discovery_requests: u64,
 }
 
 impl Counters {
