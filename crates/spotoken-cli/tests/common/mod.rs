@@ -1,0 +1,167 @@
+//! The harness the CLI's integration tests share: a temporary home, the
+//! emulator on port 0, the real binary, and a plain HTTP client as the browser.
+
+// Each test binary uses its own part of the harness.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+
+use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::Command;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_spotoken");
+
+pub struct Env {
+    pub emu: Emulator,
+    pub home: tempfile::TempDir,
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self {
+            emu: Emulator::start().await.expect("emulator"),
+            home: tempfile::tempdir().expect("tmp"),
+        }
+    }
+
+    /// `spotoken ARGS` with this home and the emulator's URLs, logging at
+    /// trace level.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_program(BIN, args)
+    }
+
+    /// `PROGRAM ARGS` with the environment of [`Env::cmd`] (a shell that
+    /// `exec`s `spotoken`, for example).
+    pub fn cmd_program(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SPOTOKEN_") || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        c.args(args)
+            .env("SPOTOKEN_HOME", self.home.path())
+            .env("SPOTOKEN_CLIENT_ID", DEFAULT_CLIENT_ID)
+            .env("SPOTOKEN_ACCOUNTS_URL", self.emu.url())
+            .env("SPOTOKEN_API_URL", self.emu.url())
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Out {
+        let o = self.cmd(args).output().await.expect("run spotoken");
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// `spotoken login --no-browser`, followed by a plain HTTP client as the
+    /// browser. `tamper` may change the callback URL before it is visited.
+    pub async fn login(&self, extra: &[&str], tamper: impl FnOnce(String) -> String) -> Out {
+        let mut args = vec!["login", "--no-browser", "--timeout", "30s"];
+        args.extend_from_slice(extra);
+        let mut child = self.cmd(&args).spawn().expect("spawn login");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut seen = String::new();
+        let url = loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read")
+                .expect("the URL is printed");
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("http") && line.contains("/authorize?") {
+                break line;
+            }
+        };
+        let browser = browser();
+        let r = browser.get(&url).send().await.expect("authorize");
+        let location = r.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned();
+        // A stray favicon request must not disturb the listener.
+        let origin = url::Url::parse(&location).expect("url");
+        let favicon = format!(
+            "http://{}/favicon.ico",
+            origin
+                .host_str()
+                .zip(origin.port())
+                .map(|(h, p)| format!("{h}:{p}"))
+                .expect("host")
+        );
+        assert_eq!(
+            browser
+                .get(&favicon)
+                .send()
+                .await
+                .expect("favicon")
+                .status(),
+            404
+        );
+        let page = browser
+            .get(tamper(location))
+            .send()
+            .await
+            .expect("callback");
+        let page_text = page.text().await.unwrap_or_default();
+        let mut rest = String::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            rest.push_str(&l);
+            rest.push('\n');
+        }
+        let status = child.wait().await.expect("wait");
+        let mut stdout = String::new();
+        if let Some(mut so) = child.stdout.take() {
+            use tokio::io::AsyncReadExt as _;
+            so.read_to_string(&mut stdout).await.expect("stdout");
+        }
+        Out {
+            code: status.code().unwrap_or(-1),
+            stdout: format!("{stdout}{page_text}"),
+            stderr: format!("{seen}{rest}"),
+        }
+    }
+}
+
+/// An HTTP client that, like a browser's address bar, shows each redirect
+/// instead of following it.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Makes the stored account look an hour old with a minute left on its token
+/// (the binary's clock cannot be moved, so the row is).
+pub async fn age_account(env: &Env) {
+    use spotoken::store::TokenStore as _;
+    let store = spotoken::store::Sqlite::open(env.home.path().join("tokens.db")).expect("store");
+    let mut row = store.load("default").await.expect("load").expect("row");
+    let now = spotoken::store::unix_now();
+    row.authorized_at = now - 3600;
+    row.last_refresh = Some(now - 3540);
+    row.access_expires_at = now + 60;
+    store.update(row).await.expect("update").expect("written");
+}
+
+pub fn refresh_tokens_seen(emu: &Emulator) -> Vec<String> {
+    emu.counters().refresh_token_uses.keys().cloned().collect()
+}
