@@ -154,6 +154,13 @@ impl Emulator {
         self.shared.lock().revoke(user)
     }
 
+    /// The refresh tokens `user` could use now without relying on a grace
+    /// period: the newest of each live grant (one per login). A crash test
+    /// compares what a store holds with this.
+    pub fn current_refresh_tokens(&self, user: &str) -> Vec<String> {
+        self.shared.lock().current_refresh_tokens(user)
+    }
+
     /// Moves the emulator's clock forward.
     pub fn advance(&self, by: std::time::Duration) {
         self.shared.lock().offset_ms += by.as_millis() as i64;

@@ -331,9 +331,12 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, path: PathBuf) {
             let _ = conn.execute_batch("RELEASE job");
             completions.push(completion);
         }
+        crate::crash::point("before-commit");
         let committed = conn.execute_batch("COMMIT").map_err(db_err(&path));
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+        } else {
+            crate::crash::point("after-commit");
         }
         for c in completions {
             c(committed.clone());
