@@ -379,3 +379,167 @@ async fn a_rotation_lost_to_a_crash_under_reuse_detection_asks_for_a_login() {
     );
     assert_eq!(stored_refresh_token(&env), before, "kept, flagged");
 }
+
+/// One operation of the mixed load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Op {
+    Token,
+    Refresh,
+    Api,
+    Logout,
+    Login,
+    /// The emulator invalidates every access token (the next API call gets a 401).
+    Expire,
+}
+
+/// Processes running `token`, `refresh`, `api`, `logout` and `login` at the
+/// same time on one store, while the emulator's access tokens last 2 s and
+/// are invalidated now and then. Account `default` (alice) only ever has its
+/// tokens used; account `churn` (bob) is also logged out and in again. No
+/// process may fail other than as documented (for `churn`: 3, not logged in,
+/// or 4, changed while refreshing; for `default`: only an API call whose
+/// retry after a refresh is rejected again), no refresh of one
+/// account may overlap another (the emulator's peak per user), no rotated
+/// token may be presented again (reuse detection would revoke the grant),
+/// and `default` must end active, holding the emulator's current token.
+/// `SPOTOKEN_LOAD_WORKERS` and `SPOTOKEN_LOAD_OPS` (per worker) size the
+/// run (8 × 12 by default; docs/RELIABILITY.md records a longer one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_load_loses_no_account_and_never_overlaps_refreshes() {
+    use rand::{Rng as _, SeedableRng as _};
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (workers, ops) = (
+        var("SPOTOKEN_LOAD_WORKERS", 8),
+        var("SPOTOKEN_LOAD_OPS", 12),
+    );
+    let seed = var("SPOTOKEN_LOAD_SEED", rand::random());
+    eprintln!("mixed load: {workers} workers x {ops} ops, SPOTOKEN_LOAD_SEED={seed}");
+    let env = std::sync::Arc::new(Env::new().await);
+    env.emu.update(|s| {
+        s.rotation = Rotation::RotateReuseDetection;
+        s.grace_secs = 0;
+        s.access_token_lifetime_secs = 2;
+    });
+    assert_eq!(env.login(&[], |l| l).await.code, 0);
+    env.emu.update(|s| s.default_user = "bob".into());
+    assert_eq!(env.login(&["--account", "churn"], |l| l).await.code, 0);
+    env.emu.reset_counters();
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let env = env.clone();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(w));
+        tasks.spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..ops {
+                let churn = rng.random_bool(0.5);
+                let account = if churn { "churn" } else { "default" };
+                let op = match rng.random_range(0..100) {
+                    0..35 => Op::Token,
+                    35..60 => Op::Api,
+                    60..75 => Op::Refresh,
+                    75..80 => Op::Expire,
+                    80..90 if churn => Op::Logout,
+                    80..90 => Op::Token,
+                    _ if churn => Op::Login,
+                    _ => Op::Api,
+                };
+                let args: &[&str] = match op {
+                    Op::Token => &["token"],
+                    Op::Refresh => &["refresh"],
+                    Op::Api => &["api", "/v1/me"],
+                    Op::Logout => &["logout"],
+                    Op::Login => {
+                        let o = env.login(&["--account", account], |l| l).await;
+                        seen.push((account, op, o.code, o.stderr));
+                        continue;
+                    }
+                    Op::Expire => {
+                        env.emu.expire_access_tokens();
+                        seen.push(("-", op, 0, String::new()));
+                        continue;
+                    }
+                };
+                let o = env
+                    .cmd(&[&["--account", account][..], args].concat())
+                    .env("RUST_LOG", "warn")
+                    .output()
+                    .await
+                    .expect("run");
+                let code = o.status.code().unwrap_or(-1);
+                if code == 0 && op == Op::Token {
+                    assert!(o.stdout.starts_with(b"BQ"), "{account} {op:?}");
+                }
+                seen.push((account, op, code, String::from_utf8_lossy(&o.stderr).into()));
+            }
+            seen
+        });
+    }
+    let mut tally = std::collections::BTreeMap::<(&str, Op, i32), u32>::new();
+    let mut unexpected = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        for (account, op, code, stderr) in done.expect("worker") {
+            *tally.entry((account, op, code)).or_default() += 1;
+            // An `Expire` between an API call's refresh and its retry makes
+            // the retry's token rejected too: the call then ends as
+            // documented for a second 401 (exit 3), the account not flagged.
+            let second_401 = op == Op::Api
+                && code == 3
+                && stderr.contains(&format!("account '{account}'"))
+                && stderr.contains("rejected a freshly refreshed token");
+            let documented = match (account, op) {
+                (_, Op::Login | Op::Logout) => code == 0,
+                ("default", _) => code == 0 || second_401,
+                _ => matches!(code, 0 | 3 | 4),
+            };
+            if !documented {
+                unexpected.push(format!("{account} {op:?} exit {code}: {stderr}"));
+            }
+        }
+    }
+    let c = env.emu.counters();
+    eprintln!(
+        "mixed load: {:.1} s, {tally:?}, refreshes {}, API 401s {}, peaks {:?}",
+        started.elapsed().as_secs_f64(),
+        c.token_requests_for("refresh_token"),
+        c.api_status(401),
+        c.peak_concurrent_refreshes
+    );
+    assert!(unexpected.is_empty(), "{}", unexpected.join("\n"));
+    assert!(
+        c.peak_concurrent_refreshes.values().all(|&p| p <= 1),
+        "{c:?}"
+    );
+    assert_eq!(
+        c.token_outcome("refresh_token", "invalid_grant"),
+        0,
+        "{c:?}"
+    );
+    let last = env.cmd(&["token"]).output().await.expect("run");
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    let status = env
+        .cmd(&["status", "--output", "json"])
+        .output()
+        .await
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let default = v["accounts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["account"] == "default"))
+        .expect("default is still there");
+    assert_eq!(default["state"], "active", "{v}");
+    assert_eq!(
+        vec![stored_refresh_token(&env)],
+        env.emu.current_refresh_tokens("alice"),
+        "default holds alice's current refresh token"
+    );
+}

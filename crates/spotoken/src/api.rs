@@ -178,7 +178,11 @@ impl Api {
                         .granted_scopes(&self.account)
                         .await
                         .unwrap_or_default();
-                    return Err(classify_api_error(&answer, method.as_str(), path, &granted));
+                    let mut e = classify_api_error(&answer, method.as_str(), path, &granted);
+                    if let Error::AuthorizationNeeded { account, .. } = &mut e {
+                        account.clone_from(&self.account);
+                    }
+                    return Err(e);
                 }
                 _ => {
                     return Ok(ApiResponse {
