@@ -543,3 +543,199 @@ async fn mixed_load_loses_no_account_and_never_overlaps_refreshes() {
         "default holds alice's current refresh token"
     );
 }
+
+/// Whether `text` holds a PKCE verifier whose S256 challenge is `challenge`:
+/// every run of verifier characters is tried whole, without the punctuation
+/// a sentence could add around it, and in every window of 43 to 128
+/// characters.
+fn holds_verifier_of(text: &str, challenge: &str) -> bool {
+    let is_verifier_char = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+    let matches = |v: &str| spotoken::core::pkce::s256_challenge(v) == challenge;
+    text.split(|c: char| !is_verifier_char(c))
+        .filter(|run| run.len() >= 43)
+        .any(|run| {
+            let trimmed = run.trim_matches(|c: char| "-._~".contains(c));
+            matches(run)
+                || matches(trimmed)
+                || (43..=128.min(run.len())).any(|n| {
+                    (0..=run.len() - n).any(|i| run.is_char_boundary(i) && matches(&run[i..i + n]))
+                })
+        })
+}
+
+/// Whole CLI sessions at trace level (login with a client secret, token,
+/// refresh with rotation, a 401 answered by a refresh and a retry, a 429
+/// for hours, status, the daemon, a provider's HTML page, a revoked grant,
+/// logout): no authorization code, access or refresh token the emulator
+/// issued, no PKCE verifier, client secret or master key appears on stderr
+/// or on any stdout but `token`'s, nor in plain text in the store's files;
+/// the files are 0600 and the directories 0700.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_of_whole_sessions_hold_no_secret_and_files_stay_private() {
+    use spotoken_emulator::{
+        DEFAULT_CONFIDENTIAL_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_SECRET, Endpoint, Failure,
+    };
+    let env = Env::new().await;
+    *env.extra_env.lock().expect("env") = vec![
+        (
+            "SPOTOKEN_CLIENT_ID".into(),
+            DEFAULT_CONFIDENTIAL_CLIENT_ID.into(),
+        ),
+        (
+            "SPOTOKEN_CLIENT_SECRET".into(),
+            DEFAULT_CONFIDENTIAL_CLIENT_SECRET.into(),
+        ),
+    ];
+    env.emu.update(|s| {
+        s.rotation = Rotation::Rotate;
+        s.grace_secs = 60;
+    });
+    let mut logs = String::new();
+    let mut printed_tokens = Vec::new();
+    let code = std::sync::Mutex::new(String::new());
+    let login = env
+        .login(&[], |location| {
+            let u = url::Url::parse(&location).expect("callback URL");
+            if let Some((_, c)) = u.query_pairs().find(|(k, _)| k == "code") {
+                *code.lock().expect("code") = c.into_owned();
+            }
+            location
+        })
+        .await;
+    assert_eq!(login.code, 0, "{}", login.stderr);
+    let challenge = login
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("http") && l.contains("/authorize?"))
+        .and_then(|l| url::Url::parse(l).ok())
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "code_challenge")
+                .map(|(_, v)| v.into_owned())
+        })
+        .expect("the authorize URL carries a challenge");
+    logs.push_str(&login.stderr);
+    logs.push_str(&login.stdout);
+
+    let mut run = async |args: &[&str]| {
+        let o = env.run(args).await;
+        logs.push_str(&o.stderr);
+        if args.first() == Some(&"token") {
+            printed_tokens.push(o.stdout.trim_end().to_owned());
+        } else {
+            logs.push_str(&o.stdout);
+        }
+        o.code
+    };
+    assert_eq!(run(&["token"]).await, 0);
+    age_account(&env).await;
+    assert_eq!(
+        run(&["token", "--output", "json"]).await,
+        0,
+        "refreshes, rotating"
+    );
+    assert_eq!(run(&["refresh"]).await, 0);
+    env.emu.expire_access_tokens();
+    assert_eq!(run(&["api", "/v1/me"]).await, 0, "401, refresh, retry");
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Api,
+        status: 429,
+        headers: [("Retry-After".to_owned(), "7980".to_owned())].into(),
+        ..Failure::default()
+    });
+    assert_eq!(run(&["api", "/v1/me"]).await, 4);
+    assert_eq!(run(&["status", "--output", "json"]).await, 0);
+    assert_eq!(run(&["accounts"]).await, 0);
+    assert_eq!(
+        run(&["daemon", "--once", "--margin", "2h", "--jitter", "0"]).await,
+        0
+    );
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        status: 200,
+        text: Some("<html>not a token</html>".into()),
+        ..Failure::default()
+    });
+    assert_eq!(run(&["refresh"]).await, 1);
+    env.emu.revoke(None);
+    assert_eq!(run(&["refresh"]).await, 3);
+    assert_eq!(run(&["token"]).await, 3);
+
+    // Files, while the account is still stored.
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = env.home.path();
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    let mut store_bytes = Vec::new();
+    for entry in std::fs::read_dir(home).expect("home") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            assert_eq!(mode(&path), 0o700, "{}", path.display());
+            for inner in std::fs::read_dir(&path).expect("dir") {
+                let inner = inner.expect("entry").path();
+                assert_eq!(mode(&inner), 0o600, "{}", inner.display());
+            }
+        } else {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            if path.file_name().is_some_and(|n| n != "master.key") {
+                store_bytes.extend(std::fs::read(&path).expect("read"));
+            }
+        }
+    }
+    assert_eq!(mode(home), 0o700);
+    let key_file = std::fs::read_to_string(home.join("master.key")).expect("key file");
+    assert_eq!(run(&["logout"]).await, 0);
+
+    let mut secrets = env.emu.issued_secrets();
+    secrets.push(DEFAULT_CONFIDENTIAL_CLIENT_SECRET.to_owned());
+    secrets.extend(
+        key_file
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split(','))
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty()),
+    );
+    let code = code.into_inner().expect("code");
+    assert!(secrets.contains(&code), "the code is among the issued");
+    for t in printed_tokens.iter().filter(|t| !t.is_empty()) {
+        assert!(
+            secrets.iter().any(|s| t.contains(s.as_str())),
+            "`token` printed an issued token: {t}"
+        );
+    }
+    assert!(logs.contains("TRACE"), "logs were captured at trace level");
+    for s in &secrets {
+        assert!(
+            !logs.contains(s.as_str()),
+            "a secret leaked into the output: {s}"
+        );
+        let plain = store_bytes.windows(s.len()).any(|w| w == s.as_bytes());
+        assert!(
+            !plain,
+            "a secret is in the store's files in plain text: {s}"
+        );
+    }
+    assert!(
+        !holds_verifier_of(&logs, &challenge),
+        "the PKCE verifier leaked"
+    );
+}
+
+#[test]
+fn the_verifier_scan_finds_a_verifier_wherever_it_is_printed() {
+    let v = "k3Jx.9~Qz-_0aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789abcdefghijklmnop";
+    let challenge = spotoken::core::pkce::s256_challenge(v);
+    for text in [
+        format!("verifier {v}."),
+        format!("code_verifier={v}&code=x"),
+        format!("{{\"code_verifier\":\"{v}\"}}"),
+        format!("glued-{v}"),
+    ] {
+        assert!(holds_verifier_of(&text, &challenge), "{text}");
+    }
+    assert!(!holds_verifier_of(
+        &format!("verifier {}", &v[1..]),
+        &challenge
+    ));
+}

@@ -15,6 +15,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_spotoken");
 pub struct Env {
     pub emu: Emulator,
     pub home: tempfile::TempDir,
+    /// Variables every command gets on top of (or instead of) the defaults.
+    pub extra_env: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 pub struct Out {
@@ -29,6 +31,7 @@ impl Env {
         Self {
             emu: Emulator::start().await.expect("emulator"),
             home: tempfile::tempdir().expect("tmp"),
+            extra_env: std::sync::Mutex::default(),
         }
     }
 
@@ -53,6 +56,7 @@ impl Env {
             .env("SPOTOKEN_ACCOUNTS_URL", self.emu.url())
             .env("SPOTOKEN_API_URL", self.emu.url())
             .env("RUST_LOG", "trace")
+            .envs(self.extra_env.lock().expect("env").iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
