@@ -65,6 +65,8 @@ pub struct ServeFile {
     pub threads: Option<usize>,
     /// Serve the demo page at `/`.
     pub demo: Option<bool>,
+    /// A separate address for `/metrics`.
+    pub metrics_bind: Option<String>,
 }
 
 /// Where the key comes from.

@@ -177,6 +177,12 @@ async fn exit_codes_match_their_situations() {
     let o = env.run(&["api", "/v1/me/playlists"]).await;
     assert_eq!(o.code, 5, "{}", o.stderr);
     assert!(o.stderr.contains("playlist-read-private"), "{}", o.stderr);
+    // 2: the app's owner has no Premium (Spotify's plain-text 403).
+    env.emu.update(|s| s.owner_premium = false);
+    let o = env.run(&["api", "/v1/me"]).await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("Premium"), "{}", o.stderr);
+    env.emu.update(|s| s.owner_premium = true);
     // 4: temporary failure after retries.
     env.emu.inject(Failure {
         endpoint: Endpoint::Token,
@@ -276,6 +282,10 @@ async fn demo_runs_with_no_configuration() {
     assert!(
         stdout.contains("100 callers -> 1 token request, 0 failures"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("GET /v1/me -> Alice Emulated (alice)"),
+        "the profile of a development-mode app: {stdout}"
     );
 }
 
@@ -574,7 +584,15 @@ async fn serve_reads_the_serve_table_of_the_config_file() {
 async fn serve_logs_json_lines_with_request_ids_and_no_secrets() {
     let env = Env::new().await;
     let mut child = env
-        .cmd(&["--output", "json", "serve", "--bind", "127.0.0.1:0"])
+        .cmd(&[
+            "--output",
+            "json",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--metrics-bind",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .spawn()
         .expect("spawn serve");
@@ -621,5 +639,21 @@ async fn serve_logs_json_lines_with_request_ids_and_no_secrets() {
     assert_eq!(handled[0]["fields"]["status"], 200);
     assert_eq!(handled[1]["span"]["path"], "/api/v1/me");
     assert_eq!(handled[1]["fields"]["status"], 401);
+    // Issue 11, finding 7: with --metrics-bind, /metrics is only there.
+    let metrics = started["metrics"].as_str().expect("metrics address");
+    let r = http.get(metrics).send().await.expect("metrics");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .expect("text")
+            .contains("spotoken_active_sessions")
+    );
+    let r = http
+        .get(format!("{server}/metrics"))
+        .send()
+        .await
+        .expect("main");
+    assert_eq!(r.status(), 404, "not where browsers connect");
     child.kill().await.expect("kill");
 }

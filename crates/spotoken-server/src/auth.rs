@@ -10,7 +10,7 @@
 use axum::extract::{OriginalUri, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::{Json, Router, routing};
+use axum::{Extension, Json, Router, routing};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
@@ -21,9 +21,12 @@ use spotoken::store::{PendingRecord, SessionRecord, unix_now};
 
 use crate::cookies;
 use crate::error::AppError;
-use crate::state::{AppState, Session, check_csrf};
+use crate::state::{AppState, ClientAddr, Session, check_csrf};
+use crate::trace::RequestId;
 
 /// The `/auth` routes.
+/// Every answer here depends on the browser's cookies: none may be cached
+/// or shared (see [`crate::proxy::private_to_session`]).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/auth/login", routing::get(login))
@@ -31,6 +34,12 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/logout", routing::post(logout))
         .route("/auth/session", routing::get(session))
         .route("/auth/token", routing::get(token))
+        .layer(axum::middleware::map_response(private_answer))
+}
+
+async fn private_answer(mut r: Response) -> Response {
+    crate::proxy::private_to_session(r.headers_mut());
+    r
 }
 
 /// 32 random bytes, base64url: session ids, login bindings.
@@ -83,7 +92,11 @@ struct LoginQuery {
     return_to: Option<String>,
 }
 
-async fn login(State(st): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
+async fn login(
+    State(st): State<AppState>,
+    Extension(client): Extension<ClientAddr>,
+    Query(q): Query<LoginQuery>,
+) -> Response {
     let return_to = q.return_to.unwrap_or_else(|| "/".into());
     if !safe_return_to(&return_to) {
         return page(
@@ -91,6 +104,19 @@ async fn login(State(st): State<AppState>, Query(q): Query<LoginQuery>) -> Respo
             "Login refused",
             "return_to must be a path on this site.",
         );
+    }
+    // Each login writes a pending row: bounded before anything is written.
+    if let Err(wait) = st.logins.admit(client.0, std::time::Instant::now()) {
+        tracing::warn!(client = ?client.0, "too many logins started; refused");
+        let mut r = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many logins",
+            "Too many logins were started from here. Wait a minute and try again.",
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
     }
     let pending = match st
         .tokens
@@ -129,6 +155,7 @@ async fn login(State(st): State<AppState>, Query(q): Query<LoginQuery>) -> Respo
 
 async fn callback(
     State(st): State<AppState>,
+    Extension(id): Extension<RequestId>,
     OriginalUri(uri): OriginalUri,
     Query(q): Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
@@ -183,7 +210,18 @@ async fn callback(
                     StatusCode::FORBIDDEN,
                     "You declined access. Nothing was stored.".to_owned(),
                 ),
-                _ => (StatusCode::BAD_GATEWAY, format!("{e}")),
+                _ => {
+                    // The provider's words and our internals stay in the log.
+                    tracing::warn!(error = %e, "login failed");
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "The login could not be completed. Try again; if it keeps failing, \
+                             give the site's operator this request id: {}.",
+                            id.0
+                        ),
+                    )
+                }
             };
             return fail(status, &msg);
         }
@@ -191,8 +229,10 @@ async fn callback(
     // A new session id, always; the browser's old session (if any) ends.
     if let Some(old) = cookies::get(&headers, cookies::SESSION) {
         let old_hash = hash(old);
+        let deleted = st.sessions.delete_session(&old_hash).await;
         st.forget(old);
-        if let Ok(Some(old)) = st.sessions.delete_session(&old_hash).await {
+        if let Ok(Some(old)) = deleted {
+            st.metrics.session_ended();
             let _ = st.tokens.logout(&old.account).await;
         }
     }
@@ -206,6 +246,7 @@ async fn callback(
     if let Err(e) = st.sessions.put_session(record).await {
         return AppError::from(e).into_response();
     }
+    st.metrics.session_started();
     tracing::info!(
         user = outcome.user_id.as_deref().unwrap_or("?"),
         "logged in"
@@ -230,8 +271,12 @@ async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
     let mut remove_access_at = None;
     if let Some(value) = cookies::get(&headers, cookies::SESSION) {
         let id_hash = hash(value);
+        // Delete, then forget: a request arriving between the two would
+        // otherwise cache the row again and be served after the logout.
+        let deleted = st.sessions.delete_session(&id_hash).await;
         st.forget(value);
-        if let Some(s) = st.sessions.delete_session(&id_hash).await? {
+        if let Some(s) = deleted? {
+            st.metrics.session_ended();
             remove_access_at = st.tokens.logout(&s.account).await?.remove_access_at;
         }
     }

@@ -33,6 +33,11 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Serve the demo page at `/`.
     pub demo: bool,
+    /// Bounds on logins started by unauthenticated clients.
+    pub login_limits: crate::limits::LoginLimits,
+    /// Serve `/metrics` on the main address (false when it has its own,
+    /// `--metrics-bind`).
+    pub metrics_on_main: bool,
 }
 
 impl ServerConfig {
@@ -58,6 +63,8 @@ impl ServerConfig {
             session_cache_ttl: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             demo: false,
+            login_limits: crate::limits::LoginLimits::default(),
+            metrics_on_main: true,
         })
     }
 

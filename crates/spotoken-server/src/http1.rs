@@ -11,6 +11,9 @@
 //! here is the framing decision and the chunked decoder, both property-tested
 //! and fuzzed (`fuzz/fuzz_targets/upstream_response.rs`).
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod differential;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::{Buf as _, Bytes, BytesMut};
 
@@ -97,6 +100,10 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let size = match resp.parse(buf) {
+        // The limit holds however the head arrived, in pieces or in one read.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Err(Malformed("response head too large"));
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(Malformed("response head too large"));
@@ -119,14 +126,20 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed
             HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| Malformed("field name"))?;
         let value = HeaderValue::from_bytes(field.value).map_err(|_| Malformed("field value"))?;
         if name == header::CONTENT_LENGTH {
-            for n in split_list(field.value) {
-                let n = parse_length(n).ok_or(Malformed("Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Malformed("conflicting Content-Length"));
-                }
-                length = Some(n);
+            // One field, one decimal number: a list (`7, 7`, `7,`) or a
+            // repeated field is refused rather than reconciled, since a
+            // recipient that reconciles differently reads another message.
+            if length.is_some() {
+                return Err(Malformed("repeated Content-Length"));
             }
+            length =
+                Some(parse_length(field.value.trim_ascii()).ok_or(Malformed("Content-Length"))?);
         } else if name == header::TRANSFER_ENCODING {
+            // Framing read from bytes another parser may not read as text
+            // would be read two ways (found by the differential test).
+            if !field.value.is_ascii() {
+                return Err(Malformed("Transfer-Encoding is not ASCII"));
+            }
             transfer_encoding = true;
             // Only the last coding says how the message ends.
             chunked = split_list(field.value)
@@ -139,6 +152,14 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed
         }
         headers.append(name, value);
     }
+    // RFC 9112 §6.1: Transfer-Encoding is HTTP/1.1's; in an HTTP/1.0
+    // message the framing is faulty (found by the differential test).
+    if transfer_encoding && resp.version == Some(0) {
+        return Err(Malformed("Transfer-Encoding in an HTTP/1.0 response"));
+    }
+    if transfer_encoding && length.is_some() {
+        return Err(Malformed("both Transfer-Encoding and Content-Length"));
+    }
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(Malformed("101 Switching Protocols was not asked for"));
     }
@@ -149,10 +170,11 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed
     {
         Framing::Empty
     } else if transfer_encoding {
-        // RFC 9112 §6.3: Transfer-Encoding wins over Content-Length, and a
-        // message that had both cannot be trusted to leave the connection
-        // clean; a coding other than chunked last ends with the connection.
-        close |= length.is_some() || !chunked;
+        // RFC 9112 §6.3 lets a recipient drop Content-Length beside
+        // Transfer-Encoding; a response with both is how responses are
+        // smuggled, so it is refused (above) instead. A coding other than
+        // chunked last ends with the connection.
+        close |= !chunked;
         if chunked {
             Framing::Chunked
         } else {
@@ -179,6 +201,22 @@ fn split_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|b| *b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|e| !e.is_empty())
+}
+
+/// Whether a trailer line is a well-formed field (`token ":" value`, the
+/// value printable ASCII or tab): one that is not is refused, as hyper's
+/// client refuses it (found by the differential test).
+fn field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !name.is_empty()
+        && name.iter().all(tchar)
+        && value
+            .iter()
+            .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
 }
 
 /// A Content-Length: decimal digits only.
@@ -224,6 +262,10 @@ impl Chunked {
         loop {
             match self.state {
                 ChunkState::Done => return Ok(Step::Done),
+                // httparse reads an empty size line as 0, the last chunk.
+                ChunkState::Size if buf.starts_with(b"\r\n") || buf.starts_with(b"\n") => {
+                    return Err(Malformed("empty chunk size line"));
+                }
                 ChunkState::Size => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
                         buf.advance(used);
@@ -271,6 +313,9 @@ impl Chunked {
                         }
                         return Ok(Step::NeedMore);
                     };
+                    if end > 0 && !field_line(&buf[..end]) {
+                        return Err(Malformed("trailer field"));
+                    }
                     buf.advance(end + 2);
                     if end == 0 {
                         self.state = ChunkState::Done;
@@ -314,8 +359,6 @@ mod tests {
         );
         let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
         assert_eq!((h.framing, h.reusable), (Framing::Chunked, true));
-        let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n");
-        assert_eq!((h.framing, h.reusable), (Framing::Chunked, false));
         let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
         assert_eq!((h.framing, h.reusable), (Framing::UntilClose, false));
         let h = head("HTTP/1.1 200 OK\r\n\r\n");
@@ -336,8 +379,6 @@ mod tests {
         .expect("valid")
         .expect("complete");
         assert_eq!(h.framing, Framing::Empty);
-        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n");
-        assert_eq!(h.framing, Framing::Length(7));
     }
 
     #[test]
@@ -348,6 +389,13 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            // Issue 11, finding 1: framing a forwarder could read two ways.
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 7,\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ncontent-length: 7\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
             "SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             assert!(parse_head(bad.as_bytes(), &Method::GET).is_err(), "{bad:?}");
@@ -359,6 +407,12 @@ mod tests {
         );
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
         assert!(parse_head(huge.as_bytes(), &Method::GET).is_err());
+        // The same limit when the whole head is already in the buffer.
+        let whole = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(
+            parse_head(whole.as_bytes(), &Method::GET).map(|h| h.is_some()),
+            Err(Malformed("response head too large"))
+        );
     }
 
     fn decode_all(wire: &[u8], feed: usize) -> Result<(Vec<u8>, Vec<u8>), Malformed> {
@@ -390,6 +444,8 @@ mod tests {
         }
         assert!(decode_all(b"5\r\nhelloXX0\r\n\r\n", 100).is_err());
         assert!(decode_all(b"zz\r\n", 100).is_err());
+        assert!(decode_all(b"\r\n\r\n", 100).is_err(), "empty size line");
+        assert!(decode_all(b"5\r\nhello\r\n\r\n0\r\n\r\n", 100).is_err());
     }
 
     proptest! {

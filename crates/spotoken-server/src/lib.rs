@@ -24,6 +24,7 @@ pub mod config;
 pub mod cookies;
 pub mod error;
 pub mod http1;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
@@ -55,7 +56,16 @@ pub fn app(state: AppState) -> App {
     App {
         router: router(state.clone()),
         state,
+        peer: None,
     }
+}
+
+/// `/metrics` alone, for a listener of its own (`--metrics-bind`), so the
+/// metrics need not be reachable where browsers are.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .with_state(state)
 }
 
 /// See [`app`]. A `tower::Service` for `oneshot` in tests, and a make-service
@@ -64,6 +74,8 @@ pub fn app(state: AppState) -> App {
 pub struct App {
     router: Router,
     state: AppState,
+    /// The connection's peer, once it is known.
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl tower::Service<axum::extract::Request> for App {
@@ -96,9 +108,12 @@ impl App {
         let path = req.uri().path();
         if path.len() > "/api/".len() && path.starts_with("/api/") {
             let state = self.state;
-            trace::traced(req, |req| proxy::handle(state, req)).await
+            trace::traced(req, |req, _| proxy::handle(state, req)).await
         } else {
-            match tower::ServiceExt::oneshot(self.router, req.map(axum::body::Body::new)).await {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut()
+                .insert(state::ClientAddr(self.peer.map(|p| p.ip())));
+            match tower::ServiceExt::oneshot(self.router, req).await {
                 Ok(resp) => resp,
                 Err(never) => match never {},
             }
@@ -118,8 +133,10 @@ impl<'a, L: axum::serve::Listener> tower::Service<axum::serve::IncomingStream<'a
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _: axum::serve::IncomingStream<'a, L>) -> Self::Future {
-        std::future::ready(Ok(self.clone()))
+    fn call(&mut self, stream: axum::serve::IncomingStream<'a, L>) -> Self::Future {
+        let mut app = self.clone();
+        app.peer = peer_of(stream.remote_addr());
+        std::future::ready(Ok(app))
     }
 }
 
@@ -130,8 +147,10 @@ fn router(state: AppState) -> Router {
         .route("/api", any(proxy::not_a_path))
         .route("/api/", any(proxy::not_a_path))
         .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics));
+        .route("/readyz", get(ops::readyz));
+    if state.config.metrics_on_main {
+        r = r.route("/metrics", get(ops::metrics));
+    }
     if state.config.demo {
         r = r.route("/", get(demo));
     }
@@ -315,7 +334,8 @@ fn serve_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let header_read_timeout = app.state.config.header_read_timeout;
-    let app = app.clone();
+    let mut app = app.clone();
+    app.peer = tcp.peer_addr().ok();
     let service = hyper::service::service_fn(move |req| {
         let app = app.clone();
         async move { Ok::<_, std::convert::Infallible>(app.dispatch(req).await) }
@@ -340,6 +360,12 @@ fn serve_connection(
         }
         drop(open);
     });
+}
+
+/// The peer of an `axum::serve` connection, when it is a socket address.
+fn peer_of<A: std::any::Any>(addr: &A) -> Option<std::net::SocketAddr> {
+    let addr: &dyn std::any::Any = addr;
+    addr.downcast_ref::<std::net::SocketAddr>().copied()
 }
 
 #[cfg(test)]

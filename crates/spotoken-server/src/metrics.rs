@@ -60,6 +60,12 @@ fn describe(s: &mut String, name: &str, kind: &str, help: &str) {
 pub struct Metrics {
     refreshes: Mutex<BTreeMap<&'static str, u64>>,
     shards: Box<[Shard; SHARDS]>,
+    /// Sessions that have not ended: set by each background pass (which
+    /// lists them anyway), moved by logins and logouts here in between, so
+    /// a scrape reads two numbers instead of scanning the store.
+    sessions: AtomicI64,
+    /// Accounts needing a new login, as the last complete pass found them.
+    reauth_required: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -67,6 +73,8 @@ impl Default for Metrics {
         Self {
             refreshes: Mutex::default(),
             shards: Box::new(std::array::from_fn(|_| Shard::default())),
+            sessions: AtomicI64::new(0),
+            reauth_required: AtomicI64::new(0),
         }
     }
 }
@@ -117,6 +125,32 @@ impl Metrics {
             u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    /// A session began (a login on this instance).
+    pub fn session_started(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A session ended (a logout on this instance).
+    pub fn session_ended(&self) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// What a background pass counted: the sessions it listed and, when it
+    /// visited them all, the accounts that need a new login.
+    pub fn counted(&self, sessions: usize, reauth_required: Option<usize>) {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.sessions.store(n(sessions), Ordering::Relaxed);
+        if let Some(r) = reauth_required {
+            self.reauth_required.store(n(r), Ordering::Relaxed);
+        }
+    }
+
+    /// The two gauges: (active sessions, accounts needing a new login).
+    pub fn gauges(&self) -> (usize, usize) {
+        let n = |v: &AtomicI64| usize::try_from(v.load(Ordering::Relaxed)).unwrap_or(0);
+        (n(&self.sessions), n(&self.reauth_required))
     }
 
     fn total(&self, each: impl Fn(&Shard) -> u64) -> u64 {

@@ -4,7 +4,6 @@
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use spotoken::store::unix_now;
 
 use crate::state::AppState;
 
@@ -29,20 +28,11 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus metrics.
+/// Prometheus metrics. Costs no store query: the gauges are kept as
+/// counters (see [`crate::Metrics`]), so a scrape cannot be made to scan
+/// every session.
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
-    let active = st
-        .sessions
-        .session_accounts(unix_now())
-        .await
-        .map(|v| v.len())
-        .unwrap_or(0);
-    let reauth = st
-        .tokens
-        .accounts()
-        .await
-        .map(|a| a.iter().filter(|s| s.needs_reauth()).count())
-        .unwrap_or(0);
+    let (active, reauth) = st.metrics.gauges();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(active, reauth),

@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use crate::cookies;
 use crate::error::AppError;
-use crate::state::{AppState, View};
+use crate::state::{AppState, View, check_csrf};
 use crate::upstream::SendError;
 use spotoken::core::scope;
 use spotoken::core::secret::AccessToken;
@@ -33,7 +33,12 @@ use spotoken::core::secret::AccessToken;
 pub const MISSING_SCOPE: header::HeaderName =
     header::HeaderName::from_static("spotoken-missing-scope");
 
-/// Request headers never forwarded (names as `http` stores them: lowercase).
+/// Request headers never forwarded (names as `http` stores them: lowercase):
+/// the browser's credentials and CSRF proof, framing (we frame the request),
+/// and every header an upstream or a proxy in front of it might read as a
+/// statement about the client, the method or the path, which only this
+/// server may make. `Expect` goes too: the body is read whole before the
+/// request is sent, so there is nothing left to wait for.
 fn never_forwarded(name: &str) -> bool {
     matches!(
         name,
@@ -45,8 +50,31 @@ fn never_forwarded(name: &str) -> bool {
             | "referer"
             | "x-requested-with"
             | "x-csrf"
-    )
+            | "expect"
+            | "forwarded"
+            | "x-real-ip"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "spotoken-user"
+            | "spotoken-scopes"
+    ) || name.starts_with("x-forwarded-")
 }
+
+/// Response headers the upstream never sets on our answer: its framing (the
+/// answer to the browser is framed by this server alone; an upstream's
+/// `Content-Length` beside a chunked body let a browser read a second,
+/// forged response out of the first), cookies, and what marks the answer as
+/// private to this session.
+const NEVER_RETURNED: [&str; 5] = [
+    "content-length",
+    "set-cookie",
+    "cache-control",
+    "vary",
+    "x-content-type-options",
+];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), dropped both ways.
 const HOP_BY_HOP: [&str; 9] = [
@@ -65,9 +93,30 @@ fn hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
+/// Whether `raw` is under `prefix`, a whole path segment at a time: `v1/me`
+/// covers `v1/me` and `v1/me/player`, never `v1/meX`.
+fn under_prefix(raw: &str, prefix: &str) -> bool {
+    match raw.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 /// Checks the raw (still percent-encoded) path after `/api/`; returns it if allowed.
 pub fn checked_path<'a>(raw: &'a str, allowed: &[String]) -> Result<&'a str, AppError> {
     let bad = |why: &str| AppError::BadRequest(format!("path refused: {why}"));
+    if !raw.is_ascii() || raw.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(bad("bytes outside printable ASCII"));
+    }
+    // `%25` decodes to `%`: a second decoding anywhere behind us would see
+    // the separators the checks below look for.
+    if raw
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && w[2] == b'5')
+    {
+        return Err(bad("double percent-encoding"));
+    }
     let encoded_separator = raw.as_bytes().windows(3).any(|w| {
         w[0] == b'%'
             && matches!(
@@ -81,13 +130,21 @@ pub fn checked_path<'a>(raw: &'a str, allowed: &[String]) -> Result<&'a str, App
     if raw.contains('\\') || raw.contains("://") || raw.starts_with('/') {
         return Err(bad("not a relative API path"));
     }
-    if raw.split('/').any(|seg| seg == "." || seg == "..") || raw.contains("//") {
+    // `..;x` is a dot segment to servers that strip path parameters.
+    let dots = |seg: &str| matches!(seg.split(';').next(), Some("." | ".."));
+    if raw.split('/').any(dots) || raw.contains("//") {
         return Err(bad("dot segments or empty segments"));
     }
-    if !allowed.iter().any(|p| raw.starts_with(p.as_str())) {
+    if !allowed.iter().any(|p| under_prefix(raw, p)) {
         return Err(bad("not under an allowed prefix"));
     }
     Ok(raw)
+}
+
+/// Methods that change nothing (RFC 9110 §9.2.1), and so need no CSRF proof.
+fn is_safe(method: &axum::http::Method) -> bool {
+    use axum::http::Method;
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
@@ -107,10 +164,29 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
+    let mut resp = answer(st, req).await;
+    private_to_session(resp.headers_mut());
+    resp
+}
+
+async fn answer<B>(st: AppState, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let (parts, body) = req.into_parts();
     let Some(cookie) = cookies::get(&parts.headers, cookies::SESSION) else {
         return AppError::Unauthenticated.into_response();
     };
+    // A write is the browser's only when it proves it (a header a form or
+    // a simple cross-site request cannot send, and our own Origin):
+    // SameSite=Lax lets a sibling origin's `text/plain` POST carry the
+    // cookie without a preflight.
+    if !is_safe(&parts.method)
+        && let Err(e) = check_csrf(&parts.headers, &st.config)
+    {
+        return e.into_response();
+    }
     let view = match st.view(cookie).await {
         Ok(Some(v)) => v,
         Ok(None) => return AppError::Unauthenticated.into_response(),
@@ -187,6 +263,13 @@ where
                 on_new = true;
                 continue;
             }
+            Ok(Err(SendError::Failed(e))) if e.is::<crate::http1::Malformed>() => {
+                return Err(AppError::Spotoken(spotoken::Error::Protocol {
+                    status: None,
+                    message: format!("the Web API's answer was refused ({e})"),
+                    snippet: String::new(),
+                }));
+            }
             Ok(Err(e)) => {
                 return Err(AppError::Spotoken(spotoken::Error::temporary(
                     format!("network: cannot reach the Web API ({e})"),
@@ -208,10 +291,14 @@ where
                         "the bearer header lost its token".into(),
                     ))
                 })?;
-            let token = st
+            // None: the token is moments old; the 401 goes back as it is.
+            let Some(token) = st
                 .tokens
                 .refresh_after_rejection(&view.record.account, &rejected)
-                .await?;
+                .await?
+            else {
+                break resp;
+            };
             headers.insert(header::AUTHORIZATION, crate::state::bearer(&token)?);
             continue;
         }
@@ -225,15 +312,8 @@ where
     };
     let (mut parts, upstream_body) = upstream.into_parts();
     let upstream_listed = connection_listed(&parts.headers);
-    // Most responses carry none of these: look before removing.
-    if parts
-        .headers
-        .keys()
-        .any(|k| hop_by_hop(k.as_str()) || k == header::SET_COOKIE)
-    {
-        for name in HOP_BY_HOP.into_iter().chain(["set-cookie"]) {
-            parts.headers.remove(name);
-        }
+    for name in HOP_BY_HOP.into_iter().chain(NEVER_RETURNED) {
+        parts.headers.remove(name);
     }
     for name in upstream_listed {
         parts.headers.remove(name.as_str());
@@ -243,6 +323,20 @@ where
     }
     st.metrics.proxied(status.as_u16(), started.elapsed());
     Ok(Response::from_parts(parts, Body::new(upstream_body)))
+}
+
+/// Marks an answer that depends on the session: no shared cache may keep
+/// it or serve it to another cookie, and no browser may guess its type.
+pub fn private_to_session(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("Cookie"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
 }
 
 /// What a 403 for `method path` is most likely about: the scopes the endpoint
@@ -313,9 +407,47 @@ mod tests {
             "",
             "v1\\..\\x",
             "v1/%00",
+            // Issue 11, finding 10.
+            "v1/..;/admin",
+            "v1/me/..;x",
+            "v1/%252e%252e/admin",
+            "v1/%25",
+            "v1/m\u{e9}",
+            "v1/me me",
         ] {
             assert!(checked_path(p, &allowed()).is_err(), "{p}");
         }
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let allowed = vec!["v1/me".to_owned()];
+        for ok in ["v1/me", "v1/me/player", "v1/me/player/play"] {
+            assert!(checked_path(ok, &allowed).is_ok(), "{ok}");
+        }
+        for bad in ["v1/meX", "v1/me-evil", "v1/mex/player", "v1/m"] {
+            assert!(checked_path(bad, &allowed).is_err(), "{bad}");
+        }
+        assert!(checked_path("v1/anything", &["v1/".to_owned()]).is_ok());
+    }
+
+    #[test]
+    fn client_statements_are_never_forwarded() {
+        for h in [
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "forwarded",
+            "x-http-method-override",
+            "x-original-url",
+            "x-rewrite-url",
+            "expect",
+            "spotoken-user",
+        ] {
+            assert!(never_forwarded(h), "{h}");
+        }
+        assert!(!never_forwarded("content-type"));
+        assert!(!never_forwarded("accept"));
     }
 
     proptest::proptest! {

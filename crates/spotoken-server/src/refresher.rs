@@ -51,6 +51,7 @@ pub async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration> {
             return None;
         }
     };
+    let listed = accounts.len();
     let limit = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let pause = Arc::new(std::sync::Mutex::new(None::<Duration>));
     let mut tasks = Vec::new();
@@ -69,9 +70,10 @@ pub async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration> {
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             match tokens.access_token_with(&account, cfg.ahead).await {
-                Ok(_) => {}
+                Ok(_) => false,
                 Err(e) if e.kind() == ErrorKind::AuthorizationNeeded => {
                     tracing::info!(account, "session needs a new login");
+                    true
                 }
                 Err(e) => {
                     tracing::warn!(account, error = %e, "background refresh failed");
@@ -80,13 +82,20 @@ pub async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration> {
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(wait);
                     }
+                    false
                 }
             }
         }));
     }
+    let visited = tasks.len();
+    let mut reauth = 0;
     for t in tasks {
-        let _ = t.await;
+        if t.await.unwrap_or(false) {
+            reauth += 1;
+        }
     }
+    st.metrics
+        .counted(listed, (visited == listed).then_some(reauth));
     *pause
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -54,6 +54,8 @@ pub struct Shared {
     pub upstream: crate::upstream::Upstream,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Bounds on started logins.
+    pub logins: crate::limits::LoginLimiter,
     cache: Mutex<SessionCache>,
     views: ThreadLocal<RefCell<Views>>,
     /// Bumped at every logout on this instance: views made before are dropped.
@@ -124,6 +126,7 @@ impl AppState {
         Ok(Self(Arc::new(Shared {
             tokens,
             sessions,
+            logins: crate::limits::LoginLimiter::new(config.login_limits),
             config: Arc::new(config),
             upstream,
             metrics,
@@ -140,13 +143,21 @@ impl Shared {
         &self,
         cookie_value: &str,
     ) -> Result<Option<Arc<SessionRecord>>, AppError> {
-        Ok(self.session_entry(cookie_value).await?.map(|(s, _)| s))
+        let generation = self.generation.load(Ordering::Acquire);
+        Ok(self
+            .session_entry(cookie_value, generation)
+            .await?
+            .map(|(s, _)| s))
     }
 
     /// [`Self::session_for`], with when the record was read from the store.
+    /// `generation` is the logout generation seen before the read: a record
+    /// read before a logout that finished meanwhile is not cached (it may be
+    /// the session that logout deleted).
     async fn session_entry(
         &self,
         cookie_value: &str,
+        generation: u64,
     ) -> Result<Option<(Arc<SessionRecord>, Instant)>, AppError> {
         let now = unix_now();
         let ttl = self.config.session_cache_ttl;
@@ -171,6 +182,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match &found {
+            // Checked under the cache's lock, which logouts bump it under.
+            Some(_) if self.generation.load(Ordering::Acquire) != generation => {}
             Some(s) => {
                 if cache.len() > 100_000 {
                     cache.retain(|_, (s, at)| at.elapsed() < ttl && s.expires_at > now);
@@ -201,7 +214,7 @@ impl Shared {
                 return Ok(Some(v.clone()));
             }
         }
-        let Some((record, read_at)) = self.session_entry(cookie_value).await? else {
+        let Some((record, read_at)) = self.session_entry(cookie_value, generation).await? else {
             return Ok(None);
         };
         let (token, fresh_for) = self.tokens.access_token_fresh_for(&record.account).await?;
@@ -231,10 +244,12 @@ impl Shared {
     /// Forgets every cached session, on every thread: another instance
     /// deleted a session, and only its hash is known here.
     pub fn forget_all(&self) {
-        self.cache
+        let mut cache = self
+            .cache
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.clear();
+        // Under the lock: a record read before this cannot be cached after it.
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -247,17 +262,25 @@ impl Shared {
             .remove(cookie_value);
     }
 
-    /// Forgets a cached session, by the cookie's value (after logout on this
-    /// instance).
+    /// Forgets a cached session, by the cookie's value, once its row is
+    /// deleted (a logout on this instance): deleting first means no request
+    /// can cache it again from the store afterwards.
     pub fn forget(&self, cookie_value: &str) {
-        self.cache
+        let mut cache = self
+            .cache
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(cookie_value);
-        // Every thread drops its views at its next request.
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.remove(cookie_value);
+        // Under the lock: a record read before this cannot be cached after
+        // it; and every thread drops its views at its next request.
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
+
+/// The client's address as the connection shows it (a front proxy's, when
+/// there is one), for bounds on unauthenticated work; `None` when unknown.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
 
 /// The logged-in session of a request (401 if there is none).
 pub struct Session {

@@ -38,9 +38,19 @@ fn request_id<B>(req: &Request<B>) -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// The request's id, for handlers that show it (an error page the user can
+/// quote to the operator, who finds the log line by it).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// The middleware.
 pub async fn log_requests(req: Request, next: Next) -> Response {
-    traced(req, |req| next.run(req)).await
+    traced(req, |mut req, id| {
+        req.extensions_mut()
+            .insert(RequestId(id.to_str().unwrap_or("-").to_owned()));
+        next.run(req)
+    })
+    .await
 }
 
 /// Runs `inner` on `req` inside the request's span, logs the outcome and sets
@@ -48,7 +58,7 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
 /// in [`crate::App`]).
 pub async fn traced<B, F, Fut>(req: Request<B>, inner: F) -> Response
 where
-    F: FnOnce(Request<B>) -> Fut,
+    F: FnOnce(Request<B>, &HeaderValue) -> Fut,
     Fut: std::future::Future<Output = Response>,
 {
     let id = request_id(&req);
@@ -60,7 +70,7 @@ where
         path = %req.uri().path()
     );
     let started = Instant::now();
-    let mut resp = inner(req).instrument(span.clone()).await;
+    let mut resp = inner(req, &id).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     span.in_scope(|| {
         tracing::info!(

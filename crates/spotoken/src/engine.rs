@@ -87,6 +87,13 @@ struct Cached {
 /// longer than the provider's lifetime.
 const JUST_OBTAINED_SECS: i64 = 30;
 
+/// A token obtained less than this long ago is not refreshed because the API
+/// answered 401 to it: the 401 goes back to the caller. An endpoint that
+/// answers 401 to valid tokens would otherwise cost a refresh per request,
+/// spending the app's rate limit for every user; so 401s cause at most one
+/// refresh per account per interval.
+pub const REFRESH_AFTER_401_INTERVAL_SECS: i64 = 60;
+
 /// The engine's idea of "now" in unix seconds (injectable for tests).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -339,15 +346,49 @@ impl Tokens {
 
     /// After the API answered 401 to `rejected`: a different token if someone
     /// already refreshed, else a refresh. Many callers rejected at once cause
-    /// one refresh.
+    /// one refresh. `None` when `rejected` is still the newest token and was
+    /// obtained less than [`REFRESH_AFTER_401_INTERVAL_SECS`] ago: refreshing
+    /// again would not help and would spend the app's rate limit, so the
+    /// caller passes the 401 on.
     pub async fn refresh_after_rejection(
         &self,
         account: &str,
         rejected: &AccessToken,
-    ) -> Result<AccessToken, Error> {
+    ) -> Result<Option<AccessToken>, Error> {
+        if let Some(c) = self.peek_cache(account)
+            && c.token.expose() != rejected.expose()
+            && c.expires_at > self.now()
+        {
+            return Ok(Some(c.token));
+        }
+        let row = self.active_row(account).await?;
+        if self.rejected_too_soon(&row, rejected)? {
+            tracing::info!(
+                account,
+                "the API refused a token obtained moments ago; not refreshing again"
+            );
+            return Ok(None);
+        }
         Box::pin(self.slow_path(account, self.inner.margin, Trigger::Rejected(rejected)))
             .await
-            .map(|c| c.token)
+            .map(|c| Some(c.token))
+    }
+
+    /// Whether the row still holds `rejected`, obtained too recently to
+    /// refresh because of a 401.
+    fn rejected_too_soon(&self, row: &Row, rejected: &AccessToken) -> Result<bool, Error> {
+        let obtained_at = row.last_refresh.unwrap_or(row.authorized_at);
+        if self.now().saturating_sub(obtained_at) >= REFRESH_AFTER_401_INTERVAL_SECS {
+            return Ok(false);
+        }
+        let Some(sealed) = &row.access_token else {
+            return Ok(false);
+        };
+        let plain = self
+            .inner
+            .keys
+            .open(&row.account, Field::AccessToken, sealed)?;
+        Ok(plain.as_slice() == rejected.expose().as_bytes())
     }
 
     /// The granted scopes as last known (cache, else store).
@@ -471,6 +512,18 @@ impl Tokens {
         }
     }
 
+    /// The account's stored row, if it is logged in and not flagged.
+    async fn active_row(&self, account: &str) -> Result<Row, Error> {
+        let row = self
+            .inner
+            .store
+            .load(account)
+            .await?
+            .ok_or_else(|| not_logged_in(account))?;
+        Self::check_state(&row)?;
+        Ok(row)
+    }
+
     fn check_state(row: &Row) -> Result<(), Error> {
         match &row.state {
             AccountState::Active => Ok(()),
@@ -499,13 +552,7 @@ impl Tokens {
                 return Ok(c);
             }
         }
-        let row = self
-            .inner
-            .store
-            .load(account)
-            .await?
-            .ok_or_else(|| not_logged_in(account))?;
-        Self::check_state(&row)?;
+        let row = self.active_row(account).await?;
         if let Some(c) = self.usable(&row, min_valid, trigger)? {
             self.remember(account, &c);
             return Ok(c);

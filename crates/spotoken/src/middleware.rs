@@ -72,11 +72,15 @@ impl Middleware for BearerMiddleware {
         let Some(mut again) = retry else {
             return Ok(resp);
         };
-        let fresh = self
+        // None: the token was obtained moments ago; the 401 is the answer.
+        let Some(fresh) = self
             .tokens
             .refresh_after_rejection(&self.account, &token)
             .await
-            .map_err(reqwest_middleware::Error::middleware)?;
+            .map_err(reqwest_middleware::Error::middleware)?
+        else {
+            return Ok(resp);
+        };
         authorize(&mut again, &fresh)?;
         next.run(again, ext).await
     }

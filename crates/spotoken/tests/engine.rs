@@ -537,6 +537,12 @@ async fn api_refreshes_once_on_401_and_retries() {
     assert_eq!(api.get("/v1/me").await.expect("me").status, 200);
     // The provider expires the token early: our clock still thinks it is fresh.
     env.emu.expire_access_tokens();
+    // ... a while after it was obtained: a 401 to a token moments old is
+    // passed on without a refresh.
+    env.offset.fetch_add(
+        spotoken::engine::REFRESH_AFTER_401_INTERVAL_SECS,
+        Ordering::SeqCst,
+    );
     env.emu.update(|s| {
         s.unauthorized_message = "a message nobody matches on".into();
         s.token_latency_ms = 50;
@@ -589,6 +595,92 @@ async fn api_names_the_missing_scope_and_handles_429() {
     assert!(
         e.to_string().contains("1 day") && e.to_string().contains("QUOTA_EXCEEDED"),
         "{e}"
+    );
+}
+
+/// Issue 17: whether a 401 is a 401 never depends on its body, which
+/// Spotify has changed; a plain-text one is refreshed and retried too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_with_any_body_refreshes_and_retries() {
+    let env = Env::new().await;
+    env.login("default", "user-read-private").await;
+    let api = env.tokens.api("default");
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Api,
+        status: 401,
+        text: Some("nothing a client could match on".into()),
+        content_type: Some("text/plain".into()),
+        ..Failure::default()
+    });
+    // A while after login: a 401 to a token moments old is passed on.
+    env.offset.fetch_add(
+        spotoken::engine::REFRESH_AFTER_401_INTERVAL_SECS,
+        Ordering::SeqCst,
+    );
+    let r = api.get("/v1/me").await.expect("refreshed and retried");
+    assert_eq!(r.status, 200);
+    assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 1);
+}
+
+/// Issue 17: the 403s Spotify sends as plain text (a user off a
+/// development-mode app's allowlist, an app owner without Premium) and the
+/// player's `PREMIUM_REQUIRED` are configuration errors that say what to do,
+/// not protocol errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_and_premium_403s_are_classified() {
+    let env = Env::new().await;
+    env.emu.update(|s| s.default_user = "dave".into());
+    let out = env.login("dave", "user-read-private").await;
+    assert!(
+        out.warnings.iter().any(|w| w.contains("allowlist")),
+        "{:?}",
+        out.warnings
+    );
+    let e = env.tokens.api("dave").get("/v1/me").await.expect_err("403");
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e}");
+    assert!(e.to_string().contains("allowlist"), "{e}");
+
+    env.emu.update(|s| s.default_user = "alice".into());
+    env.login("alice", "user-read-private user-modify-playback-state")
+        .await;
+    env.emu.update(|s| s.owner_premium = false);
+    let e = env
+        .tokens
+        .api("alice")
+        .get("/v1/me")
+        .await
+        .expect_err("403");
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e}");
+    assert!(e.to_string().contains("owns this app"), "{e}");
+    env.emu.update(|s| s.owner_premium = true);
+
+    env.emu.update(|s| s.default_user = "bob".into());
+    env.login("bob", "user-modify-playback-state").await;
+    let e = env
+        .tokens
+        .api("bob")
+        .put("/v1/me/player/pause", bytes::Bytes::new())
+        .await
+        .expect_err("403");
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e}");
+    assert!(e.to_string().contains("Premium"), "{e}");
+    // The player's other answers come back as responses: 204, and 404
+    // NO_ACTIVE_DEVICE for the caller to show.
+    let api = env.tokens.api("alice");
+    let r = api
+        .put("/v1/me/player/pause", bytes::Bytes::new())
+        .await
+        .expect("204");
+    assert_eq!(r.status, 204);
+    env.emu.update(|s| s.active_device = false);
+    let r = api
+        .post("/v1/me/player/next", bytes::Bytes::new())
+        .await
+        .expect("404");
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json::<serde_json::Value>().expect("json")["error"]["reason"],
+        "NO_ACTIVE_DEVICE"
     );
 }
 
@@ -722,6 +814,12 @@ async fn reqwest_middleware_injects_and_refreshes_once_on_401() {
     let me = format!("{}/v1/me", env.emu.url());
     assert_eq!(client.get(&me).send().await.expect("send").status(), 200);
     env.emu.expire_access_tokens();
+    // ... a while after it was obtained: a 401 to a token moments old is
+    // passed on without a refresh.
+    env.offset.fetch_add(
+        spotoken::engine::REFRESH_AFTER_401_INTERVAL_SECS,
+        Ordering::SeqCst,
+    );
     env.emu.update(|s| s.token_latency_ms = 50);
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -775,7 +873,7 @@ async fn an_account_is_refreshed_with_the_client_id_it_was_logged_in_with() {
     env.login("me", "user-read-private").await;
     env.emu.register_client(spotoken_emulator::Client {
         id: "another-client".into(),
-        secret: None,
+        secret: spotoken_emulator::new_secret(),
         redirect_uris: vec![REDIRECT.into()],
     });
     let other = Env::engine_as(

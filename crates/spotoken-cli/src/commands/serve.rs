@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Threads serving requests, each with its own event loop [default: one per core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
     pub threads: Option<usize>,
+    /// Serve /metrics on this address only, not where browsers connect [default: the main address]
+    #[arg(long, value_name = "ADDR", env = "SPOTOKEN_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
 }
 
 /// What the server runs with: flags and environment, then `[serve]` in
@@ -71,6 +74,8 @@ pub struct Settings {
     pub threads: Option<usize>,
     /// Serve the demo page.
     pub demo: bool,
+    /// A separate address for `/metrics`; `None`: the main one.
+    pub metrics_bind: Option<String>,
 }
 
 impl Settings {
@@ -118,6 +123,7 @@ impl Settings {
             session_ttl,
             threads: args.threads.or(file.threads),
             demo: args.demo || file.demo.unwrap_or(false),
+            metrics_bind: args.metrics_bind.clone().or(file.metrics_bind),
         })
     }
 }
@@ -144,6 +150,7 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     sc.allowed_prefixes = settings.allow_prefixes.clone();
     sc.session_ttl = settings.session_ttl;
     sc.demo = settings.demo;
+    sc.metrics_on_main = settings.metrics_bind.is_none();
 
     let (tokens_store, sessions): (Arc<dyn TokenStore>, Arc<dyn SessionStore>) =
         match settings.database_url.as_deref() {
@@ -186,6 +193,22 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     let demo = settings.demo.then(|| format!("{public_url}/"));
+    let metrics_addr = match &settings.metrics_bind {
+        Some(bind) => {
+            let l = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+                Error::Configuration(format!("cannot listen on {bind} (--metrics-bind): {e}"))
+            })?;
+            let at = l.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+            let metrics = spotoken_server::metrics_app(state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, metrics).await {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+            Some(format!("http://{at}/metrics"))
+        }
+        None => None,
+    };
     if cfg.output == Output::Json {
         // For scripts: where it listens, on stdout (logs are JSON on stderr).
         output::json(&serde_json::json!({
@@ -194,6 +217,7 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
             "store": describe,
             "threads": threads,
             "demo": demo,
+            "metrics": metrics_addr,
         }));
     } else {
         eprintln!(
@@ -201,6 +225,9 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
         );
         if let Some(page) = &demo {
             eprintln!("demo page: {page}");
+        }
+        if let Some(m) = &metrics_addr {
+            eprintln!("metrics: {m}");
         }
     }
     spotoken_server::serve_on_threads(
@@ -249,6 +276,7 @@ mod tests {
         assert_eq!(s.allow_prefixes, ["v1/"]);
         assert_eq!(s.session_ttl, Duration::from_secs(30 * 24 * 3600));
         assert_eq!((s.threads, s.demo, s.database_url), (None, false, None));
+        assert_eq!(s.metrics_bind, None);
         // Not the top-level redirect URI: that is the CLI login's listener.
         assert_eq!(s.redirect_uri, None);
     }
@@ -265,6 +293,7 @@ mod tests {
             session_ttl: Some("12h".into()),
             threads: Some(3),
             demo: Some(true),
+            metrics_bind: Some("127.0.0.1:9100".into()),
         };
         let s = Settings::resolve(
             &ServeArgs::default(),
@@ -285,6 +314,7 @@ mod tests {
         assert_eq!(s.allow_prefixes, ["v1/me"]);
         assert_eq!(s.session_ttl, Duration::from_secs(12 * 3600));
         assert_eq!((s.threads, s.demo), (Some(3), true));
+        assert_eq!(s.metrics_bind.as_deref(), Some("127.0.0.1:9100"));
 
         let flags = ServeArgs {
             bind: Some("127.0.0.1:0".into()),
