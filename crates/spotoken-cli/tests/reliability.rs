@@ -7,7 +7,7 @@ mod common;
 use std::io::Read as _;
 use std::process::Stdio;
 
-use common::{BIN, Env, age_account};
+use common::{BIN, Env, age_account, backdate_token};
 use spotoken_emulator::Rotation;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
@@ -398,7 +398,7 @@ enum Op {
 /// tokens used; account `churn` (bob) is also logged out and in again. No
 /// process may fail other than as documented (for `churn`: 3, not logged in,
 /// or 4, changed while refreshing; for `default`: only an API call whose
-/// retry after a refresh is rejected again), no refresh of one
+/// token was rejected after an invalidation), no refresh of one
 /// account may overlap another (the emulator's peak per user), no rotated
 /// token may be presented again (reuse detection would revoke the grant),
 /// and `default` must end active, holding the emulator's current token.
@@ -485,9 +485,11 @@ async fn mixed_load_loses_no_account_and_never_overlaps_refreshes() {
     while let Some(done) = tasks.join_next().await {
         for (account, op, code, stderr) in done.expect("worker") {
             *tally.entry((account, op, code)).or_default() += 1;
-            // An `Expire` between an API call's refresh and its retry makes
-            // the retry's token rejected too: the call then ends as
-            // documented for a second 401 (exit 3), the account not flagged.
+            // After an `Expire`, a 401 to a token younger than a minute is
+            // passed on without a refresh (the engine's rule against
+            // refreshing for an API that rejects valid tokens), and one
+            // landing between a refresh and its retry rejects the retry:
+            // either ends as documented (exit 3), the account not flagged.
             let second_401 = op == Op::Api
                 && code == 3
                 && stderr.contains(&format!("account '{account}'"))
@@ -563,7 +565,7 @@ fn holds_verifier_of(text: &str, challenge: &str) -> bool {
         })
 }
 
-/// Whole CLI sessions at trace level (login with a client secret, token,
+/// Whole CLI sessions at trace level (login with the client secret, token,
 /// refresh with rotation, a 401 answered by a refresh and a retry, a 429
 /// for hours, status, the daemon, a provider's HTML page, a revoked grant,
 /// logout): no authorization code, access or refresh token the emulator
@@ -572,20 +574,12 @@ fn holds_verifier_of(text: &str, challenge: &str) -> bool {
 /// the files are 0600 and the directories 0700.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_of_whole_sessions_hold_no_secret_and_files_stay_private() {
-    use spotoken_emulator::{
-        DEFAULT_CONFIDENTIAL_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_SECRET, Endpoint, Failure,
-    };
+    use spotoken_emulator::{DEFAULT_CLIENT_SECRET, Endpoint, Failure};
     let env = Env::new().await;
-    *env.extra_env.lock().expect("env") = vec![
-        (
-            "SPOTOKEN_CLIENT_ID".into(),
-            DEFAULT_CONFIDENTIAL_CLIENT_ID.into(),
-        ),
-        (
-            "SPOTOKEN_CLIENT_SECRET".into(),
-            DEFAULT_CONFIDENTIAL_CLIENT_SECRET.into(),
-        ),
-    ];
+    *env.extra_env.lock().expect("env") = vec![(
+        "SPOTOKEN_CLIENT_SECRET".into(),
+        DEFAULT_CLIENT_SECRET.into(),
+    )];
     env.emu.update(|s| {
         s.rotation = Rotation::Rotate;
         s.grace_secs = 60;
@@ -635,6 +629,8 @@ async fn trace_logs_of_whole_sessions_hold_no_secret_and_files_stay_private() {
         "refreshes, rotating"
     );
     assert_eq!(run(&["refresh"]).await, 0);
+    // A 401 is answered by a refresh only for a token older than a minute.
+    backdate_token(&env, 120, None).await;
     env.emu.expire_access_tokens();
     assert_eq!(run(&["api", "/v1/me"]).await, 0, "401, refresh, retry");
     env.emu.inject(Failure {
@@ -687,7 +683,7 @@ async fn trace_logs_of_whole_sessions_hold_no_secret_and_files_stay_private() {
     assert_eq!(run(&["logout"]).await, 0);
 
     let mut secrets = env.emu.issued_secrets();
-    secrets.push(DEFAULT_CONFIDENTIAL_CLIENT_SECRET.to_owned());
+    secrets.push(DEFAULT_CLIENT_SECRET.to_owned());
     secrets.extend(
         key_file
             .lines()

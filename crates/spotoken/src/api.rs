@@ -159,11 +159,14 @@ impl Api {
                     {
                         Some(fresh) => token = fresh,
                         None => {
-                            return Err(classify_api_error(
-                                &answer,
-                                method.as_str(),
-                                path,
-                                &Scopes::default(),
+                            return Err(naming(
+                                &self.account,
+                                classify_api_error(
+                                    &answer,
+                                    method.as_str(),
+                                    path,
+                                    &Scopes::default(),
+                                ),
                             ));
                         }
                     }
@@ -192,11 +195,10 @@ impl Api {
                         .granted_scopes(&self.account)
                         .await
                         .unwrap_or_default();
-                    let mut e = classify_api_error(&answer, method.as_str(), path, &granted);
-                    if let Error::AuthorizationNeeded { account, .. } = &mut e {
-                        account.clone_from(&self.account);
-                    }
-                    return Err(e);
+                    return Err(naming(
+                        &self.account,
+                        classify_api_error(&answer, method.as_str(), path, &granted),
+                    ));
                 }
                 _ => {
                     return Ok(ApiResponse {
@@ -208,6 +210,15 @@ impl Api {
             }
         }
     }
+}
+
+/// `e`, naming `account` if it is about authorization (the classifier below
+/// does not know the account).
+fn naming(account: &str, mut e: Error) -> Error {
+    if let Error::AuthorizationNeeded { account: a, .. } = &mut e {
+        account.clone_into(a);
+    }
+    e
 }
 
 /// Turns the Web API's 401/403/429 into the taxonomy.

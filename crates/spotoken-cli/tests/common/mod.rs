@@ -156,13 +156,22 @@ pub fn browser() -> reqwest::Client {
 /// Makes the stored account look an hour old with a minute left on its token
 /// (the binary's clock cannot be moved, so the row is).
 pub async fn age_account(env: &Env) {
+    backdate_token(env, 3540, Some(60)).await;
+}
+
+/// Makes the stored token of `default` look obtained `ago` seconds ago (the
+/// login an hour ago), with `left` seconds left if given (else its expiry
+/// kept).
+pub async fn backdate_token(env: &Env, ago: i64, left: Option<i64>) {
     use spotoken::store::TokenStore as _;
     let store = spotoken::store::Sqlite::open(env.home.path().join("tokens.db")).expect("store");
     let mut row = store.load("default").await.expect("load").expect("row");
     let now = spotoken::store::unix_now();
     row.authorized_at = now - 3600;
-    row.last_refresh = Some(now - 3540);
-    row.access_expires_at = now + 60;
+    row.last_refresh = Some(now - ago);
+    if let Some(left) = left {
+        row.access_expires_at = now + left;
+    }
     store.update(row).await.expect("update").expect("written");
 }
 
