@@ -619,31 +619,41 @@ async fn trace_logs_of_whole_sessions_hold_no_secret_and_files_stay_private() {
         } else {
             logs.push_str(&o.stdout);
         }
-        o.code
+        (o.code, o.stderr)
     };
-    assert_eq!(run(&["token"]).await, 0);
+    assert_eq!(run(&["token"]).await.0, 0);
     age_account(&env).await;
     assert_eq!(
-        run(&["token", "--output", "json"]).await,
+        run(&["token", "--output", "json"]).await.0,
         0,
         "refreshes, rotating"
     );
-    assert_eq!(run(&["refresh"]).await, 0);
+    assert_eq!(run(&["refresh"]).await.0, 0);
+    // A 401 to a token obtained moments ago is passed on, naming the account.
+    env.emu.expire_access_tokens();
+    let (exit, stderr) = run(&["api", "/v1/me"]).await;
+    assert_eq!(exit, 3, "{stderr}");
+    assert!(
+        stderr.contains("account 'default'") && stderr.contains("login --account default"),
+        "{stderr}"
+    );
     // A 401 is answered by a refresh only for a token older than a minute.
     backdate_token(&env, 120, None).await;
     env.emu.expire_access_tokens();
-    assert_eq!(run(&["api", "/v1/me"]).await, 0, "401, refresh, retry");
+    assert_eq!(run(&["api", "/v1/me"]).await.0, 0, "401, refresh, retry");
     env.emu.inject(Failure {
         endpoint: Endpoint::Api,
         status: 429,
         headers: [("Retry-After".to_owned(), "7980".to_owned())].into(),
         ..Failure::default()
     });
-    assert_eq!(run(&["api", "/v1/me"]).await, 4);
-    assert_eq!(run(&["status", "--output", "json"]).await, 0);
-    assert_eq!(run(&["accounts"]).await, 0);
+    assert_eq!(run(&["api", "/v1/me"]).await.0, 4);
+    assert_eq!(run(&["status", "--output", "json"]).await.0, 0);
+    assert_eq!(run(&["accounts"]).await.0, 0);
     assert_eq!(
-        run(&["daemon", "--once", "--margin", "2h", "--jitter", "0"]).await,
+        run(&["daemon", "--once", "--margin", "2h", "--jitter", "0"])
+            .await
+            .0,
         0
     );
     env.emu.inject(Failure {
@@ -652,10 +662,10 @@ async fn trace_logs_of_whole_sessions_hold_no_secret_and_files_stay_private() {
         text: Some("<html>not a token</html>".into()),
         ..Failure::default()
     });
-    assert_eq!(run(&["refresh"]).await, 1);
+    assert_eq!(run(&["refresh"]).await.0, 1);
     env.emu.revoke(None);
-    assert_eq!(run(&["refresh"]).await, 3);
-    assert_eq!(run(&["token"]).await, 3);
+    assert_eq!(run(&["refresh"]).await.0, 3);
+    assert_eq!(run(&["token"]).await.0, 3);
 
     // Files, while the account is still stored.
     use std::os::unix::fs::PermissionsExt as _;
@@ -680,7 +690,7 @@ async fn trace_logs_of_whole_sessions_hold_no_secret_and_files_stay_private() {
     }
     assert_eq!(mode(home), 0o700);
     let key_file = std::fs::read_to_string(home.join("master.key")).expect("key file");
-    assert_eq!(run(&["logout"]).await, 0);
+    assert_eq!(run(&["logout"]).await.0, 0);
 
     let mut secrets = env.emu.issued_secrets();
     secrets.push(DEFAULT_CLIENT_SECRET.to_owned());
