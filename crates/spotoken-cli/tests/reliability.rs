@@ -181,20 +181,39 @@ struct Tally {
     finished_before_random_kill: u32,
     /// Kills that left a rollback journal for the next open to roll back.
     journals_left: u32,
+    /// Of those, how many the next `spotoken token` left in place (it
+    /// answered without a read-write open).
+    journals_the_next_token_left: u32,
 }
 
 /// The refresh token the store holds for `default`, in plain text, after
 /// SQLite's integrity check (which, like any open, first rolls back a
-/// journal the killed process left).
+/// journal a killed process left).
 fn stored_refresh_token(env: &Env) -> String {
-    let path = env.home.path().join("tokens.db");
-    let conn = rusqlite::Connection::open(&path).expect("the store opens");
+    stored_refresh_token_in(&env.home.path().join("tokens.db"), env)
+}
+
+/// [`stored_refresh_token`] read from a copy of the store's files, leaving
+/// any journal a killed process left for `spotoken` itself to find.
+fn stored_refresh_token_of_a_copy(env: &Env) -> String {
+    let copy = tempfile::tempdir().expect("tmp");
+    for name in ["tokens.db", "tokens.db-journal"] {
+        let from = env.home.path().join(name);
+        if from.exists() {
+            std::fs::copy(&from, copy.path().join(name)).expect("copy");
+        }
+    }
+    stored_refresh_token_in(&copy.path().join("tokens.db"), env)
+}
+
+fn stored_refresh_token_in(path: &std::path::Path, env: &Env) -> String {
+    let conn = rusqlite::Connection::open(path).expect("the store opens");
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .expect("integrity check runs");
     assert_eq!(check, "ok", "integrity check");
     drop(conn);
-    let row = spotoken::store::Sqlite::load_blocking(&path, "default")
+    let row = spotoken::store::Sqlite::load_blocking(path, "default")
         .expect("the store reads")
         .expect("the account is still there");
     let keys = spotoken::crypto::load_key_ring(&env.home.path().join("master.key"), None)
@@ -301,10 +320,9 @@ async fn refreshes_killed_at_any_step_leave_a_sound_store_with_the_newest_token(
             Kill::After(std::time::Duration::from_millis(rng.random_range(0..120)))
         };
         let killed = run_and_kill(&env, victim, kill).await;
-        if std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0) {
-            tally.journals_left += 1;
-        }
-        let after = stored_refresh_token(&env);
+        let journal_left = std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0);
+        tally.journals_left += u32::from(journal_left);
+        let after = stored_refresh_token_of_a_copy(&env);
         let newest = env.emu.current_refresh_tokens("alice");
         let [newest] = newest.as_slice() else {
             panic!("cycle {i}: the grant has {} current tokens", newest.len());
@@ -328,10 +346,22 @@ async fn refreshes_killed_at_any_step_leave_a_sound_store_with_the_newest_token(
             _ if after == before => &mut tally.random_rotation_not_committed,
             _ => &mut tally.random_after_commit,
         } += 1;
-        age_account(&env).await;
-        let next = env.run(&["token", "--min-valid", "5m"]).await;
+        // The next `spotoken token` is the first to open the store (and any
+        // journal the kill left): it answers, from the store or by refreshing.
+        let next = env.run(&["token"]).await;
         assert_eq!(next.code, 0, "{context}: the next token: {}", next.stderr);
         assert!(next.stdout.starts_with("BQ"), "{context}");
+        if journal_left && std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0) {
+            tally.journals_the_next_token_left += 1;
+        }
+        // One that must refresh brings the store to the newest token.
+        age_account(&env).await;
+        let next = env.run(&["token", "--min-valid", "5m"]).await;
+        assert_eq!(
+            next.code, 0,
+            "{context}: a refreshing token: {}",
+            next.stderr
+        );
         assert_eq!(
             stored_refresh_token(&env),
             env.emu.current_refresh_tokens("alice")[0],
