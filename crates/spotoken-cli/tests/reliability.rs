@@ -228,6 +228,29 @@ fn stored_refresh_token_in(path: &std::path::Path, env: &Env) -> String {
     String::from_utf8(plain.to_vec()).expect("utf-8")
 }
 
+/// Starts `cmd` (a `spotoken` command) to stop at the crash point `point`
+/// and returns once it is there, with the rest of its stderr.
+async fn stopped_at(
+    mut cmd: tokio::process::Command,
+    point: &str,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    cmd.env("SPOTOKEN_CRASH_AT", point).env("RUST_LOG", "info");
+    let mut child = cmd.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let marker = format!("crash point {point} reached");
+    let mut seen = String::new();
+    loop {
+        match lines.next_line().await.expect("read") {
+            Some(l) if l.contains(&marker) => return (child, lines),
+            Some(l) => seen.push_str(&(l + "\n")),
+            None => panic!("{cmd:?} never reached {point}:\n{seen}"),
+        }
+    }
+}
+
 /// Runs `args` and kills it as `kill` says; returns whether the kill (rather
 /// than the process finishing first) ended it.
 async fn run_and_kill(env: &Env, args: &[&str], kill: Kill) -> bool {
@@ -235,18 +258,7 @@ async fn run_and_kill(env: &Env, args: &[&str], kill: Kill) -> bool {
     let mut cmd = env.cmd(args);
     match kill {
         Kill::At(point) => {
-            cmd.env("SPOTOKEN_CRASH_AT", point).env("RUST_LOG", "info");
-            let mut child = cmd.spawn().expect("spawn");
-            let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-            let marker = format!("crash point {point} reached");
-            let mut seen = String::new();
-            loop {
-                match lines.next_line().await.expect("read") {
-                    Some(l) if l.contains(&marker) => break,
-                    Some(l) => seen.push_str(&(l + "\n")),
-                    None => panic!("{args:?} never reached {point}:\n{seen}"),
-                }
-            }
+            let (mut child, _) = stopped_at(cmd, point).await;
             child.start_kill().expect("kill");
             let status = child.wait().await.expect("wait");
             assert_eq!(status.signal(), Some(9), "{status:?}");
@@ -774,4 +786,38 @@ fn the_verifier_scan_finds_a_verifier_wherever_it_is_printed() {
         &format!("verifier {}", &v[1..]),
         &challenge
     ));
+}
+
+/// Found by the mixed load: a `logout` that lands after `token` obtained its
+/// token (here: the refresh just committed) made `token` exit 1 "the account
+/// vanished after refreshing". Text output prints the token obtained; JSON,
+/// which needs the row, says "not logged in" (exit 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_as_token_finishes_leaves_it_answering_as_documented() {
+    use tokio::io::AsyncWriteExt as _;
+    for (output, expected) in [("text", 0), ("json", 3)] {
+        let env = logged_in_with_a_stale_token().await;
+        let mut cmd = env.cmd(&["token", "--min-valid", "5m", "--output", output]);
+        cmd.stdin(Stdio::piped());
+        let (mut child, mut lines) = stopped_at(cmd, "after-commit").await;
+        let logout = env.run(&["logout"]).await;
+        assert_eq!(logout.code, 0, "{}", logout.stderr);
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"go on\n").await.expect("resume");
+        let mut rest = String::new();
+        while let Some(l) = lines.next_line().await.expect("read") {
+            rest.push_str(&(l + "\n"));
+        }
+        let out = child.wait_with_output().await.expect("wait");
+        assert_eq!(out.status.code(), Some(expected), "{output}: {rest}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if expected == 0 {
+            assert!(stdout.starts_with("BQ"), "{stdout}");
+        } else {
+            assert!(
+                stdout.is_empty() && rest.contains("not logged in"),
+                "{rest}"
+            );
+        }
+    }
 }
