@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::process::Stdio;
 
-use common::{BIN, Env, age_account, browser, refresh_tokens_seen};
+use common::{BIN, Env, age_account, browser, listening, refresh_tokens_seen, serve_login};
 use serde_json::Value;
 use spotoken_emulator::{Endpoint, Failure, Rotation};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -398,25 +398,6 @@ async fn the_small_executable_answers_fresh_tokens_alone_and_hands_over_the_rest
     assert_eq!(bad.code, 2, "usage error from clap in spotoken-full");
 }
 
-/// Reads `spotoken serve`'s stderr up to its "listening on" line; returns
-/// the bound address (`http://…`) and the line.
-async fn listening(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-) -> (String, String) {
-    loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("read")
-            .expect("serve prints its address");
-        if line.contains("listening on")
-            && let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://"))
-        {
-            return (url.to_owned(), line);
-        }
-    }
-}
-
 /// `spotoken serve` as deployed: several event loops, the binary's own signal
 /// handling. Clients on separate connections are served (connections are
 /// handed to the least busy loop), upstream connections are pooled, and
@@ -440,40 +421,7 @@ async fn serve_pools_upstream_connections_and_finishes_requests_on_sigterm() {
         all
     });
     // Log in as a browser would (the emulator consents on its own).
-    let http = browser();
-    let cookie_of = |r: &reqwest::Response, name: &str| {
-        r.headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|c| {
-                c.strip_prefix(&format!("{name}="))
-                    .map(|v| v.split(';').next().unwrap_or("").to_owned())
-            })
-    };
-    let location = |r: &reqwest::Response| {
-        r.headers()["location"]
-            .to_str()
-            .expect("location")
-            .to_owned()
-    };
-    let r = http
-        .get(format!("{server}/auth/login"))
-        .send()
-        .await
-        .expect("login");
-    let binding = cookie_of(&r, "__Host-spotoken_login").expect("login cookie");
-    let r = http.get(location(&r)).send().await.expect("authorize");
-    let r = http
-        .get(location(&r))
-        .header("cookie", format!("__Host-spotoken_login={binding}"))
-        .send()
-        .await
-        .expect("callback");
-    let session = format!(
-        "__Host-spotoken_session={}",
-        cookie_of(&r, "__Host-spotoken_session").expect("session cookie")
-    );
+    let session = serve_login(&server).await.session;
     env.emu.reset_counters();
 
     // Twelve clients, each on its own connection, five requests each.

@@ -7,7 +7,7 @@ mod common;
 use std::io::Read as _;
 use std::process::Stdio;
 
-use common::{BIN, Env, age_account, backdate_token};
+use common::{BIN, Env, age_account, backdate_token, browser, listening, serve_login};
 use spotoken_emulator::Rotation;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
@@ -588,6 +588,18 @@ async fn mixed_load_loses_no_account_and_never_overlaps_refreshes() {
     );
 }
 
+/// The master keys in the home's key file, as written there (base64).
+fn master_keys(env: &Env) -> Vec<String> {
+    std::fs::read_to_string(env.home.path().join("master.key"))
+        .expect("key file")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split(','))
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
 /// Whether `text` holds a PKCE verifier whose S256 challenge is `challenge`:
 /// every run of verifier characters is tried whole, without the punctuation
 /// a sentence could add around it, and in every window of 43 to 128
@@ -731,19 +743,11 @@ async fn trace_logs_of_whole_sessions_hold_no_secret_and_files_stay_private() {
         }
     }
     assert_eq!(mode(home), 0o700);
-    let key_file = std::fs::read_to_string(home.join("master.key")).expect("key file");
     assert_eq!(run(&["logout"]).await.0, 0);
 
     let mut secrets = env.emu.issued_secrets();
     secrets.push(DEFAULT_CLIENT_SECRET.to_owned());
-    secrets.extend(
-        key_file
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .flat_map(|l| l.split(','))
-            .map(|k| k.trim().to_owned())
-            .filter(|k| !k.is_empty()),
-    );
+    secrets.extend(master_keys(&env));
     let code = code.into_inner().expect("code");
     assert!(secrets.contains(&code), "the code is among the issued");
     for t in printed_tokens.iter().filter(|t| !t.is_empty()) {
@@ -820,4 +824,96 @@ async fn a_logout_as_token_finishes_leaves_it_answering_as_documented() {
             );
         }
     }
+}
+
+/// `spotoken serve` at trace level through a browser's whole session: login
+/// (code exchange with the client secret and the PKCE verifier), API calls
+/// through the proxy, `/auth/token`, a 401 passed on, logout. Its logs hold
+/// no issued code or token, no cookie value, no client secret, no master
+/// key and no verifier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_of_the_server_hold_no_secret() {
+    use spotoken_emulator::DEFAULT_CLIENT_SECRET;
+    let env = Env::new().await;
+    *env.extra_env.lock().expect("env") = vec![(
+        "SPOTOKEN_CLIENT_SECRET".into(),
+        DEFAULT_CLIENT_SECRET.into(),
+    )];
+    let mut child = env
+        .cmd(&["serve", "--bind", "127.0.0.1:0"])
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (server, _) = listening(&mut lines).await;
+    let logs = tokio::spawn(async move {
+        let mut all = String::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            all.push_str(&(l + "\n"));
+        }
+        all
+    });
+    let login = serve_login(&server).await;
+    let http = browser();
+    let get = |path: &str| {
+        http.get(format!("{server}{path}"))
+            .header("cookie", &login.session)
+            .header("x-requested-with", "test")
+            .send()
+    };
+    assert_eq!(get("/api/v1/me").await.expect("api").status(), 200);
+    let token = get("/auth/token").await.expect("token");
+    assert_eq!(token.status(), 200);
+    let token: serde_json::Value = token.json().await.expect("json");
+    env.emu.expire_access_tokens();
+    // Rejected moments after it was obtained: passed on, not refreshed.
+    assert_eq!(get("/api/v1/me").await.expect("api").status(), 401);
+    let out = http
+        .post(format!("{server}/auth/logout"))
+        .header("cookie", &login.session)
+        .header("x-requested-with", "test")
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status(), 200);
+    child.start_kill().expect("stop serve");
+    child.wait().await.expect("wait");
+    let logs = logs.await.expect("logs");
+    assert!(
+        logs.contains("TRACE") && logs.contains("/auth/callback") && logs.contains("/v1/me"),
+        "the session was logged at trace level"
+    );
+
+    let param = |url: &str, name: &str| {
+        url::Url::parse(url)
+            .expect("url")
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| panic!("{name} in {url}"))
+    };
+    let code = param(&login.callback_url, "code");
+    let challenge = param(&login.authorize_url, "code_challenge");
+    let mut secrets = env.emu.issued_secrets();
+    assert!(secrets.contains(&code));
+    assert!(secrets.iter().any(|s| token["access_token"] == s.as_str()));
+    secrets.push(DEFAULT_CLIENT_SECRET.to_owned());
+    secrets.push(login.binding.clone());
+    secrets.push(
+        login
+            .session
+            .split_once('=')
+            .map(|(_, v)| v.to_owned())
+            .expect("cookie value"),
+    );
+    secrets.extend(master_keys(&env));
+    for s in &secrets {
+        assert!(
+            !logs.contains(s.as_str()),
+            "a secret leaked into the server's logs: {s}"
+        );
+    }
+    assert!(
+        !holds_verifier_of(&logs, &challenge),
+        "the PKCE verifier leaked"
+    );
 }

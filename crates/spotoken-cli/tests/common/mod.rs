@@ -178,3 +178,81 @@ pub async fn backdate_token(env: &Env, ago: i64, left: Option<i64>) {
 pub fn refresh_tokens_seen(emu: &Emulator) -> Vec<String> {
     emu.counters().refresh_token_uses.keys().cloned().collect()
 }
+
+/// Reads `spotoken serve`'s stderr up to its "listening on" line; returns
+/// the bound address (`http://…`) and the line.
+pub async fn listening(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) -> (String, String) {
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("read")
+            .expect("serve prints its address");
+        if line.contains("listening on")
+            && let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://"))
+        {
+            return (url.to_owned(), line);
+        }
+    }
+}
+
+/// What a browser saw logging in to `spotoken serve`.
+pub struct ServeLogin {
+    /// `__Host-spotoken_session=…`, ready for a `Cookie` header.
+    pub session: String,
+    /// The login cookie's value (binds the callback to this browser).
+    pub binding: String,
+    /// The emulator's authorize URL the server redirected to.
+    pub authorize_url: String,
+    /// The callback URL the emulator redirected back to (with the code).
+    pub callback_url: String,
+}
+
+/// Logs in to `spotoken serve` at `server` as a browser would (the emulator
+/// consents on its own).
+pub async fn serve_login(server: &str) -> ServeLogin {
+    let http = browser();
+    let cookie_of = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| {
+                c.strip_prefix(&format!("{name}="))
+                    .map(|v| v.split(';').next().unwrap_or("").to_owned())
+            })
+    };
+    let location = |r: &reqwest::Response| {
+        r.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned()
+    };
+    let r = http
+        .get(format!("{server}/auth/login"))
+        .send()
+        .await
+        .expect("login");
+    let binding = cookie_of(&r, "__Host-spotoken_login").expect("login cookie");
+    let authorize_url = location(&r);
+    let r = http.get(&authorize_url).send().await.expect("authorize");
+    let callback_url = location(&r);
+    let r = http
+        .get(&callback_url)
+        .header("cookie", format!("__Host-spotoken_login={binding}"))
+        .send()
+        .await
+        .expect("callback");
+    let session = format!(
+        "__Host-spotoken_session={}",
+        cookie_of(&r, "__Host-spotoken_session").expect("session cookie")
+    );
+    ServeLogin {
+        session,
+        binding,
+        authorize_url,
+        callback_url,
+    }
+}
