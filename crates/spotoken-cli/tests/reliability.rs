@@ -109,7 +109,8 @@ fn assert_all_succeeded(outs: &[Out]) {
 
 /// Issue 14: 48 `spotoken token` started at once after expiry made one
 /// refresh, but some exited 1 with "database is locked". Every caller gets
-/// its token, and the store still sees exactly one refresh.
+/// its token, and the store still sees exactly one refresh; 64 more, once
+/// the token is cached, read it without any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_processes_after_expiry_all_get_the_token_from_one_refresh() {
     let env = logged_in_with_a_stale_token().await;
@@ -122,6 +123,12 @@ async fn sixty_four_processes_after_expiry_all_get_the_token_from_one_refresh() 
     let c = env.emu.counters();
     assert_eq!(c.token_requests_for("refresh_token"), 1, "{c:?}");
     assert_eq!(c.max_peak_concurrent_refreshes(), 1);
+    // Now cached: 64 more at once read it (the small executable's path)
+    // and nobody refreshes.
+    let cached = at_once(&env, &vec![token; 64]).await;
+    assert_all_succeeded(&cached);
+    assert!(cached.iter().all(|o| o.stdout.trim_end() == first));
+    assert_eq!(env.emu.counters().token_requests_for("refresh_token"), 1);
 }
 
 /// The same storm with forced refreshes among the readers: each `refresh`
