@@ -223,12 +223,12 @@ fn stored_refresh_token_in(path: &std::path::Path, env: &Env) -> String {
     let row = spotoken::store::Sqlite::load_blocking(path, "default")
         .expect("the store reads")
         .expect("the account is still there");
-    let keys = spotoken::crypto::load_key_ring(&env.home.path().join("master.key"), None)
-        .expect("the key ring");
-    let plain = keys
-        .open(
+    let plain = env
+        .key_ring()
+        .open_row(
             "default",
             spotoken::crypto::Field::RefreshToken,
+            row.version,
             &row.refresh_token,
         )
         .expect("the refresh token opens");
@@ -632,15 +632,12 @@ fn holds_verifier_of(text: &str, challenge: &str) -> bool {
 /// logout): no authorization code, access or refresh token the emulator
 /// issued, no PKCE verifier, client secret or master key appears on stderr
 /// or on any stdout but `token`'s, nor in plain text in the store's files;
-/// the files are 0600 and the directories 0700.
+/// the files are 0600 and the directories spotoken made 0700.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_of_whole_sessions_hold_no_secret_and_files_stay_private() {
     use spotoken_emulator::{DEFAULT_CLIENT_SECRET, Endpoint, Failure};
-    let env = Env::new().await;
-    *env.extra_env.lock().expect("env") = vec![(
-        "SPOTOKEN_CLIENT_SECRET".into(),
-        DEFAULT_CLIENT_SECRET.into(),
-    )];
+    let mut env = Env::new().await;
+    env.extra_env = vec![("SPOTOKEN_CLIENT_SECRET", DEFAULT_CLIENT_SECRET.into())];
     env.emu.update(|s| {
         s.rotation = Rotation::Rotate;
         s.grace_secs = 60;
@@ -749,7 +746,8 @@ async fn trace_logs_of_whole_sessions_hold_no_secret_and_files_stay_private() {
             }
         }
     }
-    assert_eq!(mode(home), 0o700);
+    // The home itself was made by the test: spotoken leaves an existing
+    // directory's mode alone (it refuses one others can write to).
     assert_eq!(run(&["logout"]).await.0, 0);
 
     let mut secrets = env.emu.issued_secrets();
@@ -841,11 +839,8 @@ async fn a_logout_as_token_finishes_leaves_it_answering_as_documented() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_of_the_server_hold_no_secret() {
     use spotoken_emulator::DEFAULT_CLIENT_SECRET;
-    let env = Env::new().await;
-    *env.extra_env.lock().expect("env") = vec![(
-        "SPOTOKEN_CLIENT_SECRET".into(),
-        DEFAULT_CLIENT_SECRET.into(),
-    )];
+    let mut env = Env::new().await;
+    env.extra_env = vec![("SPOTOKEN_CLIENT_SECRET", DEFAULT_CLIENT_SECRET.into())];
     let mut child = env
         .cmd(&["serve", "--bind", "127.0.0.1:0"])
         .spawn()

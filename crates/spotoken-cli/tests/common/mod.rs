@@ -6,7 +6,7 @@
 
 use std::process::Stdio;
 
-use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator};
+use spotoken_emulator::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Emulator};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
 
@@ -15,8 +15,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_spotoken");
 pub struct Env {
     pub emu: Emulator,
     pub home: tempfile::TempDir,
-    /// Variables every command gets on top of (or instead of) the defaults.
-    pub extra_env: std::sync::Mutex<Vec<(String, String)>>,
+    /// Set after the defaults, for every command of this test.
+    pub extra_env: Vec<(&'static str, String)>,
 }
 
 pub struct Out {
@@ -31,8 +31,52 @@ impl Env {
         Self {
             emu: Emulator::start().await.expect("emulator"),
             home: tempfile::tempdir().expect("tmp"),
-            extra_env: std::sync::Mutex::default(),
+            extra_env: Vec::new(),
         }
+    }
+
+    /// An environment holding every secret a child must not inherit (the
+    /// client secret is the app's real one, so it is really used).
+    pub async fn with_secrets() -> Self {
+        let mut env = Self::new().await;
+        env.extra_env = vec![
+            (
+                "SPOTOKEN_MASTER_KEY",
+                "c2VjcmV0LW1hc3Rlci1rZXktb2YtMzItYnl0ZXMhISE=".to_owned(),
+            ),
+            ("SPOTOKEN_CLIENT_SECRET", DEFAULT_CLIENT_SECRET.to_owned()),
+        ];
+        env
+    }
+
+    /// Fails if a file written by a child holds any of `extra_env`'s values.
+    pub fn assert_no_secret_in(&self, text: &str) {
+        assert!(text.contains("SPOTOKEN_HOME="), "not an env dump: {text}");
+        for name in ["SPOTOKEN_MASTER_KEY", "SPOTOKEN_CLIENT_SECRET"] {
+            assert!(
+                !text.contains(&format!("{name}=")),
+                "{name} reached the child"
+            );
+            let (_, value) = self
+                .extra_env
+                .iter()
+                .find(|(k, _)| *k == name)
+                .expect("set");
+            assert!(
+                !text.contains(value.as_str()),
+                "the value of {name} reached the child"
+            );
+        }
+    }
+
+    /// The home's key ring, as `spotoken` loads it.
+    pub fn key_ring(&self) -> spotoken::crypto::KeyRing {
+        let master = self
+            .extra_env
+            .iter()
+            .find(|(k, _)| *k == spotoken::crypto::MASTER_KEY_ENV)
+            .map(|(_, v)| v.as_str());
+        spotoken::crypto::load_key_ring(&self.home.path().join("master.key"), master).expect("keys")
     }
 
     /// `spotoken ARGS` with this home and the emulator's URLs, logging at
@@ -56,7 +100,7 @@ impl Env {
             .env("SPOTOKEN_ACCOUNTS_URL", self.emu.url())
             .env("SPOTOKEN_API_URL", self.emu.url())
             .env("RUST_LOG", "trace")
-            .envs(self.extra_env.lock().expect("env").iter().cloned())
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -172,6 +216,9 @@ pub async fn backdate_token(env: &Env, ago: i64, left: Option<i64>) {
     if let Some(left) = left {
         row.access_expires_at = now + left;
     }
+    // Written as spotoken writes: secrets sealed for the version the row gets.
+    row.carry_secrets_to_next_version(&env.key_ring())
+        .expect("reseal");
     store.update(row).await.expect("update").expect("written");
 }
 
