@@ -358,13 +358,11 @@ impl Tokens {
             row.access_token =
                 Some(keys.seal_row(&account, Field::AccessToken, version, access)?);
             row.refresh_token = keys.seal_row(&account, Field::RefreshToken, version, refresh)?;
-            let written = match existing {
-                Some(old) => {
-                    row.version = old.version;
-                    store.update(row.clone()).await?.map(|w| w.version)
-                }
-                None => Some(store.upsert(row.clone()).await?.version),
-            };
+            // Written only over the row just read, or only where there is
+            // none (version 0): a write that replaced anything else would
+            // store secrets sealed for another version.
+            row.version = existing.as_ref().map_or(0, |r| r.version);
+            let written = store.update(row.clone()).await?.map(|w| w.version);
             if written == Some(version) {
                 return Ok(());
             }

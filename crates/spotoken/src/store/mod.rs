@@ -140,6 +140,8 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn upsert(&self, row: Row) -> Result<Row, Error>;
     /// Writes `row` if the stored version is still `row.version`; returns the
     /// stored row (version bumped), or `None` if someone else wrote first.
+    /// Version 0 means "no row yet": the row is inserted at version 1 only if
+    /// the account has none.
     async fn update(&self, row: Row) -> Result<Option<Row>, Error>;
     /// Removes an account's row (and, where the backend can, its old pages).
     async fn delete(&self, account: &str) -> Result<bool, Error>;
@@ -245,6 +247,18 @@ pub(crate) mod suite {
                 .refresh_token,
             vec![9, 9, 9]
         );
+        // Version 0 inserts only where there is no row (a new login racing
+        // another login or a refresh must not replace what they wrote).
+        let mut fresh = row("s2");
+        fresh.refresh_token = vec![7];
+        assert!(store.update(fresh.clone()).await.expect("update").is_none());
+        fresh.account = "s2-new".into();
+        let inserted = store.update(fresh.clone()).await.expect("update");
+        assert_eq!(inserted.map(|r| r.version), Some(1));
+        fresh.refresh_token = vec![8];
+        assert!(store.update(fresh).await.expect("update").is_none());
+        let stored = store.load("s2-new").await.expect("load").expect("row");
+        assert_eq!((stored.version, stored.refresh_token), (1, vec![7]));
     }
 
     async fn lock_serializes_and_rereads(store: Arc<dyn TokenStore>) {

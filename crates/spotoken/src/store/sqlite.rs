@@ -407,7 +407,8 @@ fn cas_write(conn: &Connection, mut row: Row, path: &Path) -> Result<Option<Row>
         )
         .optional()
         .map_err(db_err(path))?;
-    if stored != Some(row.version) {
+    // Version 0 expects no row (stored rows start at 1): a new login.
+    if stored != (row.version != 0).then_some(row.version) {
         return Ok(None);
     }
     let now = unix_now();
