@@ -7,6 +7,8 @@ use std::time::Duration;
 use spotoken::Error;
 use spotoken::core::wait::human_duration;
 
+use crate::cli::Output;
+
 /// Prints a line on stdout; a closed pipe (`spotoken token | head -c0`) is fine.
 pub fn line(s: &str) {
     let mut out = std::io::stdout().lock();
@@ -19,10 +21,32 @@ pub fn json(v: &serde_json::Value) {
 }
 
 /// Prints an error on stderr with what to do next, and returns its exit code.
-pub fn report(e: &Error) -> u8 {
-    eprintln!("error: {e}");
-    if let Some(hint) = hint(e) {
-        eprintln!("hint: {hint}");
+/// With `--output json` it is one JSON line instead, which the language
+/// bindings read: `{"error": {"kind", "exit_code", "message", "retry_after"?,
+/// "missing_scopes"?}}` (the wait in seconds).
+pub fn report(e: &Error, format: Output) -> u8 {
+    match format {
+        Output::Text => {
+            eprintln!("error: {e}");
+            if let Some(hint) = hint(e) {
+                eprintln!("hint: {hint}");
+            }
+        }
+        Output::Json => {
+            let mut body = serde_json::json!({
+                "kind": e.kind(),
+                "exit_code": e.kind().exit_code(),
+                "message": e.to_string(),
+            });
+            if let Some(wait) = e.retry_after() {
+                body["retry_after"] =
+                    serde_json::json!(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+            }
+            if let Error::InsufficientScope { missing, .. } = e {
+                body["missing_scopes"] = serde_json::json!(missing);
+            }
+            eprintln!("{}", serde_json::json!({ "error": body }));
+        }
     }
     e.kind().exit_code()
 }
