@@ -32,23 +32,26 @@ pub fn report(e: &Error, format: Output) -> u8 {
                 eprintln!("hint: {hint}");
             }
         }
-        Output::Json => {
-            let mut body = serde_json::json!({
-                "kind": e.kind(),
-                "exit_code": e.kind().exit_code(),
-                "message": e.to_string(),
-            });
-            if let Some(wait) = e.retry_after() {
-                body["retry_after"] =
-                    serde_json::json!(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
-            }
-            if let Error::InsufficientScope { missing, .. } = e {
-                body["missing_scopes"] = serde_json::json!(missing);
-            }
-            eprintln!("{}", serde_json::json!({ "error": body }));
-        }
+        Output::Json => eprintln!("{}", error_json(e)),
     }
     e.kind().exit_code()
+}
+
+/// The `--output json` form of an error (see [`report`]).
+fn error_json(e: &Error) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "kind": e.kind(),
+        "exit_code": e.kind().exit_code(),
+        "message": e.to_string(),
+    });
+    if let Some(wait) = e.retry_after() {
+        body["retry_after"] =
+            serde_json::json!(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+    }
+    if let Error::InsufficientScope { missing, .. } = e {
+        body["missing_scopes"] = serde_json::json!(missing);
+    }
+    serde_json::json!({ "error": body })
 }
 
 fn hint(e: &Error) -> Option<&'static str> {
@@ -71,5 +74,29 @@ pub fn relative(at: i64, now: i64) -> String {
             "{} ago",
             human_duration(Duration::from_secs((now - at).unsigned_abs()))
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_carry_the_wait_and_the_missing_scopes_for_programs() {
+        let e = Error::temporary("rate limited", Some(Duration::from_millis(1500)));
+        let v = error_json(&e);
+        assert_eq!(v["error"]["kind"], "temporary");
+        assert_eq!(v["error"]["exit_code"], 4);
+        assert_eq!(v["error"]["retry_after"], 2, "rounded up");
+        assert_eq!(v["error"]["message"], e.to_string());
+        let e = Error::InsufficientScope {
+            endpoint: "GET /v1/me/playlists".into(),
+            missing: vec!["playlist-read-private".into()],
+        };
+        let v = error_json(&e);
+        assert_eq!(v["error"]["kind"], "insufficient_scope");
+        assert_eq!(v["error"]["exit_code"], 5);
+        assert_eq!(v["error"]["missing_scopes"][0], "playlist-read-private");
+        assert!(v["error"].get("retry_after").is_none());
     }
 }
