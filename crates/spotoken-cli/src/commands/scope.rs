@@ -13,15 +13,12 @@ use crate::config::Resolved;
 /// in the table), else the insufficient-scope error (exit code 5).
 pub async fn exec(cfg: &Resolved, method: &str, path: &str) -> Result<u8, Error> {
     let tokens = cfg.tokens()?;
-    let row =
-        tokens
-            .store()
-            .load(&cfg.account)
-            .await?
-            .ok_or_else(|| Error::AuthorizationNeeded {
-                account: cfg.account.clone(),
-                reason: ReauthReason::NotLoggedIn,
-            })?;
+    let Some(row) = tokens.store().load(&cfg.account).await? else {
+        return Err(Error::AuthorizationNeeded {
+            account: cfg.account.clone(),
+            reason: ReauthReason::NotLoggedIn,
+        });
+    };
     let method = method.to_ascii_uppercase();
     let missing = scope::missing_for(&method, path, &row.scopes);
     if missing.is_empty() {
