@@ -262,15 +262,21 @@ async fn cas_with(client: &deadpool_postgres::Object, mut row: Row) -> Result<Op
     let now = unix_now();
     let (state, reason) = row.state_columns();
     let scopes = row.scopes.to_wire();
-    // Version 0 expects no row (stored rows start at 1): a new login.
-    let n = if row.version == 0 {
+    let next = super::next_version(row.version);
+    // A version of 0 or less expects no row: a new login (see
+    // `TokenStore::update`).
+    let n = if row.version <= 0 {
         client
             .execute(
                 &format!(
-                    "INSERT INTO spotoken_accounts ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,1,$13)
+                    "INSERT INTO spotoken_accounts ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$14,$13)
                      ON CONFLICT (account) DO NOTHING"
                 ),
-                &row_values(&row, &scopes, &state, &reason, &now),
+                &{
+                    let mut values = row_values(&row, &scopes, &state, &reason, &now);
+                    values.push(&next);
+                    values
+                },
             )
             .await
             .map_err(pg_err)?
@@ -293,7 +299,7 @@ async fn cas_with(client: &deadpool_postgres::Object, mut row: Row) -> Result<Op
     if n == 0 {
         return Ok(None);
     }
-    row.version += 1;
+    row.version = next;
     row.updated_at = now;
     Ok(Some(row))
 }

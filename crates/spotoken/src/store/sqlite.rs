@@ -407,12 +407,13 @@ fn cas_write(conn: &Connection, mut row: Row, path: &Path) -> Result<Option<Row>
         )
         .optional()
         .map_err(db_err(path))?;
-    // Version 0 expects no row (stored rows start at 1): a new login.
-    if stored != (row.version != 0).then_some(row.version) {
+    // A version of 0 or less expects no row: a new login (see
+    // `TokenStore::update`).
+    if stored != (row.version > 0).then_some(row.version) {
         return Ok(None);
     }
     let now = unix_now();
-    row.version += 1;
+    row.version = super::next_version(row.version);
     row.updated_at = now;
     write_row(conn, &row, row.version, now).map_err(db_err(path))?;
     Ok(Some(row))
