@@ -18,12 +18,10 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use super::Out;
+use crate::common::{BIN, Out, output};
 
 mod authlib;
 mod oidc_provider;
-
-const BIN: &str = env!("CARGO_BIN_EXE_spotoken");
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
@@ -129,19 +127,8 @@ impl Server {
 
 /// The binary with `args`, none of the caller's SPOTOKEN_ settings, and its
 /// output captured.
-pub(crate) fn spotoken_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SPOTOKEN_") || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    c
+fn spotoken_cmd(args: &[&str]) -> Command {
+    crate::common::bare_cmd(BIN, args)
 }
 
 /// Logs in, then refreshes after (near) expiry: the provider rotates and
@@ -201,7 +188,7 @@ impl Home {
     }
 
     async fn run(&self, args: &[&str]) -> Out {
-        super::output(self.cmd(args)).await
+        output(self.cmd(args)).await
     }
 
     /// `spotoken login --no-browser`, with [`Bot`] as the person at the browser.
