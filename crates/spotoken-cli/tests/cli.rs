@@ -758,6 +758,11 @@ async fn device_login_through_discovery_and_the_account_remembers_its_issuer() {
     let token = env.run(&["token"]).await;
     assert_eq!(token.code, 0, "{}", token.stderr);
     assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 1);
+    // The daemon refreshes it there too.
+    age_account(&env).await;
+    let daemon = env.run(&["daemon", "--once"]).await;
+    assert_eq!(daemon.code, 0, "{}", daemon.stderr);
+    assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 2);
 
     // Logout revokes at the discovered endpoint, waiting out a 503's
     // Retry-After, and deletes the account.
