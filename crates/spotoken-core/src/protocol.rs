@@ -233,6 +233,12 @@ pub fn parse_token_answer(answer: HttpAnswer<'_>, account: &str) -> Result<Token
         .and_then(|v| v.as_str())
         .filter(|s| !s.is_empty())
         .ok_or_else(|| bad("missing or empty access_token"))?;
+    // RFC 6750's b64token: no spaces, no control characters. A token with a
+    // line break would split the `Authorization` header it is sent in (and
+    // any header a script builds from `spotoken token`).
+    if !access.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("access_token holds characters a header cannot carry"));
+    }
     match obj.get("token_type").and_then(|v| v.as_str()) {
         Some(t) if t.eq_ignore_ascii_case("bearer") => {}
         Some(_) => return Err(bad("token_type is not Bearer")),
@@ -255,6 +261,12 @@ pub fn parse_token_answer(answer: HttpAnswer<'_>, account: &str) -> Result<Token
     let refresh_token = match obj.get("refresh_token") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) if s.is_empty() => None,
+        // RFC 6749's VSCHAR: printable ASCII.
+        Some(serde_json::Value::String(s)) if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
+            return Err(bad(
+                "refresh_token holds characters outside printable ASCII",
+            ));
+        }
         Some(serde_json::Value::String(s)) => Some(RefreshToken::new(s.clone())),
         Some(_) => return Err(bad("refresh_token is not a string")),
     };
@@ -377,6 +389,12 @@ mod tests {
         assert!(ok(r#"{"access_token":"x","token_type":"bearer","expires_in":0}"#).is_err());
         assert!(ok(r#"{"access_token":"x","token_type":"bearer","expires_in":-5}"#).is_err());
         assert!(ok(r#"{"access_token":"x","token_type":"bearer","expires_in":"soon"}"#).is_err());
+        assert!(ok("{\"access_token\":\"a\\r\\nX-Evil: 1\",\"token_type\":\"Bearer\"}").is_err());
+        assert!(ok(r#"{"access_token":"a b","token_type":"Bearer"}"#).is_err());
+        assert!(
+            ok(r#"{"access_token":"a","token_type":"Bearer","refresh_token":"r\u0000"}"#).is_err()
+        );
+        assert!(ok(r#"{"access_token":"a","token_type":"Bearer","refresh_token":"r é"}"#).is_err());
         assert!(ok("<html>").is_err());
         let t = ok(r#"{"access_token":"x","token_type":"BEARER","expires_in":"99999999","refresh_token":""}"#)
             .expect("ok");
