@@ -26,9 +26,21 @@ pub fn parse_callback(
         }
     };
     let query = query.split('#').next().unwrap_or(query);
-    let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
+    let mut params: HashMap<String, String> = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()).into_owned() {
+        // RFC 6749 3.1: no parameter more than once; which of two codes or
+        // states would be meant is not ours to guess.
+        if params.contains_key(&k) && matches!(k.as_str(), "code" | "state" | "error") {
+            return Err(Error::protocol(
+                None,
+                format!(
+                    "the callback repeats its '{k}' parameter (a tampered callback); nothing was stored, start the login again"
+                ),
+                b"",
+            ));
+        }
+        params.insert(k, v);
+    }
     let state_ok = params
         .get("state")
         .is_some_and(|s| constant_time_eq(s.as_bytes(), expected_state.as_bytes()));
@@ -88,6 +100,18 @@ mod tests {
                 parse_callback(input, "s1", "a").expect(input).expose(),
                 "abc"
             );
+        }
+    }
+
+    #[test]
+    fn repeated_parameters_are_refused() {
+        for q in [
+            "/callback?code=abc&state=s1&code=evil",
+            "/callback?code=abc&state=s1&state=s1",
+            "/callback?state=s1&error=access_denied&code=abc&error=x",
+        ] {
+            let e = parse_callback(q, "s1", "a").unwrap_err();
+            assert!(e.to_string().contains("repeats"), "{q}: {e}");
         }
     }
 

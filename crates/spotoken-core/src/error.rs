@@ -76,6 +76,13 @@ pub enum ReauthReason {
         /// The provider's `error_description` for the retry, if any.
         description: String,
     },
+    /// The provider refused the authorization code of a login
+    /// (`invalid_grant` to the code exchange: used already, expired, or
+    /// issued for another client or redirect).
+    CodeRejected {
+        /// The provider's `error_description`, if any.
+        description: String,
+    },
     /// The user refused consent (`error=access_denied`).
     AccessDenied,
     /// The device code expired before the user approved (RFC 8628 `expired_token`).
@@ -105,6 +112,11 @@ impl std::fmt::Display for ReauthReason {
                 "the answer to a refresh was lost after the provider had it (lost rotation): the \
                  refresh token it rotated to never arrived, and the old one was refused \
                  (invalid_grant{}{description})",
+                if description.is_empty() { "" } else { ": " }
+            ),
+            ReauthReason::CodeRejected { description } => write!(
+                f,
+                "the authorization code was refused (used already or expired; invalid_grant{}{description})",
                 if description.is_empty() { "" } else { ": " }
             ),
             ReauthReason::AccessDenied => f.write_str("access was denied on the consent screen"),

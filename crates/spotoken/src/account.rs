@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use spotoken_core::ReauthReason;
 use spotoken_core::callback::parse_callback;
 use spotoken_core::endpoint::{SPOTIFY_APPS_PAGE, check_redirect_uri};
 use spotoken_core::freshness::{self, Lifetime, REFRESH_TOKEN_LIFETIME};
@@ -249,7 +250,17 @@ impl Tokens {
             &pending.verifier,
         );
         let answer = http::send_form(&self.inner.http, &req).await?;
-        let set = protocol::parse_token_answer(answer.as_core(), account)?;
+        let set = protocol::parse_token_answer(answer.as_core(), account).map_err(|e| match e {
+            // The refresh token's wording does not fit a code.
+            Error::AuthorizationNeeded {
+                account,
+                reason: ReauthReason::InvalidGrant { description },
+            } => Error::AuthorizationNeeded {
+                account,
+                reason: ReauthReason::CodeRejected { description },
+            },
+            e => e,
+        })?;
         self.store_login(account, &provider, set, &pending.requested, answer.status)
             .await
     }
