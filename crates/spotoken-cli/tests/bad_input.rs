@@ -765,3 +765,35 @@ async fn every_bad_input_gets_a_typed_error_and_leaves_the_tokens_alone() {
         failed.join("\n")
     );
 }
+
+/// `spotoken serve`'s own HTTP stack (not the test harness's) refuses
+/// oversized request headers with 431 before any route runs, and keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_oversized_request_headers() {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+    let env = Env::new().await;
+    let mut child = env
+        .cmd(&["serve", "--bind", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (server, _) = common::listening(&mut lines).await;
+    let http = reqwest::Client::new();
+    for size in [100_000, 1_000_000] {
+        let r = http
+            .get(format!("{server}/auth/session"))
+            .header("x-padding", "a".repeat(size))
+            .send()
+            .await;
+        let status = r.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+        assert_eq!(status, 431, "a {size}-byte header: {r:?}");
+    }
+    let r = http
+        .get(format!("{server}/auth/session"))
+        .send()
+        .await
+        .expect("still serving");
+    assert_eq!(r.status(), 401);
+}

@@ -326,6 +326,10 @@ async fn serve_given(
 /// a TLS-terminating proxy in front of this server ends. Plain hyper rather
 /// than `axum::serve`, which adds protocol detection and a read-rewinding
 /// layer to every read, and boxes every request body (docs/BENCHMARKS.md).
+/// The largest request head (request line and headers) a connection reads;
+/// browsers send a few KiB, and proxies in front usually allow 8 to 32 KiB.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
 fn serve_connection(
     graceful: &hyper_util::server::graceful::GracefulShutdown,
     app: &App,
@@ -348,7 +352,12 @@ fn serve_connection(
     // Without a timer hyper has no header read timeout at all: a client
     // could hold a connection open forever, idle or sending a header a byte
     // at a time.
+    // A request head (request line and headers) over the limit is refused
+    // with 431 before any route runs; without a limit hyper stops only at
+    // its read buffer's size (about 400 KiB, more when a head arrives in one
+    // read), and a 100 KB header reached the handlers.
     let conn = hyper::server::conn::http1::Builder::new()
+        .max_header_size(MAX_REQUEST_HEAD_BYTES)
         .half_close(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_read_timeout)
