@@ -1483,3 +1483,416 @@ async fn plain_text_401_and_403_from_spotify() {
         StatusCode::OK
     );
 }
+
+/// One request of the server's bad-input catalog.
+struct BadRequest {
+    name: &'static str,
+    method: reqwest::Method,
+    /// Path and query; `{callback}` stands for a fresh callback URL's query
+    /// from a login this browser started.
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+    /// Send the good session cookie (else none, or what `headers` says).
+    session: bool,
+    /// Injected before the request.
+    inject: Vec<Failure>,
+    /// Seconds the server's clock moves first (the token expires).
+    advance: i64,
+    status: u16,
+    /// The `error` field of the JSON answer; `None`: the upstream's own
+    /// answer is passed on and must contain `passes`.
+    error: Option<&'static str>,
+    passes: &'static str,
+}
+
+fn bad(name: &'static str, path: &str, status: u16, error: &'static str) -> BadRequest {
+    BadRequest {
+        name,
+        method: reqwest::Method::GET,
+        path: path.to_owned(),
+        headers: Vec::new(),
+        body: None,
+        session: true,
+        inject: Vec::new(),
+        advance: 0,
+        status,
+        error: Some(error),
+        passes: "",
+    }
+}
+
+/// A browser-facing route that answers 400 with an HTML page.
+fn page(name: &'static str, path: &str, passes: &'static str) -> BadRequest {
+    BadRequest {
+        error: None,
+        passes,
+        ..bad(name, path, 400, "")
+    }
+}
+
+fn failing_token(f: Failure) -> Vec<Failure> {
+    vec![Failure {
+        endpoint: Endpoint::Token,
+        grant: Some("refresh_token".into()),
+        times: 50,
+        ..f
+    }]
+}
+
+fn failing_api(f: Failure) -> Vec<Failure> {
+    vec![Failure {
+        endpoint: Endpoint::Api,
+        times: 50,
+        ..f
+    }]
+}
+
+const HTML_PAGE: &str = "<html><body><h1>502 Bad Gateway</h1></body></html>";
+
+fn server_bad_inputs(url: &str) -> Vec<BadRequest> {
+    let html = |status| Failure {
+        status,
+        text: Some(HTML_PAGE.into()),
+        ..Failure::default()
+    };
+    let token_json = |body: Value| Failure {
+        status: 200,
+        body: Some(body),
+        ..Failure::default()
+    };
+    let csrf = vec![("X-CSRF", "1".to_owned()), ("Origin", url.to_owned())];
+    vec![
+        BadRequest {
+            session: false,
+            ..bad("no session cookie", "/api/v1/me", 401, "unauthenticated")
+        },
+        BadRequest {
+            session: false,
+            headers: vec![(
+                "cookie",
+                "__Host-spotoken_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            )],
+            ..bad("forged session id", "/api/v1/me", 401, "unauthenticated")
+        },
+        BadRequest {
+            session: false,
+            headers: vec![(
+                "cookie",
+                format!("__Host-spotoken_session={}", "x".repeat(4000)),
+            )],
+            ..bad(
+                "4 KB garbage session cookie",
+                "/auth/session",
+                401,
+                "unauthenticated",
+            )
+        },
+        BadRequest {
+            session: false,
+            headers: vec![("cookie", "__Host-spotoken_session=../../etc/passwd".into())],
+            ..bad(
+                "path in the session cookie",
+                "/auth/token",
+                401,
+                "unauthenticated",
+            )
+        },
+        BadRequest {
+            session: false,
+            headers: vec![(
+                "cookie",
+                "__Host-spotoken_session=forged; __Host-spotoken_session=forged2".into(),
+            )],
+            ..bad(
+                "two session cookies, both forged",
+                "/auth/session",
+                401,
+                "unauthenticated",
+            )
+        },
+        bad(
+            "traversal: /api/v1/../",
+            "/api/v1/../_emulator/counters",
+            400,
+            "bad_request",
+        ),
+        bad(
+            "traversal: %2e%2e",
+            "/api/v1/%2e%2e/_emulator/reset",
+            400,
+            "bad_request",
+        ),
+        bad(
+            "traversal: %2f..%2f",
+            "/api/v1%2f..%2f_emulator",
+            400,
+            "bad_request",
+        ),
+        bad(
+            "traversal: %252e%252e",
+            "/api/v1/%252e%252e/_emulator",
+            400,
+            "bad_request",
+        ),
+        bad(
+            "traversal: backslash",
+            "/api/v1/..%5c_emulator",
+            400,
+            "bad_request",
+        ),
+        bad(
+            "absolute URL in the proxy path",
+            "/api/http://evil.example/v1/me",
+            400,
+            "bad_request",
+        ),
+        page(
+            "open redirect after login (a page)",
+            "/auth/login?return_to=https%3A%2F%2Fevil.example%2F",
+            "Login refused",
+        ),
+        page(
+            "callback: state mismatch (a page)",
+            "/auth/callback?code=abc&state=forged",
+            "Login failed",
+        ),
+        page(
+            "callback: no parameters (a page)",
+            "/auth/callback",
+            "Login failed",
+        ),
+        page(
+            "callback: repeated code (a page)",
+            "/auth/callback?code=a&code=b&state=s",
+            "Login failed",
+        ),
+        BadRequest {
+            method: reqwest::Method::PUT,
+            headers: csrf.clone(),
+            body: Some(vec![b'a'; (1 << 20) + 1024]),
+            ..bad(
+                "a body over the 1 MiB limit",
+                "/api/v1/me/player/play",
+                413,
+                "too_large",
+            )
+        },
+        BadRequest {
+            method: reqwest::Method::PUT,
+            ..bad(
+                "write without CSRF proof",
+                "/api/v1/me/player/play",
+                403,
+                "forbidden",
+            )
+        },
+        BadRequest {
+            inject: failing_api(html(500)),
+            error: None,
+            passes: "502 Bad Gateway",
+            ..bad("API answers an HTML 500 (passed on)", "/api/v1/me", 500, "")
+        },
+        BadRequest {
+            inject: failing_api(Failure {
+                status: 429,
+                headers: [("Retry-After".to_owned(), "99999999999999999999".to_owned())].into(),
+                ..Failure::default()
+            }),
+            error: None,
+            ..bad(
+                "API 429 with an enormous Retry-After (passed on)",
+                "/api/v1/me",
+                429,
+                "",
+            )
+        },
+        BadRequest {
+            inject: failing_api(Failure {
+                drop_connection: true,
+                ..Failure::default()
+            }),
+            ..bad("API drops the connection", "/api/v1/me", 503, "temporary")
+        },
+        BadRequest {
+            inject: failing_token(html(502)),
+            advance: 4000,
+            ..bad(
+                "refresh answered by an HTML 502",
+                "/api/v1/me",
+                503,
+                "temporary",
+            )
+        },
+        BadRequest {
+            inject: failing_token(Failure {
+                status: 200,
+                text: Some(HTML_PAGE.into()),
+                ..Failure::default()
+            }),
+            advance: 4000,
+            ..bad(
+                "refresh answered by HTML with 200",
+                "/api/v1/me",
+                502,
+                "upstream_protocol",
+            )
+        },
+        BadRequest {
+            inject: failing_token(token_json(json_value(
+                r#"{"access_token":"a\r\nb","token_type":"Bearer"}"#,
+            ))),
+            advance: 4000,
+            ..bad(
+                "refresh: access_token with CR LF",
+                "/auth/token",
+                502,
+                "upstream_protocol",
+            )
+        },
+        BadRequest {
+            inject: failing_token(token_json(json_value(
+                r#"{"access_token":"a","token_type":"Bearer","expires_in":-1}"#,
+            ))),
+            advance: 4000,
+            ..bad(
+                "refresh: negative expires_in",
+                "/auth/token",
+                502,
+                "upstream_protocol",
+            )
+        },
+        BadRequest {
+            inject: failing_token(token_json(json_value(
+                r#"{"access_token":"a","token_type":"mac"}"#,
+            ))),
+            advance: 4000,
+            ..bad(
+                "refresh: unknown token_type",
+                "/auth/token",
+                502,
+                "upstream_protocol",
+            )
+        },
+        BadRequest {
+            inject: failing_token(Failure {
+                status: 200,
+                text: Some("{\"access_token\":\"a\",\"tok".into()),
+                content_type: Some("application/json".into()),
+                ..Failure::default()
+            }),
+            advance: 4000,
+            ..bad(
+                "refresh: truncated JSON",
+                "/auth/token",
+                502,
+                "upstream_protocol",
+            )
+        },
+        BadRequest {
+            inject: failing_token(Failure {
+                drop_connection: true,
+                ..Failure::default()
+            }),
+            advance: 4000,
+            ..bad(
+                "refresh: connection dropped",
+                "/auth/token",
+                503,
+                "temporary",
+            )
+        },
+    ]
+}
+
+fn json_value(s: &str) -> Value {
+    serde_json::from_str(s).expect("json")
+}
+
+/// The server's bad-input catalog: each hostile request gets its documented
+/// status and `error` code (or the upstream's own answer, passed on), and the
+/// browser that is logged in stays logged in with a working token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_request_gets_its_documented_error_and_the_session_survives() {
+    let env = Env::new().await;
+    let url = env.server.url.clone();
+    let mut good = Browser::default();
+    good.login(&url).await;
+    let session = good.session().expect("session");
+    let table = server_bad_inputs(&url);
+    let mut failed = Vec::new();
+    for case in &table {
+        env.emu.clear_failures();
+        if case.advance > 0 {
+            // The token expires for the provider and for the engine.
+            env.server.advance(case.advance);
+            env.emu.expire_access_tokens();
+        }
+        for f in &case.inject {
+            env.emu.inject(f.clone());
+        }
+        let mut b = client().request(case.method.clone(), format!("{url}{}", case.path));
+        if case.session {
+            b = b.header("cookie", format!("__Host-spotoken_session={session}"));
+        }
+        for (k, v) in &case.headers {
+            b = b.header(*k, v.as_str());
+        }
+        if let Some(body) = &case.body {
+            b = b.body(body.clone());
+        }
+        if case.path.starts_with("/auth/token") {
+            b = b.header("X-CSRF", "1");
+        }
+        let (status, body) = match b.send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, format!("no answer: {e}")),
+        };
+        env.emu.clear_failures();
+        let mut problems = Vec::new();
+        if status != case.status {
+            problems.push(format!("HTTP {status} (wanted {})", case.status));
+        }
+        let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        match case.error {
+            Some(code) if json["error"] != code => {
+                problems.push(format!("error {} (wanted {code:?})", json["error"]));
+            }
+            Some(_) if !json["message"].is_string() => problems.push("no message".into()),
+            None if !body.contains(case.passes) => {
+                problems.push("not the upstream's answer".into())
+            }
+            _ => {}
+        }
+        // The logged-in browser is unharmed: its session answers and its
+        // token works (refreshed properly now, where the case moved the clock).
+        let s = good.get(&format!("{url}/auth/session")).await;
+        let me = good.get(&format!("{url}/api/v1/me")).await;
+        if s.status != StatusCode::OK || me.status != StatusCode::OK {
+            problems.push(format!(
+                "afterwards: session {} api {} {}",
+                s.status, me.status, me.body
+            ));
+        }
+        eprintln!(
+            "{:<50} HTTP {status} {}",
+            case.name,
+            body.chars().take(120).collect::<String>()
+        );
+        if !problems.is_empty() {
+            failed.push(format!("{}: {}", case.name, problems.join("; ")));
+        }
+    }
+    assert_eq!(
+        good.session().as_deref(),
+        Some(session.as_str()),
+        "the session id is kept"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failed.len(),
+        table.len(),
+        failed.join("\n")
+    );
+}
