@@ -42,9 +42,9 @@ use tokio::sync::oneshot;
 
 use model::World;
 pub use model::{
-    AppMode, Client, Consent, Counters, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
-    DEFAULT_REDIRECT_URIS, Endpoint, Failure, RateLimit, Rotation, Settings, UNAUTHORIZED_MESSAGE,
-    User, new_secret,
+    AppMode, CHAOS_KINDS, Chaos, Client, Consent, Counters, DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET, DEFAULT_REDIRECT_URIS, Endpoint, Failure, RateLimit, Rotation, Settings,
+    UNAUTHORIZED_MESSAGE, User, new_secret,
 };
 pub use webapi::{ECHO_PREFIX, OWNER_PREMIUM_REQUIRED, USER_NOT_REGISTERED};
 

@@ -224,7 +224,38 @@ pub struct Settings {
     /// The polling interval device logins are given (an extension: Spotify
     /// has no device flow for third-party apps).
     pub device_interval_secs: u64,
+    /// Random failures of token and Web API requests (none by default).
+    pub chaos: Option<Chaos>,
 }
+
+/// Random failures, for chaos tests: each token request and Web API call
+/// fails with probability `rate`, in one of five ways picked at random
+/// (a 500 with a JSON error, a 502 HTML page, a dropped connection, a 503
+/// HTML page after `slow_ms`, a 429 with `Retry-After: retry_after_secs`).
+/// The choices come from an RNG seeded with `seed`, so the same sequence of
+/// requests meets the same failures. Queued [`Failure`]s take precedence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chaos {
+    /// Probability that a request fails, 0 to 1.
+    pub rate: f64,
+    /// Seed of the RNG that decides.
+    pub seed: u64,
+    /// `Retry-After` of the 429s.
+    #[serde(default = "one")]
+    pub retry_after_secs: u64,
+    /// Delay of the slow answers.
+    #[serde(default)]
+    pub slow_ms: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// The ways [`Chaos`] fails a request, as counted in
+/// [`Counters::chaos_failures`].
+pub const CHAOS_KINDS: [&str; 5] = ["500-json", "502-html", "dropped", "slow-503", "429"];
 
 /// The text of every Web API 401 since July 2026.
 pub const UNAUTHORIZED_MESSAGE: &str = "Missing/invalid/expired access token";
@@ -249,6 +280,7 @@ impl Default for Settings {
             owner_premium: true,
             active_device: true,
             device_interval_secs: 5,
+            chaos: None,
         }
     }
 }
@@ -326,6 +358,18 @@ pub struct Counters {
     /// Requests for the discovery document.
     #[serde(default)]
     pub discovery_requests: u64,
+    /// Requests [`Chaos`] failed, by kind (see [`CHAOS_KINDS`]) and
+    /// endpoint (`token/429`, `api/dropped`, ...).
+    #[serde(default)]
+    pub chaos_failures: BTreeMap<String, u64>,
+    /// Refresh requests for a grant that arrived before the `Retry-After` of
+    /// a 429 the emulator sent to an earlier refresh of that grant had
+    /// elapsed (on the emulator's clock).
+    #[serde(default)]
+    pub refreshes_before_retry_after: u64,
+    /// Refresh requests that arrived after such a 429 once its time was up.
+    #[serde(default)]
+    pub refreshes_after_retry_after: u64,
 }
 
 impl Counters {
@@ -446,6 +490,12 @@ pub struct World {
     pub library: HashMap<String, std::collections::BTreeSet<String>>,
     /// Device logins in progress, by device code (an extension: see `device`).
     pub device_codes: HashMap<String, crate::device::DeviceRec>,
+    /// The RNGs of [`Settings::chaos`], one per endpoint (so the token
+    /// endpoint's sequence of decisions does not depend on how its requests
+    /// interleave with the Web API's), and the seed they were made from.
+    pub chaos_rngs: Option<(u64, HashMap<Endpoint, rand::rngs::StdRng>)>,
+    /// Per grant: until when (emulator clock, ms) a 429 told it to wait.
+    pub retry_after_until: HashMap<u64, i64>,
 }
 
 impl World {
@@ -486,7 +536,102 @@ impl World {
             playlists,
             library: HashMap::new(),
             device_codes: HashMap::new(),
+            chaos_rngs: None,
+            retry_after_until: HashMap::new(),
         }
+    }
+
+    /// A random failure for a request to `endpoint` (`Token` or `Api`), if
+    /// [`Settings::chaos`] is on and the dice say so; counted.
+    pub fn chaos_failure(&mut self, endpoint: Endpoint) -> Option<Failure> {
+        use rand::SeedableRng as _;
+        let chaos = self.settings.chaos.clone()?;
+        if self
+            .chaos_rngs
+            .as_ref()
+            .is_none_or(|(seed, _)| *seed != chaos.seed)
+        {
+            self.chaos_rngs = Some((chaos.seed, HashMap::new()));
+        }
+        let (_, rngs) = self.chaos_rngs.as_mut()?;
+        let stream = match endpoint {
+            Endpoint::Token => 1,
+            _ => 2,
+        };
+        let rng = rngs
+            .entry(endpoint)
+            .or_insert_with(|| rand::rngs::StdRng::seed_from_u64(chaos.seed.wrapping_add(stream)));
+        if rng.random::<f64>() >= chaos.rate {
+            return None;
+        }
+        let kind = rng.random_range(0..CHAOS_KINDS.len());
+        let html = |status: u16| Failure {
+            status,
+            text: Some(format!(
+                "<html><head><title>{status}</title></head><body>chaos</body></html>"
+            )),
+            ..Failure::default()
+        };
+        let failure = match kind {
+            0 => Failure {
+                status: 500,
+                body: Some(serde_json::json!({"error": "server_error"})),
+                ..Failure::default()
+            },
+            1 => html(502),
+            2 => Failure {
+                drop_connection: true,
+                ..Failure::default()
+            },
+            3 => Failure {
+                delay_ms: chaos.slow_ms,
+                ..html(503)
+            },
+            _ => Failure {
+                status: 429,
+                body: Some(
+                    serde_json::json!({"error": {"status": 429, "message": "API rate limit exceeded"}}),
+                ),
+                headers: BTreeMap::from([(
+                    "Retry-After".to_owned(),
+                    chaos.retry_after_secs.to_string(),
+                )]),
+                ..Failure::default()
+            },
+        };
+        let name = match endpoint {
+            Endpoint::Token => "token",
+            _ => "api",
+        };
+        *self
+            .counters
+            .chaos_failures
+            .entry(format!(
+                "{name}/{}",
+                CHAOS_KINDS.get(kind).copied().unwrap_or("?")
+            ))
+            .or_default() += 1;
+        Some(failure)
+    }
+
+    /// Notes a refresh request for `grant`: counts it if it came before the
+    /// `Retry-After` of a 429 sent to the grant had elapsed.
+    pub fn note_refresh_timing(&mut self, grant: u64) {
+        let now = self.now_ms();
+        if let Some(until) = self.retry_after_until.get(&grant).copied() {
+            if now < until {
+                self.counters.refreshes_before_retry_after += 1;
+            } else {
+                self.counters.refreshes_after_retry_after += 1;
+                self.retry_after_until.remove(&grant);
+            }
+        }
+    }
+
+    /// Remembers that a 429 told `grant` to wait `secs`.
+    pub fn note_retry_after(&mut self, grant: u64, secs: u64) {
+        let until = self.now_ms() + i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        self.retry_after_until.insert(grant, until);
     }
 
     /// Emulated wall-clock time in milliseconds since the epoch.

@@ -40,6 +40,23 @@ pub async fn token(
     let (failure, lose_answer, latency, limited) = {
         let mut w = shared.lock();
         let mut failure = w.take_failure(Endpoint::Token, Some(&grant), "/api/token");
+        // The grant a refresh is for: for the Retry-After bookkeeping.
+        let refresh_grant = (grant == "refresh_token")
+            .then(|| form.get("refresh_token").and_then(|t| w.refresh.get(t)))
+            .flatten()
+            .map(|r| r.grant);
+        if let Some(g) = refresh_grant {
+            w.note_refresh_timing(g);
+        }
+        if failure.is_none() {
+            failure = w.chaos_failure(Endpoint::Token);
+            if let (Some(f), Some(g)) = (&failure, refresh_grant)
+                && f.status == 429
+                && let Some(secs) = f.headers.get("Retry-After").and_then(|v| v.parse().ok())
+            {
+                w.note_retry_after(g, secs);
+            }
+        }
         // A failure after processing lets the request through and loses the answer.
         let lose_answer = failure.take_if(|f| f.drop_connection && f.after_processing);
         if failure.is_some() {

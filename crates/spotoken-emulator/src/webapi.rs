@@ -178,7 +178,8 @@ async fn serve(
     let (failure, latency) = {
         let mut w = shared.lock();
         (
-            w.take_failure(Endpoint::Api, None, path),
+            w.take_failure(Endpoint::Api, None, path)
+                .or_else(|| w.chaos_failure(Endpoint::Api)),
             w.settings.api_latency_ms,
         )
     };

@@ -51,6 +51,20 @@ async fn start_with_api(
     keys: KeyRing,
     tweak: impl FnOnce(&mut ServerConfig),
 ) -> Server {
+    start_with_margin(emu, api, tokens_store, sessions, keys, None, tweak).await
+}
+
+/// [`start_with_api`] with the engine's margin (how long before expiry a
+/// token is refreshed) set.
+async fn start_with_margin(
+    emu: &Emulator,
+    api: &str,
+    tokens_store: Arc<dyn TokenStore>,
+    sessions: Arc<dyn SessionStore>,
+    keys: KeyRing,
+    margin: Option<std::time::Duration>,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -64,7 +78,11 @@ async fn start_with_api(
     let m = metrics.clone();
     let clock_offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let offset = clock_offset.clone();
-    let tokens = Tokens::builder()
+    let mut builder = Tokens::builder();
+    if let Some(margin) = margin {
+        builder = builder.margin(margin);
+    }
+    let tokens = builder
         .clock(move || {
             spotoken::store::unix_now() + offset.load(std::sync::atomic::Ordering::SeqCst)
         })
@@ -1895,4 +1913,180 @@ async fn every_bad_request_gets_its_documented_error_and_the_session_survives() 
         table.len(),
         failed.join("\n")
     );
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What the chaos run saw, for the assertions and the printed tally.
+#[derive(Default, Debug)]
+struct ChaosTally {
+    ok: u64,
+    /// The upstream's own error answer, passed on (status → count).
+    passed_on: std::collections::BTreeMap<u16, u64>,
+    /// spotoken's documented errors (`error` code → count).
+    documented: std::collections::BTreeMap<String, u64>,
+    /// Anything else: the failures.
+    other: Vec<String>,
+}
+
+/// Chaos for the server: the emulator fails about a fifth of token and Web
+/// API requests at random (seeded), browsers with sessions keep calling the
+/// API through the proxy (a request every 150 ms each: load shaping, not
+/// synchronization), and access tokens live 2 s, refreshed with 1 s left. Every answer must be the upstream's (a 200 with the profile,
+/// or its error passed on) or a documented error of the server's JSON format;
+/// no session is lost; refresh requests stay within what the backoff allows;
+/// and no refresh is sent for a grant before the `Retry-After` of a 429 sent
+/// to it elapsed (the emulator's record, on its clock).
+///
+/// The suite runs a smoke size; `SPOTOKEN_CHAOS_BROWSERS`,
+/// `SPOTOKEN_CHAOS_REQUESTS` (per browser) and `SPOTOKEN_CHAOS_SEED` make
+/// the long run of docs/RELIABILITY.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_every_answer_is_upstream_or_documented_and_no_session_is_lost() {
+    let browsers = env_number("SPOTOKEN_CHAOS_BROWSERS", 6);
+    let per_browser = env_number("SPOTOKEN_CHAOS_REQUESTS", 20);
+    let seed = env_number("SPOTOKEN_CHAOS_SEED", 2);
+    eprintln!("chaos: {browsers} browsers x {per_browser} requests, seed {seed}");
+    let emu = Emulator::start().await.expect("emulator");
+    // Tokens live 2 s; the engine refreshes one with less than 1 s left.
+    emu.update(|s| s.access_token_lifetime_secs = 2);
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Sqlite::open(dir.path().join("server.db")).expect("store"));
+    let server = start_with_margin(
+        &emu,
+        &emu.url(),
+        store.clone(),
+        store,
+        KeyRing::generate(),
+        Some(std::time::Duration::from_secs(1)),
+        |_| {},
+    )
+    .await;
+    let url = server.url.clone();
+    // The browsers log in as alice, bob and carol in turn: three accounts,
+    // each shared by a third of the sessions.
+    let users = ["alice", "bob", "carol"];
+    let mut sessions = Vec::new();
+    for i in 0..browsers {
+        let user = users[usize::try_from(i).unwrap_or(0) % users.len()];
+        let mut b = Browser::default();
+        let r = b.get(&format!("{url}/auth/login")).await;
+        let authorize = spotoken_emulator::with_query_param(&r.location(), "emulator_user", user);
+        let r = b.get(&authorize).await;
+        let r = b.get(&r.location()).await;
+        assert_eq!(r.status, StatusCode::FOUND, "{user} logs in: {}", r.body);
+        sessions.push((user, b));
+    }
+    emu.update(|s| {
+        s.chaos = Some(spotoken_emulator::Chaos {
+            rate: 0.2,
+            seed,
+            retry_after_secs: 1,
+            slow_ms: 300,
+        });
+    });
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (user, b) in &sessions {
+        let (user, mut b) = (*user, b.clone());
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tally = ChaosTally::default();
+            for _ in 0..per_browser {
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                let r = b.get(&format!("{url}/api/v1/me")).await;
+                let json = r.json();
+                match (r.status.as_u16(), json["error"].as_str()) {
+                    (200, _) if json["id"] == user => tally.ok += 1,
+                    (s @ (429 | 500 | 502 | 503), _)
+                        if r.body.contains("chaos")
+                            || r.body.contains("server_error")
+                            || r.body.contains("API rate limit exceeded") =>
+                    {
+                        *tally.passed_on.entry(s).or_default() += 1;
+                    }
+                    (s, Some(code @ ("temporary" | "upstream_protocol" | "upstream_timeout")))
+                        if json["message"].is_string() && Some(s) == documented_status(code) =>
+                    {
+                        *tally.documented.entry(code.to_owned()).or_default() += 1;
+                    }
+                    (s, _) => tally.other.push(format!("HTTP {s}: {}", r.body)),
+                }
+            }
+            tally
+        }));
+    }
+    let mut tally = ChaosTally::default();
+    for t in tasks {
+        let t = t.await.expect("join");
+        tally.ok += t.ok;
+        for (k, v) in t.passed_on {
+            *tally.passed_on.entry(k).or_default() += v;
+        }
+        for (k, v) in t.documented {
+            *tally.documented.entry(k).or_default() += v;
+        }
+        tally.other.extend(t.other);
+    }
+    let c = emu.counters();
+    emu.update(|s| s.chaos = None);
+    // Whole seconds the load ran, rounded up: each session's token needs at
+    // most one refresh per second (it lives 2 s and is refreshed at 1 s left).
+    let secs = started.elapsed().as_secs() + 1;
+    let refreshes = c.token_requests_for("refresh_token");
+    let errors_seen: u64 = tally.documented.values().sum();
+    eprintln!(
+        "chaos tally: {tally:?}\n{secs} s; refresh requests {refreshes} ({} ok); \
+         injected {:?}; refreshes before Retry-After {}, after {}; peak concurrent refreshes {:?}",
+        c.token_outcome("refresh_token", "ok"),
+        c.chaos_failures,
+        c.refreshes_before_retry_after,
+        c.refreshes_after_retry_after,
+        c.peak_concurrent_refreshes,
+    );
+    assert!(
+        tally.other.is_empty(),
+        "answers neither upstream nor documented:\n{}",
+        tally.other.join("\n")
+    );
+    assert_eq!(
+        c.refreshes_before_retry_after, 0,
+        "a refresh was sent before Retry-After elapsed"
+    );
+    // Each refresh makes at most 5 attempts (the backoff's limit) and ends
+    // in a token (one per session per second, at most) or in an error a
+    // browser saw.
+    let allowed = 5 * (browsers * (secs + 1) + errors_seen);
+    assert!(
+        refreshes <= allowed,
+        "{refreshes} refresh requests, backoff allows {allowed}"
+    );
+    // Every session is still logged in, and its token works.
+    for (user, b) in &mut sessions {
+        let s = b.get(&format!("{url}/auth/session")).await;
+        assert_eq!(s.status, StatusCode::OK, "a session was lost: {}", s.body);
+        let me = b.get(&format!("{url}/api/v1/me")).await;
+        assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+        assert_eq!(me.json()["id"], *user);
+    }
+    assert!(
+        c.chaos_failures.keys().any(|k| k.starts_with("token/")),
+        "the run met token failures: {:?}",
+        c.chaos_failures
+    );
+}
+
+/// The HTTP status the server's JSON error `code` comes with.
+fn documented_status(code: &str) -> Option<u16> {
+    match code {
+        "temporary" => Some(503),
+        "upstream_protocol" => Some(502),
+        "upstream_timeout" => Some(504),
+        _ => None,
+    }
 }
