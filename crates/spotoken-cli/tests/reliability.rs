@@ -919,3 +919,92 @@ async fn trace_logs_of_the_server_hold_no_secret() {
         "the PKCE verifier leaked"
     );
 }
+
+/// No secret in process arguments (`ps` shows them to every user): each
+/// child spotoken starts (the browser opener during `login`, the notify
+/// command of `daemon`) records its own argv and its parent's (the
+/// `spotoken` process, after any hand-over to `spotoken-full`) from /proc.
+/// None holds an issued code or token, the client secret, the master key or
+/// the PKCE verifier; the opener's argv is the authorize URL and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_the_arguments_of_spotoken_or_its_children() {
+    let env = Env::with_secrets().await;
+    let argv = env.home.path().join("argv");
+    let fifo = env.home.path().join("url");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    // `$$` is the child's shell, `$PPID` the spotoken process that started it.
+    let record = format!(
+        "{{ echo '# self'; tr '\\0' '\\n' < /proc/$$/cmdline; echo '# parent'; \
+         tr '\\0' '\\n' < /proc/$PPID/cmdline; }} >> {}",
+        argv.display()
+    );
+    let opener = format!(
+        "rec() {{ {record}; printf '%s\\n' \"$1\" > {}; }}; rec",
+        fifo.display()
+    );
+    let mut login = env.cmd(&["login", "--timeout", "30s"]);
+    login
+        .env("SPOTOKEN_BROWSER", &opener)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = login.spawn().expect("spawn login");
+    let fifo_path = fifo.clone();
+    let url = tokio::task::spawn_blocking(move || std::fs::read_to_string(fifo_path))
+        .await
+        .expect("join")
+        .expect("the opener got the URL");
+    let url = url.trim().to_owned();
+    let http = browser();
+    let r = http.get(&url).send().await.expect("authorize");
+    let location = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert_eq!(
+        http.get(location).send().await.expect("callback").status(),
+        200
+    );
+    assert_eq!(child.wait().await.expect("wait").code(), Some(0));
+    // The daemon's notify command, after the grant is revoked.
+    age_account(&env).await;
+    env.emu.revoke(None);
+    let o = env
+        .run(&[
+            "daemon",
+            "--once",
+            "--margin",
+            "5m",
+            "--notify-cmd",
+            &record,
+        ])
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let text = std::fs::read_to_string(&argv).expect("the children ran");
+    assert_eq!(text.lines().filter(|l| *l == "# self").count(), 2, "{text}");
+    assert!(text.contains(&url), "the opener got the URL: {text}");
+    assert!(text.contains("spotoken-notify"), "{text}");
+    let challenge = url::Url::parse(&url)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "code_challenge")
+        .map(|(_, v)| v.into_owned())
+        .expect("challenge");
+    for secret in env
+        .emu
+        .issued_secrets()
+        .iter()
+        .chain(env.extra_env.iter().map(|(_, v)| v))
+    {
+        assert!(!text.contains(secret.as_str()), "a secret in argv: {text}");
+    }
+    assert!(
+        !holds_verifier_of(&text, &challenge),
+        "the verifier in argv"
+    );
+}
