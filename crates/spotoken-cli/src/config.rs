@@ -67,6 +67,14 @@ pub struct ServeFile {
     pub demo: Option<bool>,
     /// A separate address for `/metrics`.
     pub metrics_bind: Option<String>,
+    /// The app's built files, served for every other path.
+    pub static_dir: Option<String>,
+    /// The app's own server, reached for every other path.
+    pub app_upstream: Option<String>,
+    /// A session unused this long ends (`2h`, seconds).
+    pub session_idle: Option<String>,
+    /// The session cookie's SameSite: `lax` or `strict`.
+    pub same_site: Option<String>,
 }
 
 /// Where the key comes from.

@@ -242,8 +242,10 @@ impl Tokens {
             &pending.redirect_uri,
             &pending.verifier,
         );
+        self.token_endpoint_open()?;
         let answer = http::send_form(&self.inner.http, &req).await?;
-        let set = protocol::parse_token_answer(answer.as_core(), account)?;
+        let set = protocol::parse_token_answer(answer.as_core(), account)
+            .inspect_err(|e| self.note_token_endpoint_answer(e))?;
         let refresh = set.refresh_token.as_ref().ok_or_else(|| {
             Error::protocol(
                 Some(answer.status),

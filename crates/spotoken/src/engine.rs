@@ -110,6 +110,9 @@ pub(crate) struct Inner {
     clock: Clock,
     cache: Mutex<HashMap<String, Cached>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Until when (unix seconds, by `clock`) the token endpoint asked us to
+    /// wait with `Retry-After` (a 429): no token request is sent before.
+    token_endpoint_closed_until: std::sync::atomic::AtomicI64,
 }
 
 /// Fresh tokens for every account in a store. Cheap to clone; share one per process.
@@ -251,6 +254,7 @@ impl TokensBuilder {
                 clock: self.clock.unwrap_or_else(|| Arc::new(unix_now)),
                 cache: Mutex::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
+                token_endpoint_closed_until: std::sync::atomic::AtomicI64::new(0),
             }),
         })
     }
@@ -274,6 +278,51 @@ impl Tokens {
     /// Now, in unix seconds, by the engine's clock.
     pub fn now(&self) -> i64 {
         (self.inner.clock)()
+    }
+
+    /// How much longer the token endpoint asked us to wait (its last
+    /// `Retry-After`), if that wait has not elapsed. Meanwhile no token
+    /// request is sent: refreshes and logins fail at once with a temporary
+    /// error carrying the rest of the wait.
+    pub fn token_endpoint_wait(&self) -> Option<Duration> {
+        let until = self
+            .inner
+            .token_endpoint_closed_until
+            .load(std::sync::atomic::Ordering::Acquire);
+        let left = until - self.now();
+        (left > 0).then(|| Duration::from_secs(left as u64))
+    }
+
+    /// Refuses to send a token request while the endpoint's wait runs.
+    pub(crate) fn token_endpoint_open(&self) -> Result<(), Error> {
+        match self.token_endpoint_wait() {
+            Some(wait) => Err(Error::temporary(
+                "the token endpoint asked us to wait (rate limited); no request sent",
+                Some(wait),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Remembers a wait the token endpoint asked for (`Retry-After` on a 429
+    /// or 503), for every account: the limit is the app's, not the user's.
+    pub(crate) fn note_token_endpoint_answer(&self, e: &Error) {
+        if let Error::Temporary {
+            retry_after: Some(wait),
+            ..
+        } = e
+        {
+            let until = self
+                .now()
+                .saturating_add(i64::try_from(wait.as_secs().max(1)).unwrap_or(i64::MAX));
+            self.inner
+                .token_endpoint_closed_until
+                .fetch_max(until, std::sync::atomic::Ordering::AcqRel);
+            tracing::warn!(
+                wait_s = wait.as_secs(),
+                "the token endpoint asked us to wait; no token request before then"
+            );
+        }
     }
 
     /// The store.
@@ -724,6 +773,7 @@ impl Tokens {
         let started = Instant::now();
         let mut attempt = 1;
         loop {
+            self.token_endpoint_open()?;
             let outcome = match http::send_form(&self.inner.http, &req).await {
                 Ok(answer) => protocol::parse_token_answer(answer.as_core(), account),
                 Err(e) => Err(e),
@@ -732,6 +782,7 @@ impl Tokens {
                 Ok(set) => return Ok(set),
                 Err(e) => e,
             };
+            self.note_token_endpoint_answer(&err);
             match self
                 .inner
                 .backoff

@@ -552,6 +552,36 @@ impl super::sessions::SessionStore for Sqlite {
         .await
     }
 
+    async fn touch_session(
+        &self,
+        id_hash: &[u8],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let id_hash = id_hash.to_vec();
+        let path = self.inner.path.clone();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE sessions SET expires_at = ?2 WHERE id_hash = ?1 AND expires_at > ?3",
+                params![id_hash, expires_at, now],
+            )
+            .map(|n| n > 0)
+            .map_err(db_err(&path))
+        })
+        .await
+    }
+
+    async fn delete_account_sessions(&self, account: &str) -> Result<u64, Error> {
+        let account = account.to_owned();
+        let path = self.inner.path.clone();
+        self.write(move |c| {
+            c.execute("DELETE FROM sessions WHERE account = ?1", [&account])
+                .map(|n| n as u64)
+                .map_err(db_err(&path))
+        })
+        .await
+    }
+
     async fn put_pending(&self, p: super::sessions::PendingRecord) -> Result<(), Error> {
         let path = self.inner.path.clone();
         self.write(move |c| {
