@@ -322,6 +322,12 @@ async fn exit_codes_match_their_situations() {
     let o = env.run(&["api", "/v1/me/playlists"]).await;
     assert_eq!(o.code, 5, "{}", o.stderr);
     assert!(o.stderr.contains("playlist-read-private"), "{}", o.stderr);
+    // 2: the app's owner has no Premium (Spotify's plain-text 403).
+    env.emu.update(|s| s.owner_premium = false);
+    let o = env.run(&["api", "/v1/me"]).await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("Premium"), "{}", o.stderr);
+    env.emu.update(|s| s.owner_premium = true);
     // 4: temporary failure after retries.
     env.emu.inject(Failure {
         endpoint: Endpoint::Token,
@@ -421,6 +427,10 @@ async fn demo_runs_with_no_configuration() {
     assert!(
         stdout.contains("100 callers -> 1 token request, 0 failures"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("GET /v1/me -> Alice Emulated (alice)"),
+        "the profile of a development-mode app: {stdout}"
     );
 }
 

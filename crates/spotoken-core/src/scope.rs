@@ -111,6 +111,15 @@ pub struct Requirement {
     pub any: &'static [&'static str],
 }
 
+/// `/v1/me/library` saves or follows any kind of URI: one of the scopes the
+/// per-kind endpoints needed (the emulator checks each URI's own).
+const SAVE_ANYTHING: &[&str] = &[
+    "user-library-modify",
+    "user-follow-modify",
+    "playlist-modify-public",
+    "playlist-modify-private",
+];
+
 /// `(method, path pattern, requirement)`; `*` matches one path segment.
 const ENDPOINT_SCOPES: &[(&str, &str, Requirement)] = &[
     (
@@ -218,6 +227,34 @@ const ENDPOINT_SCOPES: &[(&str, &str, Requirement)] = &[
         "/v1/users/*/playlists",
         req(&[], &["playlist-modify-public", "playlist-modify-private"]),
     ),
+    // The 2026 endpoints, checked as those they replace.
+    (
+        "POST",
+        "/v1/me/playlists",
+        req(&[], &["playlist-modify-public", "playlist-modify-private"]),
+    ),
+    (
+        "POST",
+        "/v1/playlists/*/items",
+        req(&[], &["playlist-modify-public", "playlist-modify-private"]),
+    ),
+    (
+        "PUT",
+        "/v1/playlists/*/items",
+        req(&[], &["playlist-modify-public", "playlist-modify-private"]),
+    ),
+    (
+        "DELETE",
+        "/v1/playlists/*/items",
+        req(&[], &["playlist-modify-public", "playlist-modify-private"]),
+    ),
+    (
+        "GET",
+        "/v1/me/library/contains",
+        req(&[], &["user-library-read", "user-follow-read"]),
+    ),
+    ("PUT", "/v1/me/library", req(&[], SAVE_ANYTHING)),
+    ("DELETE", "/v1/me/library", req(&[], SAVE_ANYTHING)),
     (
         "POST",
         "/v1/playlists/*/tracks",
@@ -325,6 +362,19 @@ mod tests {
             vec!["playlist-read-private"]
         );
         assert!(missing_for("GET", "/v1/me", &granted).is_empty());
+        assert_eq!(
+            missing_for("POST", "/v1/playlists/abc/items", &granted),
+            vec!["playlist-modify-public"],
+            "the 2026 path, as /tracks"
+        );
+        assert_eq!(
+            missing_for("POST", "/v1/me/playlists", &granted),
+            vec!["playlist-modify-public"]
+        );
+        assert_eq!(
+            missing_for("PUT", "/v1/me/library", &granted),
+            vec!["user-library-modify"]
+        );
         let playing = Scopes::parse("user-read-playback-state");
         assert!(missing_for("GET", "/v1/me/player/currently-playing", &playing).is_empty());
         assert_eq!(

@@ -54,7 +54,8 @@ pub async fn authorize(
     let challenge = get("code_challenge").map(str::to_owned);
     match (get("code_challenge_method"), &challenge) {
         (Some("S256"), Some(c)) if (43..=128).contains(&c.len()) => {}
-        (None, None) if client.secret.is_some() => {}
+        // Without PKCE the code exchange needs the app's secret.
+        (None, None) => {}
         (Some(m), Some(_)) if m != "S256" => {
             return back(&[
                 ("error", "invalid_request"),

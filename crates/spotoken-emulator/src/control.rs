@@ -15,6 +15,8 @@
 //! | `GET`/`DELETE /_emulator/counters` | | reads / zeroes the [`Counters`] |
 //! | `GET`/`POST /_emulator/clients` | a [`Client`] | lists / registers clients |
 //! | `GET /_emulator/users` | | the emulated users |
+//! | `GET /_emulator/devices` | | the devices, and each user's active one |
+//! | `POST /_emulator/devices` | `{"user": "alice", "active": "id"}` | switches a user's active device (`null`: none) |
 
 use axum::body::Body;
 use axum::extract::State;
@@ -42,6 +44,7 @@ pub fn routes() -> Router<Shared> {
         .route("/counters", get(counters).delete(clear_counters))
         .route("/clients", get(list_clients).post(add_client))
         .route("/users", get(users))
+        .route("/devices", get(devices).post(switch_device))
 }
 
 /// Replaces the world with a new one, keeping the registered clients.
@@ -73,7 +76,7 @@ async fn patch_settings(State(s): State<Shared>, Json(patch): Json<Value>) -> Re
     }
     match serde_json::from_value::<Settings>(current) {
         Ok(new) => {
-            w.settings = new;
+            w.set_settings(new);
             json_response(StatusCode::OK, &json!(w.settings))
         }
         Err(e) => bad_request(e),
@@ -164,7 +167,38 @@ async fn add_client(State(s): State<Shared>, Json(c): Json<Client>) -> Response<
     let mut w = s.lock();
     w.clients.retain(|k| k.id != c.id);
     w.clients.push(c.clone());
-    json_response(StatusCode::OK, &json!({"id": c.id}))
+    json_response(StatusCode::OK, &json!({"id": c.id, "secret": c.secret}))
+}
+
+async fn devices(State(s): State<Shared>) -> Json<Value> {
+    let w = s.lock();
+    let active: serde_json::Map<String, Value> = w
+        .players
+        .iter()
+        .map(|(user, p)| (user.clone(), json!(p.active)))
+        .collect();
+    Json(json!({
+        "active_device": w.settings.active_device,
+        "devices": w.devices,
+        "active": active,
+    }))
+}
+
+#[derive(Deserialize)]
+struct SwitchDevice {
+    user: Option<String>,
+    active: Option<String>,
+}
+
+/// Makes a device the user's active one, or leaves the user with none (as if
+/// every Spotify client were closed): `{"user": "alice", "active": null}`.
+async fn switch_device(State(s): State<Shared>, Json(b): Json<SwitchDevice>) -> Response<Body> {
+    let mut w = s.lock();
+    let user = b.user.unwrap_or_else(|| w.settings.default_user.clone());
+    match w.set_active_device(&user, b.active.as_deref()) {
+        Ok(()) => json_response(StatusCode::OK, &json!({"user": user, "active": b.active})),
+        Err(e) => bad_request(e),
+    }
 }
 
 async fn users(State(s): State<Shared>) -> Json<Vec<crate::model::User>> {

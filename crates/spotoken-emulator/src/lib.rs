@@ -17,10 +17,14 @@
 //! ```
 //!
 //! Every switch is also reachable over HTTP under `/_emulator/` (see [`control`]).
+//! `docs/EMULATOR.md` lists what it answers like Spotify, with the public
+//! source of each answer, and what it deliberately does not model.
 
 mod authorize;
+mod catalogue;
 pub mod control;
 mod model;
+mod player;
 pub mod serve;
 mod token;
 mod webapi;
@@ -37,10 +41,11 @@ use tokio::sync::oneshot;
 
 use model::World;
 pub use model::{
-    Client, Consent, Counters, DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID,
-    DEFAULT_CONFIDENTIAL_CLIENT_SECRET, DEFAULT_REDIRECT_URIS, Endpoint, Failure, RateLimit,
-    Rotation, Settings, User,
+    AppMode, Client, Consent, Counters, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
+    DEFAULT_REDIRECT_URIS, Endpoint, Failure, RateLimit, Rotation, Settings, UNAUTHORIZED_MESSAGE,
+    User, new_secret,
 };
+pub use webapi::{ECHO_PREFIX, OWNER_PREMIUM_REQUIRED, USER_NOT_REGISTERED};
 
 /// Shared handle on the emulator's world.
 #[derive(Clone)]
@@ -68,8 +73,59 @@ pub fn app(shared: Shared) -> Router {
         .route("/authorize/decide", post(authorize::decide))
         .route("/api/token", post(token::token))
         .route("/v1/{*path}", any(webapi::api))
+        .route("/_echo/{*path}", any(webapi::echo))
         .nest("/_emulator", control::routes())
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(cors))
         .with_state(shared)
+}
+
+/// Any other path: 404 in the Web API's error shape.
+async fn not_found() -> Response<Body> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": {"status": 404, "message": "Service not found"}}),
+    )
+}
+
+/// Browsers may call the Web API (and the echo) and the token endpoint from
+/// any origin, as Spotify allows: their answers carry
+/// `access-control-allow-origin: *`, and a preflight `OPTIONS` is answered
+/// before authentication. The control plane is not offered to other origins,
+/// so a web page cannot reset or reconfigure a running emulator.
+async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response<Body> {
+    let path = req.uri().path();
+    let open =
+        path.starts_with("/v1/") || path.starts_with(webapi::ECHO_PREFIX) || path == "/api/token";
+    if !open {
+        return next.run(req).await;
+    }
+    let preflight = req.method() == axum::http::Method::OPTIONS;
+    let mut r = if preflight {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::OK;
+        let h = r.headers_mut();
+        h.insert(
+            axum::http::header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS, PUT, DELETE, PATCH"),
+        );
+        h.insert(
+            axum::http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Accept, Authorization, Content-Type, Origin, Retry-After"),
+        );
+        h.insert(
+            axum::http::header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("604800"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    r.headers_mut().insert(
+        axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
 }
 
 /// A running emulator on `127.0.0.1`. Dropping it stops the server.
@@ -121,7 +177,27 @@ impl Emulator {
 
     /// Changes settings in place.
     pub fn update(&self, f: impl FnOnce(&mut Settings)) {
-        f(&mut self.shared.lock().settings);
+        let mut w = self.shared.lock();
+        let mut s = w.settings.clone();
+        f(&mut s);
+        w.set_settings(s);
+    }
+
+    /// The ids of the devices every user has (the first is active at first).
+    pub fn device_ids(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .devices
+            .iter()
+            .map(|d| d.id.clone())
+            .collect()
+    }
+
+    /// Makes `device` the user's active device, or (None) leaves the user
+    /// with no active device, so that player commands answer 404
+    /// `NO_ACTIVE_DEVICE`. Errors name an unknown user or device.
+    pub fn set_active_device(&self, user: &str, device: Option<&str>) -> Result<(), String> {
+        self.shared.lock().set_active_device(user, device)
     }
 
     /// A copy of the current settings.

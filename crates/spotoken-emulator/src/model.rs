@@ -6,18 +6,17 @@
 //! can expire codes and refresh tokens without waiting.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use spotoken_core::scope::Scopes;
 
-/// The public (PKCE) client every emulator accepts unless told otherwise.
+/// The app every emulator knows. Like every Spotify app it has a secret
+/// ([`DEFAULT_CLIENT_SECRET`]); PKCE clients never send it.
 pub const DEFAULT_CLIENT_ID: &str = "spotoken-emulator-client";
-/// A confidential client (HTTP Basic) every emulator accepts.
-pub const DEFAULT_CONFIDENTIAL_CLIENT_ID: &str = "spotoken-emulator-confidential";
-/// The secret of [`DEFAULT_CONFIDENTIAL_CLIENT_ID`].
-pub const DEFAULT_CONFIDENTIAL_CLIENT_SECRET: &str = "emulator-secret";
+/// The secret of [`DEFAULT_CLIENT_ID`] (HTTP Basic or `client_secret` in the body).
+pub const DEFAULT_CLIENT_SECRET: &str = "emulator-secret";
 /// Redirect URIs registered for the default clients. Loopback entries without a
 /// port match any port, as Spotify does for loopback.
 pub const DEFAULT_REDIRECT_URIS: &[&str] = &[
@@ -27,14 +26,16 @@ pub const DEFAULT_REDIRECT_URIS: &[&str] = &[
     "http://[::1]/auth/callback",
 ];
 
-/// A registered application.
+/// A registered application. Every Spotify app has a secret; whether a flow
+/// uses it (authorization code, client credentials) or not (PKCE) is the
+/// app's choice at each request, not a kind of client.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Client {
     /// The client id.
     pub id: String,
-    /// Present for a confidential client (HTTP Basic at the token endpoint).
-    #[serde(default)]
-    pub secret: Option<String>,
+    /// The client secret (a random one when registered without).
+    #[serde(default = "new_secret")]
+    pub secret: String,
     /// Registered redirect URIs.
     #[serde(default)]
     pub redirect_uris: Vec<String>,
@@ -47,15 +48,25 @@ pub struct User {
     pub id: String,
     /// Display name.
     pub display_name: String,
-    /// E-mail (returned only with `user-read-email`).
+    /// E-mail (returned only with `user-read-email`, in extended quota mode).
     pub email: String,
-    /// Country (returned only with `user-read-private`).
+    /// Country (returned only with `user-read-private`, in extended quota mode).
     pub country: String,
-    /// `premium` or `free` (returned only with `user-read-private`).
+    /// `premium` or `free` (returned only with `user-read-private`, in extended
+    /// quota mode); a free user's player commands get 403 `PREMIUM_REQUIRED`.
     pub product: String,
     /// Whether the user is on the development-mode allowlist. An unregistered
-    /// user gets 403 "User not registered in the Developer Dashboard" from the API.
+    /// user gets Spotify's plain-text 403 from the API in development mode.
     pub registered: bool,
+}
+
+/// A random client secret, 32 hex digits as Spotify's.
+pub fn new_secret() -> String {
+    const HEX: &[u8] = b"0123456789abcdef";
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| HEX[rng.random_range(0..HEX.len())] as char)
+        .collect()
 }
 
 fn default_users() -> Vec<User> {
@@ -99,8 +110,21 @@ pub enum Consent {
     Page,
 }
 
-/// Which part of the emulator an injected failure or a rate limit applies to.
+/// Which rules the app lives under (Spotify's "quota mode").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppMode {
+    /// What a newly registered app gets (Spotify, from 2026-02-11): five users
+    /// on an allowlist, an owner with Premium, fewer endpoints and fields,
+    /// search pages of at most 10.
+    #[default]
+    Development,
+    /// Extended quota mode: every user, every endpoint, the pre-2026 shapes.
+    Extended,
+}
+
+/// Which part of the emulator an injected failure or a rate limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Endpoint {
     /// Every endpoint except the control plane.
@@ -121,17 +145,33 @@ impl Endpoint {
     }
 }
 
-/// A rolling-window rate limit per client (Spotify counts per app over 30 s).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A rolling-window rate limit per app (Spotify counts per app over 30 s), on
+/// the emulator's clock. Each endpoint kind it applies to (the token endpoint,
+/// the Web API) has a window of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
     /// Requests allowed in the window.
     pub requests: u32,
     /// Window length in seconds.
     #[serde(default = "thirty")]
     pub window_secs: u64,
-    /// Which endpoints count (default: the Web API).
+    /// Which endpoints count (default: the Web API); `any` gives the token
+    /// endpoint and the Web API a window each.
     #[serde(default = "api_endpoint")]
     pub applies_to: Endpoint,
+    /// Answer as the development-mode quota (`"reason": "QUOTA_EXCEEDED"`)
+    /// rather than the rolling-window limit.
+    #[serde(default)]
+    pub quota_exceeded: bool,
+}
+
+/// A rate limit that was hit: how long to wait, and which kind it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    /// Seconds until the window has room again (`Retry-After`).
+    pub retry_after_secs: u64,
+    /// The development-mode quota rather than the rolling window.
+    pub quota: bool,
 }
 
 fn thirty() -> u64 {
@@ -168,11 +208,23 @@ pub struct Settings {
     pub grant_only: Option<Vec<String>>,
     /// The user who "logs in" unless `/authorize` names one (`emulator_user=`).
     pub default_user: String,
-    /// Message of the 401 for an expired access token (Spotify changes it).
+    /// Message of every Web API 401, whatever the cause (Spotify changes it;
+    /// the cause is in `WWW-Authenticate`).
     pub unauthorized_message: String,
-    /// Optional rolling-window rate limit.
-    pub rate_limit: Option<RateLimit>,
+    /// Rolling-window rate limits (none by default).
+    pub rate_limits: Vec<RateLimit>,
+    /// Development (default, what a new app gets) or extended quota mode.
+    pub app_mode: AppMode,
+    /// Whether the app's owner has Premium; without it a development-mode app
+    /// gets 403 on every Web API call.
+    pub owner_premium: bool,
+    /// Whether the users have a Spotify client running (an active device);
+    /// without one, player commands answer 404 `NO_ACTIVE_DEVICE`.
+    pub active_device: bool,
 }
+
+/// The text of every Web API 401 since July 2026.
+pub const UNAUTHORIZED_MESSAGE: &str = "Missing/invalid/expired access token";
 
 impl Default for Settings {
     fn default() -> Self {
@@ -188,8 +240,11 @@ impl Default for Settings {
             deny: false,
             grant_only: None,
             default_user: "alice".into(),
-            unauthorized_message: "The access token expired".into(),
-            rate_limit: None,
+            unauthorized_message: UNAUTHORIZED_MESSAGE.into(),
+            rate_limits: Vec::new(),
+            app_mode: AppMode::Development,
+            owner_premium: true,
+            active_device: true,
         }
     }
 }
@@ -320,9 +375,12 @@ pub struct RefreshRec {
     pub state: RefreshState,
 }
 
+/// An access token: a user's (from a grant) or the app's own (client
+/// credentials, no grant and no user).
 #[derive(Debug, Clone)]
 pub struct AccessRec {
-    pub grant: u64,
+    pub grant: Option<u64>,
+    pub client_id: String,
     pub expires_at_ms: i64,
 }
 
@@ -364,7 +422,16 @@ pub struct World {
     pub codes: HashMap<String, CodeRec>,
     pub pending: HashMap<String, PendingConsent>,
     pub in_flight_refreshes: HashMap<String, u64>,
-    pub rate_window: HashMap<String, VecDeque<Instant>>,
+    /// Request times (emulator clock, ms) per (limit, endpoint kind, client).
+    pub rate_window: HashMap<(usize, Endpoint, String), VecDeque<i64>>,
+    /// The devices every user's account shows.
+    pub devices: Vec<crate::player::Device>,
+    /// Playback per user id, made on first use.
+    pub players: HashMap<String, crate::player::Player>,
+    /// Every user's playlists (the built-in ones and those created).
+    pub playlists: Vec<crate::catalogue::Playlist>,
+    /// Saved Spotify URIs per user (`/v1/me/library`).
+    pub library: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl World {
@@ -374,25 +441,20 @@ impl World {
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
-        let mut clients = vec![
-            Client {
-                id: DEFAULT_CLIENT_ID.into(),
-                secret: None,
-                redirect_uris: uris.clone(),
-            },
-            Client {
-                id: DEFAULT_CONFIDENTIAL_CLIENT_ID.into(),
-                secret: Some(DEFAULT_CONFIDENTIAL_CLIENT_SECRET.into()),
-                redirect_uris: uris,
-            },
-        ];
+        let mut clients = vec![Client {
+            id: DEFAULT_CLIENT_ID.into(),
+            secret: DEFAULT_CLIENT_SECRET.into(),
+            redirect_uris: uris,
+        }];
         if let Some(c) = extra {
             clients.retain(|k| k.id != c.id);
             clients.push(c);
         }
+        let users = default_users();
+        let playlists = crate::catalogue::default_playlists(&users);
         Self {
             clients,
-            users: default_users(),
+            users,
             settings: Settings::default(),
             failures: VecDeque::new(),
             counters: Counters::default(),
@@ -405,6 +467,10 @@ impl World {
             pending: HashMap::new(),
             in_flight_refreshes: HashMap::new(),
             rate_window: HashMap::new(),
+            devices: crate::player::default_devices(),
+            players: HashMap::new(),
+            playlists,
+            library: HashMap::new(),
         }
     }
 
@@ -447,24 +513,68 @@ impl World {
         Some(out)
     }
 
-    /// Counts a request against the rate limit; `Some(retry_after_secs)` when over.
-    pub fn rate_limited(&mut self, endpoint: Endpoint, client_id: &str) -> Option<u64> {
-        let limit = self.settings.rate_limit.clone()?;
-        if !limit.applies_to.covers(endpoint) {
-            return None;
+    /// Replaces the settings; changed rate limits start with empty windows.
+    pub fn set_settings(&mut self, new: Settings) {
+        if new.rate_limits != self.settings.rate_limits {
+            self.rate_window.clear();
         }
-        let now = Instant::now();
-        let window = std::time::Duration::from_secs(limit.window_secs.max(1));
-        let q = self.rate_window.entry(client_id.to_owned()).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
-            q.pop_front();
+        self.settings = new;
+    }
+
+    /// Makes `device` the user's active device, or leaves the user with none.
+    pub fn set_active_device(&mut self, user: &str, device: Option<&str>) -> Result<(), String> {
+        if self.user(user).is_none() {
+            return Err(format!("no user {user:?}"));
         }
-        if q.len() >= limit.requests as usize {
-            let oldest = q.front().copied().unwrap_or(now);
-            let left = window.saturating_sub(now.duration_since(oldest));
-            return Some(left.as_secs() + u64::from(left.subsec_nanos() > 0));
+        if let Some(id) = device
+            && !self.devices.iter().any(|d| d.id == id)
+        {
+            return Err(format!("no device {id:?}"));
         }
-        q.push_back(now);
+        let now = self.now_ms();
+        let devices = self.devices.clone();
+        self.players
+            .entry(user.to_owned())
+            .or_insert_with(|| crate::player::Player::new(&devices, now))
+            .active = device.map(str::to_owned);
+        Ok(())
+    }
+
+    /// Counts a request to `endpoint` (the token endpoint or the Web API)
+    /// against the rate limits, on the emulator's clock; `Some` when over one.
+    /// A refused request does not count.
+    pub fn rate_limited(&mut self, endpoint: Endpoint, client_id: &str) -> Option<Limited> {
+        let now = self.now_ms();
+        let limits = self.settings.rate_limits.clone();
+        let covering: Vec<(usize, &RateLimit)> = limits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.applies_to.covers(endpoint))
+            .collect();
+        for (i, limit) in &covering {
+            let window = (limit.window_secs.max(1) as i64) * 1000;
+            let q = self
+                .rate_window
+                .entry((*i, endpoint, client_id.to_owned()))
+                .or_default();
+            while q.front().is_some_and(|t| now - t >= window) {
+                q.pop_front();
+            }
+            if q.len() >= limit.requests as usize {
+                let oldest = q.front().copied().unwrap_or(now);
+                let left_ms = (window - (now - oldest)).max(1);
+                return Some(Limited {
+                    retry_after_secs: (left_ms as u64).div_ceil(1000),
+                    quota: limit.quota_exceeded,
+                });
+            }
+        }
+        for (i, _) in covering {
+            self.rate_window
+                .entry((i, endpoint, client_id.to_owned()))
+                .or_default()
+                .push_back(now);
+        }
         None
     }
 
@@ -517,6 +627,20 @@ impl World {
 
     /// A new access token for a grant.
     pub fn issue_access(&mut self, grant: u64) -> String {
+        let client_id = self
+            .grants
+            .get(&grant)
+            .map(|g| g.client_id.clone())
+            .unwrap_or_default();
+        self.insert_access(Some(grant), client_id)
+    }
+
+    /// A new access token for the app itself (client credentials).
+    pub fn issue_app_access(&mut self, client_id: &str) -> String {
+        self.insert_access(None, client_id.to_owned())
+    }
+
+    fn insert_access(&mut self, grant: Option<u64>, client_id: String) -> String {
         let token = random_token("BQ", 112);
         let expires_at_ms =
             self.now_ms() + (self.settings.access_token_lifetime_secs as i64) * 1000;
@@ -524,6 +648,7 @@ impl World {
             token.clone(),
             AccessRec {
                 grant,
+                client_id,
                 expires_at_ms,
             },
         );
@@ -619,17 +744,71 @@ mod tests {
     #[test]
     fn rate_limit_counts_per_client_in_a_window() {
         let mut w = World::new(None);
-        w.settings.rate_limit = Some(RateLimit {
+        w.settings.rate_limits = vec![RateLimit {
             requests: 2,
             window_secs: 30,
             applies_to: Endpoint::Api,
+            quota_exceeded: false,
+        }];
+        assert_eq!(w.rate_limited(Endpoint::Api, "a"), None);
+        w.offset_ms += 10_000;
+        assert_eq!(w.rate_limited(Endpoint::Api, "a"), None);
+        let limited = Some(Limited {
+            retry_after_secs: 20,
+            quota: false,
         });
+        assert_eq!(
+            w.rate_limited(Endpoint::Api, "a"),
+            limited,
+            "30 s after the first"
+        );
+        assert_eq!(w.rate_limited(Endpoint::Api, "b"), None, "per app");
+        assert_eq!(w.rate_limited(Endpoint::Token, "a"), None, "API only");
+        // The window follows the emulator's clock: 20 s later the first has left it.
+        w.offset_ms += 20_000;
         assert_eq!(w.rate_limited(Endpoint::Api, "a"), None);
+        assert!(w.rate_limited(Endpoint::Api, "a").is_some());
+    }
+
+    #[test]
+    fn new_rate_limits_start_with_empty_windows() {
+        let mut w = World::new(None);
+        let limit = |requests| RateLimit {
+            requests,
+            window_secs: 30,
+            applies_to: Endpoint::Api,
+            quota_exceeded: false,
+        };
+        let mut s = w.settings.clone();
+        s.rate_limits = vec![limit(1)];
+        w.set_settings(s.clone());
         assert_eq!(w.rate_limited(Endpoint::Api, "a"), None);
-        let wait = w.rate_limited(Endpoint::Api, "a");
-        assert!(matches!(wait, Some(s) if (1..=30).contains(&s)));
-        assert_eq!(w.rate_limited(Endpoint::Api, "b"), None);
+        assert!(w.rate_limited(Endpoint::Api, "a").is_some());
+        w.set_settings(s.clone());
+        assert!(w.rate_limited(Endpoint::Api, "a").is_some(), "unchanged");
+        s.rate_limits = vec![limit(2)];
+        w.set_settings(s);
+        assert_eq!(w.rate_limited(Endpoint::Api, "a"), None, "a new window");
+    }
+
+    #[test]
+    fn any_gives_each_endpoint_kind_its_own_window() {
+        let mut w = World::new(None);
+        w.settings.rate_limits = vec![RateLimit {
+            requests: 1,
+            window_secs: 30,
+            applies_to: Endpoint::Any,
+            quota_exceeded: true,
+        }];
         assert_eq!(w.rate_limited(Endpoint::Token, "a"), None);
+        assert_eq!(
+            w.rate_limited(Endpoint::Api, "a"),
+            None,
+            "a window of its own"
+        );
+        let hit = w.rate_limited(Endpoint::Api, "a").expect("limited");
+        assert!(hit.quota);
+        assert_eq!(hit.retry_after_secs, 30);
     }
 
     #[test]

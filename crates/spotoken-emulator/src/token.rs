@@ -1,7 +1,10 @@
-//! `POST /api/token`: code exchange and refresh, with Spotify's error bodies.
+//! `POST /api/token`: code exchange, refresh and client credentials, with
+//! Spotify's error bodies.
 //!
 //! Order of checks: injected failure, rate limit, client authentication, then the
-//! grant. Every request is counted by grant and outcome, and refreshes in flight
+//! grant. Every app has a secret, sent as HTTP Basic or as `client_secret` in
+//! the body; PKCE flows send only `client_id`. No credentials at all is
+//! `{"error":"invalid_client"}` with no description. Every request is counted by grant and outcome, and refreshes in flight
 //! are tracked per user so tests can see a double refresh as a peak of 2.
 
 use std::collections::HashMap;
@@ -57,12 +60,13 @@ pub async fn token(
     if let Some(f) = failure {
         return crate::injected(f, hangup.as_ref().map(|e| &e.0)).await;
     }
-    if let Some(wait) = limited {
+    if let Some(hit) = limited {
         let mut r = json_response(
             StatusCode::TOO_MANY_REQUESTS,
             &json!({"error": "rate_limit_exceeded", "error_description": "Too many requests"}),
         );
-        r.headers_mut().insert(header::RETRY_AFTER, wait.into());
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, hit.retry_after_secs.into());
         return r;
     }
 
@@ -99,13 +103,14 @@ pub async fn token(
         Ok(auth) => match grant.as_str() {
             "authorization_code" => exchange_code(&mut w, &auth, &form),
             "refresh_token" => refresh(&mut w, &auth, &form),
+            "client_credentials" => client_credentials(&mut w, &auth),
             "" => Err(TokenError::new(
                 "unsupported_grant_type",
                 "grant_type parameter is missing",
             )),
             _ => Err(TokenError::new(
                 "unsupported_grant_type",
-                "grant_type parameter is invalid: must be authorization_code or refresh_token",
+                "grant_type parameter is invalid: must be authorization_code, refresh_token or client_credentials",
             )),
         },
     };
@@ -121,10 +126,11 @@ pub async fn token(
         }
         Err(e) => {
             w.count_token(&grant_key, e.error);
-            json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({"error": e.error, "error_description": e.description}),
-            )
+            let body = match &e.description {
+                Some(d) => json!({"error": e.error, "error_description": d}),
+                None => json!({ "error": e.error }),
+            };
+            json_response(StatusCode::BAD_REQUEST, &body)
         }
     }
 }
@@ -146,14 +152,23 @@ impl Drop for InFlight {
 
 struct TokenError {
     error: &'static str,
-    description: String,
+    description: Option<String>,
 }
 
 impl TokenError {
     fn new(error: &'static str, description: impl Into<String>) -> Self {
         Self {
             error,
-            description: description.into(),
+            description: Some(description.into()),
+        }
+    }
+
+    /// `{"error":"invalid_client"}` and nothing else: no credentials, or no
+    /// secret where the flow needs one.
+    fn no_credentials() -> Self {
+        Self {
+            error: "invalid_client",
+            description: None,
         }
     }
 }
@@ -161,7 +176,7 @@ impl TokenError {
 /// How the client authenticated.
 struct ClientAuth {
     id: String,
-    /// True when the secret was presented (HTTP Basic).
+    /// True when the secret was presented (HTTP Basic or the body).
     with_secret: bool,
 }
 
@@ -180,26 +195,51 @@ fn client_auth(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Result<ClientAuth, TokenError> {
-    if let Some((id, secret)) = basic_client(headers) {
-        let client = w
-            .client(&id)
-            .ok_or_else(|| TokenError::new("invalid_client", "Invalid client"))?;
-        return match &client.secret {
-            Some(s) if *s == secret => Ok(ClientAuth {
-                id,
-                with_secret: true,
-            }),
-            _ => Err(TokenError::new("invalid_client", "Invalid client secret")),
-        };
-    }
-    match form.get("client_id") {
-        Some(id) if w.client(id).is_some() => Ok(ClientAuth {
-            id: id.clone(),
+    let basic = headers.get(header::AUTHORIZATION).is_some();
+    let (id, secret) = match basic_client(headers) {
+        Some((id, secret)) => (id, Some(secret)),
+        // A header that is not `Basic base64(id:secret)`.
+        None if basic => return Err(TokenError::no_credentials()),
+        None => match form.get("client_id") {
+            Some(id) => (id.clone(), form.get("client_secret").cloned()),
+            None => return Err(TokenError::no_credentials()),
+        },
+    };
+    let client = w
+        .client(&id)
+        .ok_or_else(|| TokenError::new("invalid_client", "Invalid client"))?;
+    match secret {
+        Some(s) if s == client.secret => Ok(ClientAuth {
+            id,
+            with_secret: true,
+        }),
+        Some(_) => Err(TokenError::new("invalid_client", "Invalid client secret")),
+        None => Ok(ClientAuth {
+            id,
             with_secret: false,
         }),
-        Some(_) => Err(TokenError::new("invalid_client", "Invalid client")),
-        None => Err(TokenError::new("invalid_client", "Invalid client")),
     }
+}
+
+/// RFC 7636: 43 to 128 characters of `[A-Za-z0-9-._~]`.
+fn valid_verifier(v: &str) -> bool {
+    (43..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// `client_credentials`: an app token (no user, no refresh token, no scope);
+/// the secret is required.
+fn client_credentials(w: &mut World, auth: &ClientAuth) -> Result<serde_json::Value, TokenError> {
+    if !auth.with_secret {
+        return Err(TokenError::no_credentials());
+    }
+    let access = w.issue_app_access(&auth.id);
+    Ok(json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": w.settings.access_token_lifetime_secs,
+    }))
 }
 
 fn exchange_code(
@@ -232,6 +272,12 @@ fn exchange_code(
         return Err(TokenError::new("invalid_grant", "Invalid redirect URI"));
     }
     match (&rec.challenge, form.get("code_verifier")) {
+        (Some(_), Some(verifier)) if !valid_verifier(verifier) => {
+            return Err(TokenError::new(
+                "invalid_request",
+                "code_verifier must be 43 to 128 characters of A-Z, a-z, 0-9, '-', '.', '_' and '~'",
+            ));
+        }
         (Some(challenge), Some(verifier)) => {
             let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .encode(Sha256::digest(verifier.as_bytes()));
@@ -246,7 +292,7 @@ fn exchange_code(
             return Err(TokenError::new("invalid_request", "code_verifier required"));
         }
         (None, _) if !auth.with_secret => {
-            return Err(TokenError::new("invalid_client", "Invalid client secret"));
+            return Err(TokenError::no_credentials());
         }
         (None, _) => {}
     }
@@ -294,7 +340,7 @@ fn refresh(
         return Err(TokenError::new("invalid_grant", "Invalid refresh token"));
     }
     if !grant.pkce && !auth.with_secret {
-        return Err(TokenError::new("invalid_client", "Invalid client secret"));
+        return Err(TokenError::no_credentials());
     }
     if grant.revoked {
         return Err(TokenError::new("invalid_grant", "Refresh token revoked"));
@@ -341,4 +387,19 @@ fn refresh(
         body["refresh_token"] = json!(r);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifiers_are_43_to_128_unreserved_characters() {
+        assert!(valid_verifier(&"a".repeat(43)));
+        assert!(valid_verifier(&"A-._~9".repeat(22)[..128]));
+        assert!(!valid_verifier(&"a".repeat(42)));
+        assert!(!valid_verifier(&"a".repeat(129)));
+        assert!(!valid_verifier(&format!("{}+", "a".repeat(50))));
+        assert!(!valid_verifier("abc"));
+    }
 }

@@ -515,7 +515,21 @@ fn urlencode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_strips_credentials_and_passes_429_through() {
     let env = Env::new().await;
-    let url = &env.server.url;
+    // The Web API at the emulator's request echo: it checks the token as the
+    // API does, then shows what the proxy sent.
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Sqlite::open(dir.path().join("echo.db")).expect("store"));
+    let echo = format!("{}{}", env.emu.url(), spotoken_emulator::ECHO_PREFIX);
+    let server = start_with_api(
+        &env.emu,
+        &echo,
+        store.clone(),
+        store,
+        KeyRing::generate(),
+        |_| {},
+    )
+    .await;
+    let url = &server.url;
     let mut b = Browser::default();
     b.login(url).await;
     let r = b
@@ -533,6 +547,11 @@ async fn proxy_strips_credentials_and_passes_429_through() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.json()["path"], "/v1/echo/thing");
+    assert_eq!(
+        r.json()["user"],
+        "alice",
+        "with the session's token, not the browser's"
+    );
     assert_eq!(r.json()["query"], "x=1");
     assert!(r.set_cookies().is_empty());
     env.emu.inject(Failure {
@@ -2234,4 +2253,43 @@ fn the_readme_documents_every_error_code() {
             "README lacks the error code {code}"
         );
     }
+}
+
+/// Issue 17: the proxy decides a 401 by its status (a plain-text one is
+/// refreshed and retried), and passes Spotify's plain-text 403s through as
+/// they came, naming no scope, with the session kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_401_and_403_from_spotify() {
+    let env = Env::new().await;
+    let url = &env.server.url;
+    let mut b = Browser::default();
+    b.login(url).await;
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Api,
+        status: 401,
+        text: Some("no JSON here".into()),
+        content_type: Some("text/plain".into()),
+        ..Failure::default()
+    });
+    // A while after the token was obtained (a 401 to one moments old is
+    // passed on without a refresh).
+    env.server
+        .advance(spotoken::engine::REFRESH_AFTER_401_INTERVAL_SECS);
+    let r = b.get(&format!("{url}/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        env.emu.counters().token_outcome("refresh_token", "ok"),
+        1,
+        "one refresh, then the retry"
+    );
+    env.emu.update(|s| s.owner_premium = false);
+    let r = b.get(&format!("{url}/api/v1/me")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body, spotoken_emulator::OWNER_PREMIUM_REQUIRED);
+    assert!(!r.headers.contains_key("spotoken-missing-scope"));
+    env.emu.update(|s| s.owner_premium = true);
+    assert_eq!(
+        b.get(&format!("{url}/api/v1/me")).await.status,
+        StatusCode::OK
+    );
 }

@@ -5,7 +5,10 @@
 //! requests rejected at once cause one refresh. On 429 it waits `Retry-After`
 //! when that is within the caller's cap, else fails at once with a temporary
 //! error that states the wait. A `403 Insufficient client scope` becomes an
-//! insufficient-scope error naming the missing scope, from the endpoint table.
+//! insufficient-scope error naming the missing scope, from the endpoint table;
+//! the 403s that no login fixes (a user off a development-mode app's
+//! allowlist, an app owner without Premium, both sent as plain text, and a
+//! free user's `PREMIUM_REQUIRED`) become configuration errors saying so.
 
 use std::time::Duration;
 
@@ -205,40 +208,55 @@ impl Api {
 
 /// Turns the Web API's 401/403/429 into the taxonomy.
 pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &Scopes) -> Error {
-    let message = serde_json::from_slice::<serde_json::Value>(&answer.body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(|m| m.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let json = serde_json::from_slice::<serde_json::Value>(&answer.body).ok();
+    let field = |name: &str| {
+        json.as_ref()
+            .and_then(|v| v.pointer(&format!("/error/{name}")))
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+    };
+    // Some 403s are plain text (the allowlist, the owner's Premium): their
+    // text is the message.
+    let message = field("message").unwrap_or_else(|| match &json {
+        Some(_) => String::new(),
+        None => String::from_utf8_lossy(&answer.body).trim().to_owned(),
+    });
+    let reason = field("reason").unwrap_or_default();
+    let lower = message.to_ascii_lowercase();
     let endpoint = format!("{method} {}", path.split('?').next().unwrap_or(path));
     match answer.status {
+        // By status alone: Spotify's 401 text has changed and will again.
         401 => Error::AuthorizationNeeded {
             account: String::new(),
             reason: spotoken_core::ReauthReason::Flagged(format!(
                 "the Web API rejected a freshly refreshed token ({message})"
             )),
         },
-        403 if message.contains("not registered") => Error::Configuration(format!(
-            "this Spotify user is not on the app's allowlist (development mode allows 5 users): add them under \
-             User Management in the Spotify Developer Dashboard; logging in again does not help ({message})"
+        403 if lower.contains("not registered") || lower.contains("not approved") => {
+            Error::Configuration(format!(
+                "this Spotify user is not on the app's allowlist (development mode allows 5 users): add them under \
+                 User Management in the Spotify Developer Dashboard; logging in again does not help ({message})"
+            ))
+        }
+        403 if lower.contains("premium subscription required for the owner") => {
+            Error::Configuration(format!(
+                "the Spotify account that owns this app (client id) has no Premium subscription, which a \
+                 development-mode app needs; logging in again does not help ({message})"
+            ))
+        }
+        403 if reason == "PREMIUM_REQUIRED" => Error::Configuration(format!(
+            "{endpoint} needs a Spotify Premium account, and this user has none ({message})"
         )),
-        403 if message.to_ascii_lowercase().contains("scope") => Error::InsufficientScope {
+        403 if lower.contains("scope") => Error::InsufficientScope {
             endpoint,
             missing: scope::missing_for(method, path, granted),
         },
         429 => {
-            let reason = serde_json::from_slice::<serde_json::Value>(&answer.body)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/error/reason")
-                        .and_then(|m| m.as_str())
-                        .map(str::to_owned)
-                })
-                .map(|r| format!(", {r}"))
-                .unwrap_or_default();
+            let reason = if reason.is_empty() {
+                reason
+            } else {
+                format!(", {reason}")
+            };
             let wait = answer
                 .retry_after
                 .map(|d| format!(" for {}", human_duration(d)))

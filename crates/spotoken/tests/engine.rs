@@ -598,6 +598,87 @@ async fn api_names_the_missing_scope_and_handles_429() {
     );
 }
 
+/// Issue 17: whether a 401 is a 401 never depends on its body, which
+/// Spotify has changed; a plain-text one is refreshed and retried too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_with_any_body_refreshes_and_retries() {
+    let env = Env::new().await;
+    env.login("default", "user-read-private").await;
+    let api = env.tokens.api("default");
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Api,
+        status: 401,
+        text: Some("nothing a client could match on".into()),
+        content_type: Some("text/plain".into()),
+        ..Failure::default()
+    });
+    let r = api.get("/v1/me").await.expect("refreshed and retried");
+    assert_eq!(r.status, 200);
+    assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 1);
+}
+
+/// Issue 17: the 403s Spotify sends as plain text (a user off a
+/// development-mode app's allowlist, an app owner without Premium) and the
+/// player's `PREMIUM_REQUIRED` are configuration errors that say what to do,
+/// not protocol errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_and_premium_403s_are_classified() {
+    let env = Env::new().await;
+    env.emu.update(|s| s.default_user = "dave".into());
+    let out = env.login("dave", "user-read-private").await;
+    assert!(
+        out.warnings.iter().any(|w| w.contains("allowlist")),
+        "{:?}",
+        out.warnings
+    );
+    let e = env.tokens.api("dave").get("/v1/me").await.expect_err("403");
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e}");
+    assert!(e.to_string().contains("allowlist"), "{e}");
+
+    env.emu.update(|s| s.default_user = "alice".into());
+    env.login("alice", "user-read-private user-modify-playback-state")
+        .await;
+    env.emu.update(|s| s.owner_premium = false);
+    let e = env
+        .tokens
+        .api("alice")
+        .get("/v1/me")
+        .await
+        .expect_err("403");
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e}");
+    assert!(e.to_string().contains("owns this app"), "{e}");
+    env.emu.update(|s| s.owner_premium = true);
+
+    env.emu.update(|s| s.default_user = "bob".into());
+    env.login("bob", "user-modify-playback-state").await;
+    let e = env
+        .tokens
+        .api("bob")
+        .put("/v1/me/player/pause", bytes::Bytes::new())
+        .await
+        .expect_err("403");
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e}");
+    assert!(e.to_string().contains("Premium"), "{e}");
+    // The player's other answers come back as responses: 204, and 404
+    // NO_ACTIVE_DEVICE for the caller to show.
+    let api = env.tokens.api("alice");
+    let r = api
+        .put("/v1/me/player/pause", bytes::Bytes::new())
+        .await
+        .expect("204");
+    assert_eq!(r.status, 204);
+    env.emu.update(|s| s.active_device = false);
+    let r = api
+        .post("/v1/me/player/next", bytes::Bytes::new())
+        .await
+        .expect("404");
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json::<serde_json::Value>().expect("json")["error"]["reason"],
+        "NO_ACTIVE_DEVICE"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_logged_in_and_logout() {
     let env = Env::new().await;
@@ -787,7 +868,7 @@ async fn an_account_is_refreshed_with_the_client_id_it_was_logged_in_with() {
     env.login("me", "user-read-private").await;
     env.emu.register_client(spotoken_emulator::Client {
         id: "another-client".into(),
-        secret: None,
+        secret: spotoken_emulator::new_secret(),
         redirect_uris: vec![REDIRECT.into()],
     });
     let other = Env::engine_as(

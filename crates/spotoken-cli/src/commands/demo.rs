@@ -99,10 +99,11 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
     step(2, "Call the Web API");
     let me: serde_json::Value = tokens.api("default").get("/v1/me").await?.json()?;
     say(&format!(
-        "GET /v1/me -> {} <{}>",
-        me["display_name"],
-        me["email"].as_str().unwrap_or("")
+        "GET /v1/me -> {} ({})",
+        me["display_name"].as_str().unwrap_or("?"),
+        me["id"].as_str().unwrap_or("?")
     ));
+    say("(no e-mail or country: the emulator is a development-mode app, as a new Spotify app is)");
 
     step(
         3,

@@ -3,10 +3,7 @@
 //! expiry, rotation, revocation and rate limits.
 
 use spotoken::Error;
-use spotoken_emulator::{
-    Client, DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_SECRET,
-    Emulator,
-};
+use spotoken_emulator::{Client, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, ECHO_PREFIX, Emulator};
 
 use crate::cli::{Global, Output};
 
@@ -16,7 +13,8 @@ pub struct EmulateArgs {
     /// Port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// Secret for the client named by --client-id, making it a confidential client.
+    /// Secret of the client named by --client-id (default: a random one,
+    /// printed). Like every Spotify app it has one; PKCE flows do not send it.
     #[arg(long, env = "SPOTOKEN_EMULATOR_CLIENT_SECRET", hide_env_values = true)]
     pub client_secret: Option<String>,
     /// Redirect URIs registered for the client named by --client-id (default:
@@ -36,7 +34,10 @@ pub async fn exec(global: &Global, args: EmulateArgs) -> Result<u8, Error> {
     }
     let extra = extra_id.map(|id| Client {
         id,
-        secret: args.client_secret.clone(),
+        secret: args
+            .client_secret
+            .clone()
+            .unwrap_or_else(spotoken_emulator::new_secret),
         redirect_uris: if args.redirect_uris.is_empty() {
             spotoken_emulator::DEFAULT_REDIRECT_URIS
                 .iter()
@@ -53,39 +54,35 @@ pub async fn exec(global: &Global, args: EmulateArgs) -> Result<u8, Error> {
         })?;
     let url = emu.url();
     let mut clients = vec![
-        serde_json::json!({"client_id": DEFAULT_CLIENT_ID, "type": "public"}),
-        serde_json::json!({"client_id": DEFAULT_CONFIDENTIAL_CLIENT_ID, "type": "confidential", "client_secret": DEFAULT_CONFIDENTIAL_CLIENT_SECRET}),
+        serde_json::json!({"client_id": DEFAULT_CLIENT_ID, "client_secret": DEFAULT_CLIENT_SECRET}),
     ];
     if let Some(c) = &extra {
-        let kind = if c.secret.is_some() {
-            "confidential"
-        } else {
-            "public"
-        };
-        clients.push(serde_json::json!({"client_id": c.id, "type": kind}));
+        clients.push(serde_json::json!({"client_id": c.id, "client_secret": c.secret}));
     }
+    let echo_url = format!("{url}{ECHO_PREFIX}");
     match global.output {
-        Output::Json => crate::output::json(
-            &serde_json::json!({"url": url, "accounts_url": url, "api_url": url, "clients": clients}),
-        ),
+        Output::Json => crate::output::json(&serde_json::json!({
+            "url": url, "accounts_url": url, "api_url": url, "echo_url": echo_url,
+            "clients": clients, "app_mode": "development",
+        })),
         Output::Text => {
             let p = crate::output::line;
             p(&format!("spotoken emulator listening on {url}"));
             p(&format!("  accounts url: {url}   (SPOTOKEN_ACCOUNTS_URL)"));
             p(&format!("  api url:      {url}   (SPOTOKEN_API_URL)"));
-            p(&format!("  public client id:       {DEFAULT_CLIENT_ID}"));
             p(&format!(
-                "  confidential client id: {DEFAULT_CONFIDENTIAL_CLIENT_ID} (secret {DEFAULT_CONFIDENTIAL_CLIENT_SECRET})"
+                "  client id:     {DEFAULT_CLIENT_ID} (secret {DEFAULT_CLIENT_SECRET}; PKCE needs none)"
             ));
             if let Some(c) = &extra {
-                let kind = if c.secret.is_some() {
-                    "confidential"
-                } else {
-                    "public"
-                };
-                p(&format!("  your client id:         {} ({kind})", c.id));
+                p(&format!("  your client id: {} (secret {})", c.id, c.secret));
             }
             p("  redirect URIs: http://127.0.0.1/callback and /auth/callback, any port");
+            p(
+                "  app mode:      development (as a new Spotify app; PATCH app_mode to \"extended\")",
+            );
+            p(&format!(
+                "  request echo:  {echo_url}/v1/...   (the Web API's checks, then your request back)"
+            ));
             p(&format!(
                 "  control plane: {url}/_emulator/settings, /_emulator/counters, ..."
             ));
