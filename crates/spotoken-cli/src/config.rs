@@ -75,6 +75,8 @@ pub struct ServeFile {
     pub session_idle: Option<String>,
     /// The session cookie's SameSite: `lax` or `strict`.
     pub same_site: Option<String>,
+    /// Proxies in front whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// Where the key comes from.

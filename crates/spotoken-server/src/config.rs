@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub session_idle: Option<Duration>,
     /// The session cookie's `SameSite` attribute.
     pub same_site: crate::cookies::SameSite,
+    /// Peers whose `X-Forwarded-For` names the client (a TLS-terminating
+    /// proxy in front, `--trusted-proxy`); from anyone else it is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl ServerConfig {
@@ -80,6 +83,7 @@ impl ServerConfig {
             app_upstream: None,
             session_idle: None,
             same_site: crate::cookies::SameSite::Lax,
+            trusted_proxies: Vec::new(),
         })
     }
 

@@ -114,8 +114,12 @@ impl App {
             trace::traced(req, |req, _| proxy::handle(state, req)).await
         } else {
             let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut()
-                .insert(state::ClientAddr(self.peer.map(|p| p.ip())));
+            let client = state::client_addr(
+                self.peer.map(|p| p.ip()),
+                req.headers(),
+                &self.state.config.trusted_proxies,
+            );
+            req.extensions_mut().insert(state::ClientAddr(client));
             match tower::ServiceExt::oneshot(self.router, req).await {
                 Ok(resp) => resp,
                 Err(never) => match never {},
@@ -421,6 +425,32 @@ fn peer_of<A: std::any::Any>(addr: &A) -> Option<std::net::SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::least_loaded;
+
+    #[test]
+    fn a_trusted_proxy_names_the_client_and_no_one_else_does() {
+        use axum::http::{HeaderMap, HeaderValue};
+        let proxy: std::net::IpAddr = [127, 0, 0, 1].into();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.7"),
+        );
+        let at =
+            |peer, trusted: &[std::net::IpAddr]| super::state::client_addr(Some(peer), &h, trusted);
+        assert_eq!(
+            at(proxy, &[proxy]),
+            Some([203, 0, 113, 7].into()),
+            "the entry the proxy added"
+        );
+        assert_eq!(at(proxy, &[]), Some(proxy), "not trusted: the peer");
+        let other: std::net::IpAddr = [198, 51, 100, 1].into();
+        assert_eq!(at(other, &[proxy]), Some(other));
+        assert_eq!(
+            super::state::client_addr(Some(proxy), &HeaderMap::new(), &[proxy]),
+            Some(proxy),
+            "no header: the peer"
+        );
+    }
 
     #[test]
     fn connections_go_to_the_least_loaded_loop() {

@@ -324,6 +324,17 @@ where
     for name in upstream_listed {
         parts.headers.remove(name.as_str());
     }
+    // The Web API allows any origin (`Access-Control-Allow-Origin: *`); the
+    // proxy is for this origin alone, and says nothing to others.
+    let cors: Vec<header::HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in cors {
+        parts.headers.remove(name);
+    }
     if let Some(missing) = missing {
         parts.headers.insert(MISSING_SCOPE, missing);
     }

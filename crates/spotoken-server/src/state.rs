@@ -423,10 +423,33 @@ pub struct Identity {
     pub scopes: Option<HeaderValue>,
 }
 
-/// The client's address as the connection shows it (a front proxy's, when
-/// there is one), for bounds on unauthenticated work; `None` when unknown.
+/// The client's address, for bounds on unauthenticated work and for the
+/// app's server: the connection's peer, or what a trusted proxy says (see
+/// [`client_addr`]); `None` when unknown.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+/// The client's address: the connection's `peer`, unless the peer is one of
+/// the `trusted` proxies, in which case the last `X-Forwarded-For` entry (the
+/// one that proxy added: entries before it are the client's own claims).
+pub fn client_addr(
+    peer: Option<std::net::IpAddr>,
+    headers: &axum::http::HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> Option<std::net::IpAddr> {
+    let peer = peer?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let said = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    Some(said.unwrap_or(peer))
+}
 
 /// The logged-in session of a request (401 if there is none).
 pub struct Session {

@@ -2172,6 +2172,12 @@ async fn every_error_of_ours_has_one_format_and_upstream_answers_are_marked() {
     // The Web API's own answers pass unchanged, marked.
     let r = b.get(&format!("{url}/api/v1/me")).await;
     assert_eq!(header(&r, "spotoken-upstream"), "1");
+    // Spotify allows every origin; the proxy is this origin's alone.
+    assert!(
+        !r.headers.contains_key("access-control-allow-origin"),
+        "{:?}",
+        r.headers
+    );
     env.emu.inject(Failure {
         endpoint: Endpoint::Api,
         status: 404,

@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// The session cookie's SameSite attribute: lax or strict [default: lax]
     #[arg(long, value_name = "lax|strict")]
     pub same_site: Option<SameSite>,
+    /// A TLS-terminating proxy in front (its address as the server sees it; repeatable):
+    /// its X-Forwarded-For names the client, for bounds on logins and for the app
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Development: start the built-in Spotify emulator and log in through it (its consent
     /// page; no Spotify app, no client id); sessions go to serve-emulator.db in the home
     #[arg(long)]
@@ -108,6 +112,8 @@ pub struct Settings {
     pub session_idle: Option<Duration>,
     /// The session cookie's SameSite.
     pub same_site: SameSite,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Settings {
@@ -139,6 +145,19 @@ impl Settings {
             (Some(s), _) => s,
             (None, Some(s)) => s.parse().map_err(|e| in_file("same_site", e))?,
             (None, None) => SameSite::Lax,
+        };
+        let trusted_proxies = if args.trusted_proxies.is_empty() {
+            file.trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    p.parse().map_err(|_| {
+                        in_file("trusted_proxies", format!("{p:?} is not an IP address"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            args.trusted_proxies.clone()
         };
         let static_dir = args.static_dir.clone().or(file.static_dir);
         let app_upstream = args.app_upstream.clone().or(file.app_upstream);
@@ -191,6 +210,7 @@ impl Settings {
             app_upstream,
             session_idle,
             same_site,
+            trusted_proxies,
         })
     }
 }
@@ -254,6 +274,7 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
         };
     sc.session_idle = settings.session_idle;
     sc.same_site = settings.same_site;
+    sc.trusted_proxies = settings.trusted_proxies.clone();
 
     let (tokens_store, sessions): (Arc<dyn TokenStore>, Arc<dyn SessionStore>) =
         match settings.database_url.as_deref() {
@@ -415,6 +436,7 @@ mod tests {
             app_upstream: None,
             session_idle: Some("2h".into()),
             same_site: Some("strict".into()),
+            trusted_proxies: Some(vec!["127.0.0.1".into()]),
         };
         let s = Settings::resolve(
             &ServeArgs::default(),
@@ -438,6 +460,7 @@ mod tests {
         assert_eq!(s.metrics_bind.as_deref(), Some("127.0.0.1:9100"));
         assert_eq!(s.session_idle, Some(Duration::from_secs(7200)));
         assert_eq!(s.same_site, SameSite::Strict);
+        assert_eq!(s.trusted_proxies, [std::net::IpAddr::from([127, 0, 0, 1])]);
 
         let flags = ServeArgs {
             bind: Some("127.0.0.1:0".into()),
