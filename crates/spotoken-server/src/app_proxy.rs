@@ -9,8 +9,9 @@
 //! removed, and so are its `X-Forwarded-*`, `Forwarded` and `X-Real-IP`: this
 //! server states the client's address, scheme and host. The session cookies
 //! never reach the app; its own cookies do. A write (any method but `GET`,
-//! `HEAD`, `OPTIONS`) from another origin carries no identity, so a page
-//! elsewhere cannot act as the user on the app through the cookie. The
+//! `HEAD`, `OPTIONS`) or a WebSocket from another origin carries no
+//! identity, so a page elsewhere cannot act as the user on the app through
+//! the cookie. The
 //! answer is framed by this server (hop-by-hop fields dropped), may not set
 //! spotoken's cookies, and is marked `Spotoken-Upstream: 1`.
 //!
@@ -88,7 +89,7 @@ impl AppUpstream {
     pub async fn answer(&self, st: &AppState, mut req: Request<Body>) -> Response<Body> {
         let upgrade = requested_upgrade(req.headers());
         let from_browser = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let identity = identity_for(st, req.headers(), req.method()).await;
+        let identity = identity_for(st, req.headers(), req.method(), upgrade.is_some()).await;
         let client = req.extensions().get::<ClientAddr>().and_then(|c| c.0);
         let (parts, body) = req.into_parts();
         let target = format!(
@@ -259,9 +260,12 @@ async fn identity_for(
     st: &AppState,
     headers: &HeaderMap,
     method: &axum::http::Method,
+    upgrade: bool,
 ) -> Option<std::sync::Arc<crate::state::Identity>> {
     let cookie = cookies::get(headers, cookies::SESSION)?;
-    if !is_safe(method) && !same_origin_write(headers, &st.config.origin()) {
+    // A WebSocket's handshake is a GET, but what follows is anything but
+    // safe: another site's page may not open one as the user.
+    if (upgrade || !is_safe(method)) && !same_origin_write(headers, &st.config.origin()) {
         return None;
     }
     let record = match st.session_for(cookie).await {

@@ -1726,10 +1726,17 @@ async fn echo_app() -> (String, tokio::task::JoinHandle<()>) {
             let service = hyper::service::service_fn(
                 |mut req: hyper::Request<hyper::body::Incoming>| async move {
                     if req.headers().get("upgrade").is_some() {
+                        // Says whom spotoken named as the user, then echoes.
+                        let user = req.headers().get("spotoken-user").map_or_else(
+                            || "-".to_owned(),
+                            |v| v.to_str().unwrap_or("?").to_owned(),
+                        );
                         let on = hyper::upgrade::on(&mut req);
                         tokio::spawn(async move {
+                            use tokio::io::AsyncWriteExt as _;
                             if let Ok(up) = on.await {
                                 let mut io = hyper_util::rt::TokioIo::new(up);
+                                let _ = io.write_all(format!("user={user}\n").as_bytes()).await;
                                 let (mut r, mut w) = tokio::io::split(&mut io);
                                 let _ = tokio::io::copy(&mut r, &mut w).await;
                             }
@@ -1875,43 +1882,62 @@ async fn the_app_server_gets_the_sessions_identity_and_never_the_browsers() {
     assert_eq!(r.json()["id"], "alice");
 
     // A WebSocket (a dev server's hot reload): the upgrade goes through and
-    // the bytes flow both ways.
-    {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let addr = url.trim_start_matches("http://");
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(
-            b"GET /hmr HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    // the bytes flow both ways; the identity only for this origin's pages.
+    let cookie = format!("__Host-spotoken_session={}", b.session().expect("session"));
+    let addr = url.trim_start_matches("http://").to_owned();
+    assert_eq!(
+        websocket(&addr, &cookie, &ours).await,
+        "user=alice\nping through the proxy"
+    );
+    assert_eq!(
+        websocket(&addr, &cookie, "http://127.0.0.1:1").await,
+        "user=-\nping through the proxy",
+        "another site's page cannot open a socket as the user"
+    );
+}
+
+/// Opens a WebSocket through the server at `addr` with `cookie` and
+/// `origin`, sends a line, and returns what came back.
+async fn websocket(addr: &str, cookie: &str, origin: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(
+        format!(
+            "GET /hmr HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Origin: {origin}\r\nCookie: {cookie}\r\n\r\n"
         )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), tcp.read(&mut byte))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert_eq!(n, 1, "closed early: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    tcp.write_all(b"ping through the proxy")
         .await
         .expect("write");
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            let n = tokio::time::timeout(std::time::Duration::from_secs(30), tcp.read(&mut byte))
-                .await
-                .expect("an answer")
-                .expect("read");
-            assert_eq!(n, 1, "closed early: {}", String::from_utf8_lossy(&head));
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 101"), "{head}");
-        assert!(head.contains("upgrade: websocket"), "{head}");
-        tcp.write_all(b"ping through the proxy")
+    let mut got = Vec::new();
+    while !got.ends_with(b"ping through the proxy") {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), tcp.read(&mut buf))
             .await
-            .expect("write");
-        let mut back = [0u8; 22];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            tcp.read_exact(&mut back),
-        )
-        .await
-        .expect("echo")
-        .expect("read");
-        assert_eq!(&back, b"ping through the proxy");
+            .expect("echo")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
     }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
