@@ -1899,7 +1899,7 @@ async fn the_app_server_gets_the_sessions_identity_and_never_the_browsers() {
 /// Opens a WebSocket through the server at `addr` with `cookie` and
 /// `origin`, sends a line, and returns what came back.
 async fn websocket(addr: &str, cookie: &str, origin: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(
         format!(
@@ -1911,28 +1911,28 @@ async fn websocket(addr: &str, cookie: &str, origin: &str) -> String {
     )
     .await
     .expect("write");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = tokio::time::timeout(std::time::Duration::from_secs(30), tcp.read(&mut byte))
-            .await
-            .expect("an answer")
-            .expect("read");
-        assert_eq!(n, 1, "closed early: {}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    // The head a byte at a time: the echo may follow it in the same packet.
+    let head = read_until(&mut tcp, b"\r\n\r\n", 1)
+        .await
+        .to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     tcp.write_all(b"ping through the proxy")
         .await
         .expect("write");
+    read_until(&mut tcp, b"ping through the proxy", 64).await
+}
+
+/// Reads `step` bytes at a time until what was read ends with `end`;
+/// panics if the connection closes first or nothing comes for 30 s.
+async fn read_until(tcp: &mut tokio::net::TcpStream, end: &[u8], step: usize) -> String {
+    use tokio::io::AsyncReadExt as _;
     let mut got = Vec::new();
-    while !got.ends_with(b"ping through the proxy") {
-        let mut buf = [0u8; 64];
+    while !got.ends_with(end) {
+        let mut buf = vec![0u8; step];
         let n = tokio::time::timeout(std::time::Duration::from_secs(30), tcp.read(&mut buf))
             .await
-            .expect("echo")
+            .expect("an answer")
             .expect("read");
         assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
