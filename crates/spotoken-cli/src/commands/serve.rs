@@ -71,7 +71,12 @@ pub struct ServeArgs {
     pub same_site: Option<SameSite>,
     /// A TLS-terminating proxy in front (its address as the server sees it; repeatable):
     /// its X-Forwarded-For names the client, for bounds on logins and for the app
-    #[arg(long = "trusted-proxy", value_name = "IP")]
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "IP",
+        env = "SPOTOKEN_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Development: start the built-in Spotify emulator and log in through it (its consent
     /// page; no Spotify app, no client id); sessions go to serve-emulator.db in the home
