@@ -612,6 +612,11 @@ async fn a_401_with_any_body_refreshes_and_retries() {
         content_type: Some("text/plain".into()),
         ..Failure::default()
     });
+    // A while after login: a 401 to a token moments old is passed on.
+    env.offset.fetch_add(
+        spotoken::engine::REFRESH_AFTER_401_INTERVAL_SECS,
+        Ordering::SeqCst,
+    );
     let r = api.get("/v1/me").await.expect("refreshed and retried");
     assert_eq!(r.status, 200);
     assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 1);
