@@ -772,8 +772,9 @@ impl Tokens {
         let req = protocol::refresh_request(&self.inner.provider.token_url, &client, refresh);
         let started = Instant::now();
         let mut attempt = 1;
+        // Checked once: a retry below has waited the Retry-After itself.
+        self.token_endpoint_open()?;
         loop {
-            self.token_endpoint_open()?;
             let outcome = match http::send_form(&self.inner.http, &req).await {
                 Ok(answer) => protocol::parse_token_answer(answer.as_core(), account),
                 Err(e) => Err(e),
