@@ -7,6 +7,7 @@
 //   nginx     nginx (the docs/DEPLOY.md recipe, TLS) in front of --static
 //   caddy     Caddy (the docs/DEPLOY.md recipe) in front of --static, when
 //             Debian's caddy is installed
+//   strict    --static with --same-site strict (login only)
 //
 // Each: open a deep link logged out, log in through the emulator's consent
 // page, land on the deep link, search, play (first with no active device:
@@ -386,4 +387,22 @@ ${site}`);
   children.push(proc);
   await waitTls(publicUrl);
   await journey("caddy", publicUrl, { https: true });
+});
+
+test("strict: --same-site strict, the app's own calls carry the cookie after the login's redirect", async () => {
+  await emulator("/_emulator/reset", "POST");
+  await emulator("/_emulator/settings", "PATCH", { consent: "page" });
+  const base = await serve(["--static", spa, "--same-site", "strict"]);
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(base + "/search?q=Spin");
+  await page.click("#login");
+  await page.click("#approve");
+  await page.waitForSelector("#results li");
+  assert.equal(await page.textContent("#user"), "Logged in as Alice Emulated (alice)");
+  const session = (await context.cookies()).find((c) => c.name === "__Host-spotoken_session");
+  assert.equal(session?.sameSite, "Strict");
+  mkdirSync(join(shotsRoot, "strict"), { recursive: true });
+  await page.screenshot({ path: join(shotsRoot, "strict", "1-logged-in.png"), fullPage: true });
+  await context.close();
 });
