@@ -13,7 +13,8 @@
 //! identity, so a page elsewhere cannot act as the user on the app through
 //! the cookie. The
 //! answer is framed by this server (hop-by-hop fields dropped), may not set
-//! spotoken's cookies, and is marked `Spotoken-Upstream: 1`.
+//! spotoken's cookies, varies by `Cookie` when it was told a user, and is
+//! marked `Spotoken-Upstream: 1`.
 //!
 //! hyper's client rather than the API proxy's own ([`crate::upstream`]): the
 //! app's answers stream (server-sent events, large files) and upgrade, where
@@ -122,6 +123,7 @@ impl AppUpstream {
                 headers.insert(HeaderName::from_static("x-forwarded-host"), v);
             }
         }
+        let identified = identity.is_some();
         if let Some(id) = identity {
             if let Some(u) = &id.user {
                 headers.insert(USER, u.clone());
@@ -197,6 +199,13 @@ impl AppUpstream {
         rparts
             .headers
             .insert(FROM_UPSTREAM, HeaderValue::from_static("1"));
+        // The answer may depend on the user we named: no cache in front may
+        // give it to another cookie.
+        if identified {
+            rparts
+                .headers
+                .append(header::VARY, HeaderValue::from_static("Cookie"));
+        }
         Response::from_parts(rparts, Body::new(rbody))
     }
 }

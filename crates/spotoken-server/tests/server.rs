@@ -1834,6 +1834,10 @@ async fn the_app_server_gets_the_sessions_identity_and_never_the_browsers() {
     assert!(!b.cookies.contains_key("__Host-spotoken_session"));
     assert_eq!(b.cookies.get("theme").map(String::as_str), Some("dark"));
     assert!(!r.headers.contains_key("x-app-private"));
+    assert!(
+        !r.headers.contains_key("vary"),
+        "no user, nothing to vary by"
+    );
 
     // Logged in: the session's user and scopes, the browser's copies gone.
     b.login(url).await;
@@ -1841,6 +1845,11 @@ async fn the_app_server_gets_the_sessions_identity_and_never_the_browsers() {
         .send(reqwest::Method::GET, &format!("{url}/after"), &spoof)
         .await;
     let h = &r.json()["headers"];
+    assert!(
+        r.headers.get_all("vary").iter().any(|v| v == "Cookie"),
+        "an answer for a user is cached for that cookie only: {:?}",
+        r.headers
+    );
     assert_eq!(h["spotoken-user"], "alice");
     let scopes = h["spotoken-scopes"].as_str().unwrap_or_default();
     assert!(
