@@ -415,14 +415,19 @@ async fn demo_runs_with_no_configuration() {
         .arg("demo")
         .env("HOME", home.path())
         .env("XDG_DATA_HOME", home.path())
+        // Logs to a pipe: plain text, whatever the level (issue 16).
+        .env("RUST_LOG", "debug")
+        .env_remove("NO_COLOR")
         .output()
         .await
         .expect("run");
     let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("DEBUG"), "logs were written: {stderr}");
     assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
+        !stderr.contains('\u{1b}') && !stdout.contains('\u{1b}'),
+        "no escape codes into a pipe: {stderr}"
     );
     assert!(
         stdout.contains("100 callers -> 1 token request, 0 failures"),
@@ -720,6 +725,52 @@ async fn serve_reads_the_serve_table_of_the_config_file() {
     let bad = env.run(&["serve"]).await;
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("config.toml"), "{}", bad.stderr);
+}
+
+/// `spotoken serve` in text: one line per request at info level without
+/// being asked, and no colour into a pipe (issue 16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_a_plain_line_per_request_at_info_by_default() {
+    let env = Env::new().await;
+    let mut child = env
+        .cmd(&["serve", "--bind", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .spawn()
+        .expect("spawn serve");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(60), stderr.next_line())
+            .await
+            .expect("a line arrives")
+            .expect("read")
+            .expect("a line")
+    };
+    let server = loop {
+        let line = next().await;
+        if let Some(rest) = line.strip_prefix("spotoken serve listening on ") {
+            break rest.split(' ').next().expect("address").to_owned();
+        }
+    };
+    let r = browser()
+        .get(format!("{server}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    let line = loop {
+        let line = next().await;
+        if line.contains("handled") {
+            break line;
+        }
+    };
+    assert!(
+        line.contains("INFO") && line.contains("path=/healthz"),
+        "{line}"
+    );
+    assert!(line.contains("status=200"), "{line}");
+    assert!(!line.contains('\u{1b}'), "no colour into a pipe: {line:?}");
+    child.kill().await.expect("kill");
 }
 
 /// `spotoken --output json serve`: where it listens as JSON on stdout, and a
