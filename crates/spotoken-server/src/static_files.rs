@@ -11,6 +11,10 @@
 //! browser asking for HTML, gets `DIR/index.html`. Every path is resolved
 //! (symlinks included) and must stay inside `DIR`; dot files are never
 //! served (`.git`, `.env`), except under `.well-known`.
+//!
+//! Not tower-http's `ServeDir`: it refuses `..` in the request path but opens
+//! whatever a symlink inside the directory points to, and the check that
+//! closes that (resolve, then compare with the root) is most of this module.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
