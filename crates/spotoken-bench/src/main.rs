@@ -313,6 +313,7 @@ async fn storm() -> Result<(), Box<dyn std::error::Error>> {
     let round_trip = t.elapsed();
     let before = emu.counters().token_requests_for("refresh_token");
     let store = Sqlite::open(dir.path().join("tokens.db"))?;
+    let keys = spotoken::crypto::load_key_ring(&dir.path().join("master.key"), None)?;
     let mut results = Vec::new();
     for _ in 0..5 {
         // Age the stored token: a minute left, last refreshed an hour ago. (A
@@ -320,6 +321,7 @@ async fn storm() -> Result<(), Box<dyn std::error::Error>> {
         let mut row = store.load("default").await?.ok_or("no account")?;
         row.access_expires_at = unix_now() + 60;
         row.last_refresh = Some(unix_now() - 3540);
+        row.carry_secrets_to_next_version(&keys)?;
         store
             .update(row)
             .await?

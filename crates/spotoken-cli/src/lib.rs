@@ -9,6 +9,7 @@
 //! page of pointers in a 16 MiB binary before `main` runs, which alone made
 //! `spotoken token` cost 2.6× a bare process (docs/BENCHMARKS.md).
 
+pub mod child;
 pub mod cli;
 pub mod commands;
 pub mod config;

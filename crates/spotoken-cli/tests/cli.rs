@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::process::Stdio;
 
 use serde_json::Value;
-use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator, Endpoint, Failure, Rotation};
+use spotoken_emulator::{
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Emulator, Endpoint, Failure, Rotation,
+};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
 
@@ -13,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_spotoken");
 struct Env {
     emu: Emulator,
     home: tempfile::TempDir,
+    /// Set after the defaults, for every command of this test.
+    extra_env: Vec<(&'static str, String)>,
 }
 
 struct Out {
@@ -27,6 +31,41 @@ impl Env {
         Self {
             emu: Emulator::start().await.expect("emulator"),
             home: tempfile::tempdir().expect("tmp"),
+            extra_env: Vec::new(),
+        }
+    }
+
+    /// An environment holding every secret a child must not inherit (the
+    /// client secret is the app's real one, so it is really used).
+    async fn with_secrets() -> Self {
+        let mut env = Self::new().await;
+        env.extra_env = vec![
+            (
+                "SPOTOKEN_MASTER_KEY",
+                "c2VjcmV0LW1hc3Rlci1rZXktb2YtMzItYnl0ZXMhISE=".to_owned(),
+            ),
+            ("SPOTOKEN_CLIENT_SECRET", DEFAULT_CLIENT_SECRET.to_owned()),
+        ];
+        env
+    }
+
+    /// Fails if a file written by a child holds any of `extra_env`'s values.
+    fn assert_no_secret_in(&self, text: &str) {
+        assert!(text.contains("SPOTOKEN_HOME="), "not an env dump: {text}");
+        for name in ["SPOTOKEN_MASTER_KEY", "SPOTOKEN_CLIENT_SECRET"] {
+            assert!(
+                !text.contains(&format!("{name}=")),
+                "{name} reached the child"
+            );
+            let (_, value) = self
+                .extra_env
+                .iter()
+                .find(|(k, _)| *k == name)
+                .expect("set");
+            assert!(
+                !text.contains(value.as_str()),
+                "the value of {name} reached the child"
+            );
         }
     }
 
@@ -43,6 +82,7 @@ impl Env {
             .env("SPOTOKEN_ACCOUNTS_URL", self.emu.url())
             .env("SPOTOKEN_API_URL", self.emu.url())
             .env("RUST_LOG", "trace")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -149,6 +189,15 @@ async fn age_account(env: &Env) {
     row.authorized_at = now - 3600;
     row.last_refresh = Some(now - 3540);
     row.access_expires_at = now + 60;
+    // Written as spotoken writes: secrets sealed for the version the row gets.
+    let master = env
+        .extra_env
+        .iter()
+        .find(|(k, _)| *k == spotoken::crypto::MASTER_KEY_ENV)
+        .map(|(_, v)| v.as_str());
+    let keys =
+        spotoken::crypto::load_key_ring(&env.home.path().join("master.key"), master).expect("keys");
+    row.carry_secrets_to_next_version(&keys).expect("reseal");
     store.update(row).await.expect("update").expect("written");
 }
 
@@ -371,23 +420,114 @@ async fn exit_codes_match_their_situations() {
     assert_eq!(v["accounts"][0]["state"], "reauth_required");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_notifies_once_when_an_account_needs_a_login() {
-    let env = Env::new().await;
+/// Logs in, revokes the grant, runs `daemon --once` with the notify command
+/// `cmd(marker path)`, and returns what the command wrote to the marker.
+async fn notify_after_revocation(env: &Env, cmd: impl FnOnce(&str) -> String) -> String {
     assert_eq!(env.login(&[], |l| l).await.code, 0);
-    age_account(&env).await;
+    age_account(env).await;
     env.emu.revoke(None);
     let marker = env.home.path().join("notified");
-    let cmd = format!("echo \"$1|$SPOTOKEN_REASON|$3\" >> {}", marker.display());
+    let cmd = cmd(&marker.display().to_string());
     let o = env
         .run(&["daemon", "--once", "--margin", "5m", "--notify-cmd", &cmd])
         .await;
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let text = std::fs::read_to_string(&marker).expect("the notify command ran");
+    std::fs::read_to_string(&marker).expect("the notify command ran")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_notifies_once_when_an_account_needs_a_login() {
+    let env = Env::new().await;
+    let text = notify_after_revocation(&env, |marker| {
+        format!("echo \"$1|$SPOTOKEN_REASON|$3\" >> {marker}")
+    })
+    .await;
     assert_eq!(text.lines().count(), 1);
     assert!(text.starts_with("default|"), "{text}");
     assert!(text.contains("spotoken login --account default"), "{text}");
     assert!(text.contains("revoked"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_storage_settings_exit_2_saying_why() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new().await;
+    // A database reached in clear over the network.
+    let o = env
+        .run(&[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://spotoken@db.example/spotoken?sslmode=disable",
+        ])
+        .await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("sslmode=disable"), "{}", o.stderr);
+    // A home other users can write to.
+    let shared = env.home.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let o = env
+        .run(&["--home", &shared.display().to_string(), "status"])
+        .await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("writable by other users"), "{}", o.stderr);
+    let mode = std::fs::metadata(&shared)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o777, "its mode is left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_notify_command_does_not_inherit_secrets() {
+    let env = Env::with_secrets().await;
+    let text = notify_after_revocation(&env, |marker| format!("env > {marker}")).await;
+    assert!(text.contains("SPOTOKEN_REASON="), "{text}");
+    env.assert_no_secret_in(&text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_opener_does_not_inherit_secrets() {
+    let env = Env::with_secrets().await;
+    let dump = env.home.path().join("browser-env");
+    // The opener hands the URL over a FIFO after writing its environment, so
+    // the dump is complete once the test has the URL.
+    let fifo = env.home.path().join("url");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let opener = format!(
+        "env > {}; printf '%s\\n' > {}",
+        dump.display(),
+        fifo.display()
+    );
+    let mut login = env.cmd(&["login", "--timeout", "30s"]);
+    login
+        .env("SPOTOKEN_BROWSER", &opener)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = login.spawn().expect("spawn login");
+    let fifo_path = fifo.clone();
+    let url = tokio::task::spawn_blocking(move || std::fs::read_to_string(fifo_path))
+        .await
+        .expect("join")
+        .expect("the opener got the URL");
+    let browser = browser();
+    let r = browser.get(url.trim()).send().await.expect("authorize");
+    let location = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let page = browser.get(location).send().await.expect("callback");
+    assert_eq!(page.status(), 200);
+    assert_eq!(child.wait().await.expect("wait").code(), Some(0));
+    let text = std::fs::read_to_string(&dump).expect("the opener ran");
+    env.assert_no_secret_in(&text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,13 @@ pub enum ReauthReason {
     /// The refresh token is past its lifetime (Spotify: six months after the
     /// original authorization).
     RefreshTokenExpired,
+    /// A refresh reached the provider but its answer was lost (a timeout, a
+    /// connection that broke after the request was sent); the provider rotated
+    /// the refresh token, so the old one, presented again, was refused.
+    LostRotation {
+        /// The provider's `error_description` for the retry, if any.
+        description: String,
+    },
     /// The user refused consent (`error=access_denied`).
     AccessDenied,
     /// The account was already flagged; the stored reason.
@@ -88,6 +95,13 @@ impl std::fmt::Display for ReauthReason {
             }
             ReauthReason::RefreshTokenExpired => f.write_str(
                 "the refresh token is past its lifetime (six months after authorization)",
+            ),
+            ReauthReason::LostRotation { description } => write!(
+                f,
+                "the answer to a refresh was lost after the provider had it (lost rotation): the \
+                 refresh token it rotated to never arrived, and the old one was refused \
+                 (invalid_grant{}{description})",
+                if description.is_empty() { "" } else { ": " }
             ),
             ReauthReason::AccessDenied => f.write_str("access was denied on the consent screen"),
             ReauthReason::Flagged(r) => f.write_str(r),
@@ -194,11 +208,12 @@ impl Error {
         }
     }
 
-    /// Shorthand for a protocol error with a body snippet (redacted here).
+    /// Shorthand for a protocol error with a body snippet (both redacted here:
+    /// messages quote provider text).
     pub fn protocol(status: Option<u16>, message: impl Into<String>, body: &[u8]) -> Self {
         Error::Protocol {
             status,
-            message: message.into(),
+            message: crate::redact::redact(&message.into()),
             snippet: redact_snippet(body),
         }
     }
@@ -223,9 +238,9 @@ const SECRET_KEYS: &[&str] = &[
 ];
 
 /// A short, printable snippet of a body with token-like values removed: JSON
-/// values under secret keys are replaced, and any long unbroken run of token
-/// characters is cut, so that even a server echoing a token does not leak it
-/// into a log line.
+/// values under secret keys are replaced, and token-shaped runs are cut
+/// ([`redact`](crate::redact::redact)), so that even a server echoing a token
+/// does not leak it into a log line.
 pub fn redact_snippet(body: &[u8]) -> String {
     const MAX: usize = 200;
     let text = String::from_utf8_lossy(body);
@@ -236,29 +251,10 @@ pub fn redact_snippet(body: &[u8]) -> String {
         }
         Err(_) => text.into_owned(),
     };
-    let mut out = String::new();
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 24 {
-            out.push_str("[redacted]");
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    for c in redacted.chars() {
-        if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '/' | '=') {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            if c.is_control() {
-                out.push(' ');
-            } else {
-                out.push(c);
-            }
-        }
-    }
-    flush(&mut run, &mut out);
+    let out: String = crate::redact::redact(&redacted)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let collapsed: String = out.split_whitespace().collect::<Vec<_>>().join(" ");
     if collapsed.chars().count() > MAX {
         let cut: String = collapsed.chars().take(MAX).collect();

@@ -16,8 +16,10 @@ pub mod error;
 pub mod freshness;
 pub mod pkce;
 pub mod protocol;
+pub mod redact;
 pub mod scope;
 pub mod secret;
 pub mod wait;
 
 pub use error::{Error, ErrorKind, ReauthReason};
+pub use redact::redact;

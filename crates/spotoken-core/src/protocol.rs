@@ -282,8 +282,8 @@ pub fn classify_token_error(answer: HttpAnswer<'_>, account: &str) -> Error {
             .and_then(|v| v.as_str())
             .map(str::to_owned)
     };
-    let code = field("error");
-    let description = field("error_description").unwrap_or_default();
+    let code = field("error").map(|c| crate::redact::redact(&c));
+    let description = crate::redact::redact(&field("error_description").unwrap_or_default());
     match code.as_deref() {
         Some("invalid_grant") => Error::AuthorizationNeeded {
             account: account.to_owned(),
@@ -308,7 +308,7 @@ pub fn classify_token_error(answer: HttpAnswer<'_>, account: &str) -> Error {
                 .as_ref()
                 .and_then(|v| v.pointer("/error/reason"))
                 .and_then(|v| v.as_str())
-                .map(|r| format!(", {r}"))
+                .map(|r| format!(", {}", crate::redact::redact(r)))
                 .unwrap_or_default();
             Error::temporary(
                 format!("rate limited by the provider (HTTP 429{reason})"),
@@ -382,6 +382,21 @@ mod tests {
             .expect("ok");
         assert_eq!(t.expires_in, MAX_EXPIRES_IN);
         assert!(t.refresh_token.is_none());
+    }
+
+    #[test]
+    fn provider_text_in_every_token_error_is_redacted() {
+        let token = "BQC7b1x0Zy9wVu8tSr7qPo";
+        for body in [
+            format!(r#"{{"error":"invalid_client","error_description":"bad secret {token}"}}"#),
+            format!(r#"{{"error":"odd_error","error_description":"echo {token}"}}"#),
+            format!(r#"{{"error":"{token}"}}"#),
+            format!(r#"{{"error":{{"status":429,"reason":"{token}"}}}}"#),
+        ] {
+            let status = if body.contains("429") { 429 } else { 400 };
+            let e = err(status, &body, None);
+            assert!(!format!("{e} {e:?}").contains(token), "{e}");
+        }
     }
 
     #[test]

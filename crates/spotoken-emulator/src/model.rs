@@ -273,6 +273,10 @@ pub struct Failure {
     pub delay_ms: u64,
     /// Close the connection without answering.
     pub drop_connection: bool,
+    /// With `drop_connection` on the token endpoint: handle the request first
+    /// (a refresh rotates the token), then close without answering — a
+    /// response lost on its way back.
+    pub after_processing: bool,
     /// How many requests it applies to.
     pub times: u32,
 }
@@ -290,6 +294,7 @@ impl Default for Failure {
             headers: BTreeMap::new(),
             delay_ms: 0,
             drop_connection: false,
+            after_processing: false,
             times: 1,
         }
     }

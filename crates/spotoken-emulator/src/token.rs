@@ -37,9 +37,11 @@ pub async fn token(
         grant.clone()
     };
 
-    let (failure, latency, limited) = {
+    let (failure, lose_answer, latency, limited) = {
         let mut w = shared.lock();
-        let failure = w.take_failure(Endpoint::Token, Some(&grant), "/api/token");
+        let mut failure = w.take_failure(Endpoint::Token, Some(&grant), "/api/token");
+        // A failure after processing lets the request through and loses the answer.
+        let lose_answer = failure.take_if(|f| f.drop_connection && f.after_processing);
         if failure.is_some() {
             w.count_token(&grant_key, "injected");
         }
@@ -55,7 +57,7 @@ pub async fn token(
         if limited.is_some() {
             w.count_token(&grant_key, "rate_limited");
         }
-        (failure, w.settings.token_latency_ms, limited)
+        (failure, lose_answer, w.settings.token_latency_ms, limited)
     };
     if let Some(f) = failure {
         return crate::injected(f, hangup.as_ref().map(|e| &e.0)).await;
@@ -97,12 +99,27 @@ pub async fn token(
     crate::latency(latency).await;
     std::mem::drop(account);
 
+    let response = answer(&shared, &headers, &form, &grant, &grant_key);
+    if let (Some(_), Some(hangup)) = (lose_answer, &hangup) {
+        hangup.0.fire().await;
+    }
+    response
+}
+
+/// Handles the grant and builds the answer.
+fn answer(
+    shared: &Shared,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    grant: &str,
+    grant_key: &str,
+) -> Response<Body> {
     let mut w = shared.lock();
-    let outcome = match client_auth(&w, &headers, &form) {
+    let outcome = match client_auth(&w, headers, form) {
         Err(e) => Err(e),
-        Ok(auth) => match grant.as_str() {
-            "authorization_code" => exchange_code(&mut w, &auth, &form),
-            "refresh_token" => refresh(&mut w, &auth, &form),
+        Ok(auth) => match grant {
+            "authorization_code" => exchange_code(&mut w, &auth, form),
+            "refresh_token" => refresh(&mut w, &auth, form),
             "client_credentials" => client_credentials(&mut w, &auth),
             "" => Err(TokenError::new(
                 "unsupported_grant_type",
@@ -116,7 +133,7 @@ pub async fn token(
     };
     match outcome {
         Ok(body) => {
-            w.count_token(&grant_key, "ok");
+            w.count_token(grant_key, "ok");
             let mut r = json_response(StatusCode::OK, &body);
             r.headers_mut().insert(
                 header::CACHE_CONTROL,
@@ -125,7 +142,7 @@ pub async fn token(
             r
         }
         Err(e) => {
-            w.count_token(&grant_key, e.error);
+            w.count_token(grant_key, e.error);
             let body = match &e.description {
                 Some(d) => json!({"error": e.error, "error_description": d}),
                 None => json!({ "error": e.error }),

@@ -273,7 +273,6 @@ impl Tokens {
             }
         };
         let now = self.now();
-        let keys = &self.inner.keys;
         let row = Row {
             account: account.to_owned(),
             client_id: self.inner.client.client_id.clone(),
@@ -281,19 +280,20 @@ impl Tokens {
             display_name: display_name.clone(),
             scopes: granted.clone(),
             authorized_at: now,
-            access_token: Some(keys.seal(
-                account,
-                Field::AccessToken,
-                set.access_token.expose().as_bytes(),
-            )?),
+            access_token: None,
             access_expires_at: now + set.expires_in.as_secs() as i64,
-            refresh_token: keys.seal(account, Field::RefreshToken, refresh.expose().as_bytes())?,
+            refresh_token: Vec::new(),
             last_refresh: None,
             state: AccountState::Active,
             version: 0,
             updated_at: now,
         };
-        self.inner.store.upsert(row).await?;
+        self.write_login(
+            row,
+            set.access_token.expose().as_bytes(),
+            refresh.expose().as_bytes(),
+        )
+        .await?;
         self.evict(account);
         Ok(LoginOutcome {
             account: account.to_owned(),
@@ -348,16 +348,46 @@ impl Tokens {
             .map(|r| AccountStatus::from_row(&r, self.now())))
     }
 
+    /// Writes a fresh login's row, its secrets sealed for the row version the
+    /// write gives it (a replaced row's version plus one, else 1); retried if
+    /// another writer got in between.
+    async fn write_login(&self, mut row: Row, access: &[u8], refresh: &[u8]) -> Result<(), Error> {
+        let (keys, store) = (&self.inner.keys, &self.inner.store);
+        let account = row.account.clone();
+        for _ in 0..5 {
+            let existing = store.load(&account).await?;
+            let version = existing.as_ref().map_or(1, |r| r.version + 1);
+            row.access_token =
+                Some(keys.seal_row(&account, Field::AccessToken, version, access)?);
+            row.refresh_token = keys.seal_row(&account, Field::RefreshToken, version, refresh)?;
+            let written = match existing {
+                Some(old) => {
+                    row.version = old.version;
+                    store.update(row.clone()).await?.map(|w| w.version)
+                }
+                None => Some(store.upsert(row.clone()).await?.version),
+            };
+            if written == Some(version) {
+                return Ok(());
+            }
+        }
+        Err(Error::temporary(
+            "the account kept changing while logging in; try again",
+            None,
+        ))
+    }
+
     /// Revokes where the provider can (RFC 7009), then deletes our copy.
     pub async fn logout(&self, account: &str) -> Result<LogoutOutcome, Error> {
         let row = self.inner.store.load(account).await?;
         let mut revoked = None;
         if let (Some(row), Some(url)) = (&row, &self.inner.provider.revocation_url) {
-            let ok = match self
-                .inner
-                .keys
-                .open(account, Field::RefreshToken, &row.refresh_token)
-            {
+            let ok = match self.inner.keys.open_row(
+                account,
+                Field::RefreshToken,
+                row.version,
+                &row.refresh_token,
+            ) {
                 Ok(plain) => {
                     let rt = spotoken_core::secret::RefreshToken::new(
                         String::from_utf8_lossy(&plain).into_owned(),

@@ -65,7 +65,7 @@ impl ApiResponse {
         let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
         v.pointer("/error/message")
             .and_then(|m| m.as_str())
-            .map(str::to_owned)
+            .map(spotoken_core::redact)
     }
 }
 
@@ -213,13 +213,13 @@ pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &S
         json.as_ref()
             .and_then(|v| v.pointer(&format!("/error/{name}")))
             .and_then(|m| m.as_str())
-            .map(str::to_owned)
+            .map(spotoken_core::redact)
     };
     // Some 403s are plain text (the allowlist, the owner's Premium): their
     // text is the message.
     let message = field("message").unwrap_or_else(|| match &json {
         Some(_) => String::new(),
-        None => String::from_utf8_lossy(&answer.body).trim().to_owned(),
+        None => spotoken_core::redact(String::from_utf8_lossy(&answer.body).trim()),
     });
     let reason = field("reason").unwrap_or_default();
     let lower = message.to_ascii_lowercase();

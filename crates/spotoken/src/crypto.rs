@@ -3,7 +3,11 @@
 //! Every secret the store keeps is sealed with XChaCha20-Poly1305 into an
 //! envelope `version ‖ key id ‖ nonce ‖ ciphertext+tag`. The associated data
 //! binds the ciphertext to its account and field, so a ciphertext copied to
-//! another account or field fails to open. A [`KeyRing`] has one active key for
+//! another account or field fails to open; a token row's secrets (envelope
+//! version 2) are also bound to the row version they were written with, so a
+//! ciphertext from an older row does not open in a newer one (a rollback of
+//! one field by someone who can write to the database). Envelopes of version
+//! 1 (no row version) still open; the next write of the row replaces them. A [`KeyRing`] has one active key for
 //! sealing and any number of older keys for opening, which is what `rekey` needs.
 //!
 //! Keys come from `SPOTOKEN_MASTER_KEY` (base64 of 32 bytes; several separated by
@@ -24,7 +28,10 @@ use spotoken_core::secret::Key32;
 
 use crate::Error;
 
-const ENVELOPE_VERSION: u8 = 1;
+/// Associated data: account and field.
+const ENVELOPE_V1: u8 = 1;
+/// Associated data: account, field and the row version.
+const ENVELOPE_V2: u8 = 2;
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 24;
 const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
@@ -129,8 +136,30 @@ impl KeyRing {
         hex(&self.active)
     }
 
-    /// Seals `plaintext` for `account`'s `field` with the active key.
+    /// Seals `plaintext` for `account`'s `field` with the active key (secrets
+    /// outside token rows, such as a pending login).
     pub fn seal(&self, account: &str, field: Field, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        self.seal_envelope(ENVELOPE_V1, &associated_data(account, field), plaintext)
+    }
+
+    /// Seals a token row's secret for the row `version` it will be stored with.
+    pub fn seal_row(
+        &self,
+        account: &str,
+        field: Field,
+        version: i64,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let ad = row_associated_data(account, field, version);
+        self.seal_envelope(ENVELOPE_V2, &ad, plaintext)
+    }
+
+    fn seal_envelope(
+        &self,
+        envelope_version: u8,
+        ad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
         let key = self
             .keys
             .get(&self.active)
@@ -140,36 +169,69 @@ impl KeyRing {
         rand::rng().fill_bytes(&mut nonce_bytes);
         let nonce = XNonce::try_from(&nonce_bytes[..])
             .map_err(|_| Error::Internal("bad nonce length".into()))?;
-        let ad = associated_data(account, field);
         let ct = cipher
             .encrypt(
                 &nonce,
                 Payload {
                     msg: plaintext,
-                    aad: &ad,
+                    aad: ad,
                 },
             )
             .map_err(|_| Error::Internal("encryption failed".into()))?;
         let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
-        out.push(ENVELOPE_VERSION);
+        out.push(envelope_version);
         out.extend_from_slice(&self.active);
         out.extend_from_slice(nonce.as_slice());
         out.extend_from_slice(&ct);
         Ok(out)
     }
 
-    /// Opens an envelope sealed for `account`'s `field`.
+    /// Opens an envelope sealed by [`seal`](Self::seal) for `account`'s `field`.
     pub fn open(
         &self,
         account: &str,
         field: Field,
         envelope: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
-        if envelope.len() < HEADER_LEN + 16 || envelope[0] != ENVELOPE_VERSION {
-            return Err(Error::Internal(format!(
-                "the stored {} of account '{account}' is not a spotoken envelope (corrupted store?)",
-                field.name()
-            )));
+        match envelope.first() {
+            Some(&ENVELOPE_V1) => {}
+            Some(&ENVELOPE_V2) => {
+                return Err(Error::Internal(format!(
+                    "the {} of account '{account}' is bound to its row version: open it with open_row",
+                    field.name()
+                )));
+            }
+            _ => return Err(not_an_envelope(account, field)),
+        }
+        self.open_envelope(account, field, &associated_data(account, field), envelope)
+    }
+
+    /// Opens a token row's secret read from a row of `version` (or written
+    /// before row versions were bound: envelope version 1).
+    pub fn open_row(
+        &self,
+        account: &str,
+        field: Field,
+        version: i64,
+        envelope: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        let ad = match envelope.first() {
+            Some(&ENVELOPE_V1) => associated_data(account, field),
+            Some(&ENVELOPE_V2) => row_associated_data(account, field, version),
+            _ => return Err(not_an_envelope(account, field)),
+        };
+        self.open_envelope(account, field, &ad, envelope)
+    }
+
+    fn open_envelope(
+        &self,
+        account: &str,
+        field: Field,
+        ad: &[u8],
+        envelope: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        if envelope.len() < HEADER_LEN + 16 {
+            return Err(not_an_envelope(account, field));
         }
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&envelope[1..1 + KEY_ID_LEN]);
@@ -184,23 +246,29 @@ impl KeyRing {
         let cipher = XChaCha20Poly1305::new(key.expose().into());
         let nonce = XNonce::try_from(&envelope[1 + KEY_ID_LEN..HEADER_LEN])
             .map_err(|_| Error::Internal("bad nonce length".into()))?;
-        let ad = associated_data(account, field);
         cipher
             .decrypt(
                 &nonce,
                 Payload {
                     msg: &envelope[HEADER_LEN..],
-                    aad: &ad,
+                    aad: ad,
                 },
             )
             .map(zeroize::Zeroizing::new)
             .map_err(|_| {
                 Error::Internal(format!(
-                    "the stored {} of account '{account}' failed its integrity check (tampered with, or copied \
-                     from another account); log in again to replace it",
+                    "the stored {} of account '{account}' failed its integrity check (tampered with, copied \
+                     from another account, or put back from an older version of the row); log in again to \
+                     replace it",
                     field.name()
                 ))
             })
+    }
+
+    /// Whether a token row's envelope is sealed with the active key and bound
+    /// to its row version (`rekey` rewrites the others).
+    pub fn is_current(&self, envelope: &[u8]) -> bool {
+        envelope.first() == Some(&ENVELOPE_V2) && self.is_active(envelope)
     }
 
     /// Whether an envelope was sealed with the active key (`rekey` skips those).
@@ -211,6 +279,17 @@ impl KeyRing {
 
 fn associated_data(account: &str, field: Field) -> Vec<u8> {
     format!("spotoken/v1\0{account}\0{}", field.name()).into_bytes()
+}
+
+fn row_associated_data(account: &str, field: Field, version: i64) -> Vec<u8> {
+    format!("spotoken/v2\0{account}\0{}\0{version}", field.name()).into_bytes()
+}
+
+fn not_an_envelope(account: &str, field: Field) -> Error {
+    Error::Internal(format!(
+        "the stored {} of account '{account}' is not a spotoken envelope (corrupted store?)",
+        field.name()
+    ))
 }
 
 /// A fresh random 32-byte key from the OS.
@@ -261,21 +340,25 @@ pub fn load_key_ring(key_file: &Path, env_value: Option<&str>) -> Result<KeyRing
     if let Some(v) = env_value {
         return KeyRing::new(parse_keys(v, MASTER_KEY_ENV)?);
     }
-    match std::fs::read_to_string(key_file) {
+    match read_key_file(key_file) {
         Ok(text) => KeyRing::new(parse_keys(
             &text,
             &format!("the key file {}", key_file.display()),
         )?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = random_key();
-            write_key_file(key_file, &[&key])?;
-            Ok(KeyRing::single(key))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key_file(key_file),
         Err(e) => Err(Error::Configuration(format!(
             "cannot read the key file {}: {e}",
             key_file.display()
         ))),
     }
+}
+
+/// Reads a key file after checking that only its owner can read it.
+fn read_key_file(path: &Path) -> std::io::Result<zeroize::Zeroizing<String>> {
+    use std::io::Read as _;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    crate::fs::open_secret_file(path)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Loads the key ring from the OS keyring entry `spotoken` / `label` (the CLI
@@ -301,28 +384,78 @@ pub fn load_key_ring_from_os_keyring(label: &str) -> Result<KeyRing, Error> {
     }
 }
 
-/// Writes keys (first active) to a key file, atomically, mode 0600, in a 0700 directory.
+/// Writes keys (first active) to a key file, atomically, mode 0600, in a 0700
+/// directory, replacing the file if there is one (`rekey`).
 pub fn write_key_file(path: &Path, keys: &[&Key32]) -> Result<(), Error> {
-    let io = |e: std::io::Error| {
-        Error::Configuration(format!("cannot write the key file {}: {e}", path.display()))
-    };
-    if let Some(dir) = path.parent() {
-        crate::fs::private_dir(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = crate::fs::create_private_file(&tmp).map_err(io)?;
-    let mut text = zeroize::Zeroizing::new(String::from(
-        "# spotoken master keys: the first one encrypts, the others only decrypt. Keep this file secret.\n",
-    ));
-    for k in keys {
-        text.push_str(&encode_key(k));
-        text.push('\n');
-    }
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    let tmp = write_temporary_key_file(path, keys)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        key_file_error(path, e)
+    })?;
     crate::fs::sync_parent(path);
     Ok(())
+}
+
+/// Creates the key file with a fresh key, unless another process got there
+/// first: then its key is the one. The file appears complete or not at all
+/// (a hard link of a written temporary file never replaces an existing one).
+fn create_key_file(path: &Path) -> Result<KeyRing, Error> {
+    let key = random_key();
+    let tmp = write_temporary_key_file(path, &[&key])?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            crate::fs::sync_parent(path);
+            Ok(KeyRing::single(key))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = read_key_file(path).map_err(|e| key_file_error(path, e))?;
+            KeyRing::new(parse_keys(
+                &text,
+                &format!("the key file {}", path.display()),
+            )?)
+        }
+        Err(e) => Err(key_file_error(path, e)),
+    }
+}
+
+fn key_file_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Configuration(format!("cannot write the key file {}: {e}", path.display()))
+}
+
+/// Writes keys to a temporary file of its own beside `path` (two processes
+/// never share one) and returns its name.
+fn write_temporary_key_file(path: &Path, keys: &[&Key32]) -> Result<std::path::PathBuf, Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fs::private_dir(dir)?;
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let tmp = path.with_file_name(name);
+    let written = (|| {
+        let mut f = crate::fs::create_private_file(&tmp)?;
+        let mut text = zeroize::Zeroizing::new(String::from(
+            "# spotoken master keys: the first one encrypts, the others only decrypt. Keep this file secret.\n",
+        ));
+        for k in keys {
+            text.push_str(&encode_key(k));
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })();
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(key_file_error(path, e))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -352,6 +485,39 @@ mod tests {
             .expect("seal");
         assert!(ring.open("bob", Field::RefreshToken, &env).is_err());
         assert!(ring.open("alice", Field::AccessToken, &env).is_err());
+    }
+
+    #[test]
+    fn a_row_secret_opens_only_in_the_row_version_it_was_sealed_for() {
+        let ring = KeyRing::generate();
+        let env = ring
+            .seal_row("a", Field::RefreshToken, 7, b"AQold")
+            .expect("seal");
+        assert_eq!(
+            &*ring
+                .open_row("a", Field::RefreshToken, 7, &env)
+                .expect("open"),
+            b"AQold"
+        );
+        let e = ring
+            .open_row("a", Field::RefreshToken, 9, &env)
+            .unwrap_err();
+        assert!(e.to_string().contains("older version of the row"), "{e}");
+        assert!(ring.open_row("b", Field::RefreshToken, 7, &env).is_err());
+        assert!(ring.open("a", Field::RefreshToken, &env).is_err());
+        // Envelopes from before row versions were bound still open, and are
+        // what rekey rewrites.
+        let legacy = ring
+            .seal("a", Field::RefreshToken, b"AQlegacy")
+            .expect("seal");
+        assert_eq!(
+            &*ring
+                .open_row("a", Field::RefreshToken, 3, &legacy)
+                .expect("open"),
+            b"AQlegacy"
+        );
+        assert!(!ring.is_current(&legacy));
+        assert!(ring.is_current(&env));
     }
 
     #[test]
@@ -402,6 +568,51 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dir_mode, 0o700);
+    }
+
+    #[test]
+    fn many_creators_of_the_key_file_at_once_all_end_with_the_same_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("home").join("master.key");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    load_key_ring(&path, None).map(|r| r.active_id())
+                })
+            })
+            .collect();
+        let ids: std::collections::HashSet<String> = threads
+            .into_iter()
+            .map(|t| t.join().expect("join").expect("every creator succeeds"))
+            .collect();
+        assert_eq!(ids.len(), 1, "one key for everyone: {ids:?}");
+        let on_disk = load_key_ring(&path, None).expect("read").active_id();
+        assert!(ids.contains(&on_disk));
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .filter(|n| n != "master.key")
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn a_key_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("master.key");
+        load_key_ring(&path, None).expect("create");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = load_key_ring(&path, None).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Configuration);
+        assert!(
+            e.to_string()
+                .contains(&format!("chmod 600 {}", path.display())),
+            "{e}"
+        );
     }
 
     #[cfg(feature = "keyring")]

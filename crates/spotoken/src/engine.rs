@@ -433,10 +433,10 @@ impl Tokens {
         let Some(sealed) = &row.access_token else {
             return Ok(false);
         };
-        let plain = self
-            .inner
-            .keys
-            .open(&row.account, Field::AccessToken, sealed)?;
+        let plain =
+            self.inner
+                .keys
+                .open_row(&row.account, Field::AccessToken, row.version, sealed)?;
         Ok(plain.as_slice() == rejected.expose().as_bytes())
     }
 
@@ -482,14 +482,30 @@ impl Tokens {
             .remove(account);
     }
 
-    fn flight(&self, account: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner
+    fn flight(&self, account: &str) -> Flight<'_> {
+        let cell = self
+            .inner
             .flights
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(account.to_owned())
             .or_default()
-            .clone()
+            .clone();
+        Flight {
+            inner: &self.inner,
+            account: account.to_owned(),
+            cell,
+        }
+    }
+
+    /// How many accounts have a single-flight entry (tests).
+    #[cfg(test)]
+    pub(crate) fn flights_len(&self) -> usize {
+        self.inner
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Decrypts the row's access token if it satisfies the trigger.
@@ -516,10 +532,10 @@ impl Tokens {
         if !fresh && !just_obtained {
             return Ok(None);
         }
-        let plain = self
-            .inner
-            .keys
-            .open(&row.account, Field::AccessToken, sealed)?;
+        let plain =
+            self.inner
+                .keys
+                .open_row(&row.account, Field::AccessToken, row.version, sealed)?;
         let token = AccessToken::new(String::from_utf8_lossy(&plain).into_owned());
         if let Trigger::Rejected(r) = trigger
             && r.expose() == token.expose()
@@ -591,7 +607,7 @@ impl Tokens {
     ) -> Result<Cached, Error> {
         let seen_generation = self.peek_cache(account).map(|c| c.generation);
         let flight = self.flight(account);
-        let _in_flight = flight.lock().await;
+        let _in_flight = flight.cell.lock().await;
         // Someone ahead of us in this process may have refreshed already.
         if let Some(c) = self.peek_cache(account) {
             let fresh =
@@ -653,17 +669,17 @@ impl Tokens {
             return Ok((c, false));
         }
         let refresh = {
-            let plain = self
-                .inner
-                .keys
-                .open(account, Field::RefreshToken, &row.refresh_token)?;
+            let plain = self.inner.keys.open_row(
+                account,
+                Field::RefreshToken,
+                row.version,
+                &row.refresh_token,
+            )?;
             RefreshToken::new(String::from_utf8_lossy(&plain).into_owned())
         };
-        let set = match self
-            .request_refresh(account, &row.client_id, &refresh)
-            .await
-        {
-            Ok(set) => set,
+        let set = match self.request_refresh(lock, &row, &refresh).await {
+            Ok(Refreshed::Answer(set)) => set,
+            Ok(Refreshed::Changed(row)) => return self.adopt_written(&row),
             Err(Error::AuthorizationNeeded { reason, .. }) => {
                 let reason = match reason {
                     ReauthReason::InvalidGrant { .. }
@@ -688,19 +704,25 @@ impl Tokens {
         let rotated = set.refresh_token.is_some();
         let now = self.now();
         let expires_at = now + i64::try_from(set.expires_in.as_secs()).unwrap_or(3600);
+        // Both secrets are sealed for the version this write gives the row,
+        // the kept refresh token too.
+        let written_version = row.version + 1;
+        let keys = &self.inner.keys;
         let mut next = row.clone();
-        next.access_token = Some(self.inner.keys.seal(
+        next.access_token = Some(keys.seal_row(
             account,
             Field::AccessToken,
+            written_version,
             set.access_token.expose().as_bytes(),
         )?);
         next.access_expires_at = expires_at;
-        if let Some(rt) = &set.refresh_token {
-            next.refresh_token =
-                self.inner
-                    .keys
-                    .seal(account, Field::RefreshToken, rt.expose().as_bytes())?;
-        }
+        let kept = set.refresh_token.as_ref().unwrap_or(&refresh);
+        next.refresh_token = keys.seal_row(
+            account,
+            Field::RefreshToken,
+            written_version,
+            kept.expose().as_bytes(),
+        )?;
         if let Some(s) = set.scope {
             next.scopes = s;
         }
@@ -727,17 +749,22 @@ impl Tokens {
             None => {
                 // Someone wrote the row meanwhile (a new login): theirs wins.
                 let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
-                Self::check_state(&row)?;
-                self.usable(&row, Duration::ZERO, Trigger::Stale)?
-                    .map(|c| (c, false))
-                    .ok_or_else(|| {
-                        Error::temporary(
-                            "the account changed while refreshing (a new login?); try again",
-                            None,
-                        )
-                    })
+                self.adopt_written(&row)
             }
         }
+    }
+
+    /// Uses a row someone else wrote while we were refreshing.
+    fn adopt_written(&self, row: &Row) -> Result<(Cached, bool), Error> {
+        Self::check_state(row)?;
+        self.usable(row, Duration::ZERO, Trigger::Stale)?
+            .map(|c| (c, false))
+            .ok_or_else(|| {
+                Error::temporary(
+                    "the account changed while refreshing (a new login?); try again",
+                    None,
+                )
+            })
     }
 
     /// The client a stored account's refresh token belongs to: the one that
@@ -755,12 +782,20 @@ impl Tokens {
     }
 
     /// One refresh request, retried within the backoff budget.
+    ///
+    /// A request whose answer was lost (a timeout, a connection broken after
+    /// sending) may have been carried out: under rotation the provider then
+    /// holds a new refresh token we never saw. Before such a retry the row is
+    /// read again (another writer's result wins over presenting the old
+    /// token), and an `invalid_grant` after it is reported as a lost rotation.
     async fn request_refresh(
         &self,
-        account: &str,
-        row_client_id: &str,
+        lock: &mut dyn AccountLock,
+        row: &Row,
         refresh: &RefreshToken,
-    ) -> Result<TokenSet, Error> {
+    ) -> Result<Refreshed, Error> {
+        let account = row.account.as_str();
+        let row_client_id = row.client_id.as_str();
         let client = self.client_for(row_client_id);
         if matches!(client, std::borrow::Cow::Owned(_)) {
             tracing::debug!(
@@ -772,15 +807,26 @@ impl Tokens {
         let req = protocol::refresh_request(&self.inner.provider.token_url, &client, refresh);
         let started = Instant::now();
         let mut attempt = 1;
+        let mut lost = false;
         // Checked once: a retry below has waited the Retry-After itself.
         self.token_endpoint_open()?;
         loop {
-            let outcome = match http::send_form(&self.inner.http, &req).await {
+            let outcome = match http::send_form_tracked(&self.inner.http, &req).await {
                 Ok(answer) => protocol::parse_token_answer(answer.as_core(), account),
-                Err(e) => Err(e),
+                Err(f) => {
+                    lost |= f.maybe_delivered;
+                    Err(f.error)
+                }
             };
             let err = match outcome {
-                Ok(set) => return Ok(set),
+                Ok(set) => return Ok(Refreshed::Answer(set)),
+                Err(Error::AuthorizationNeeded {
+                    account,
+                    reason: ReauthReason::InvalidGrant { description },
+                }) if lost => Error::AuthorizationNeeded {
+                    account,
+                    reason: ReauthReason::LostRotation { description },
+                },
                 Err(e) => e,
             };
             self.note_token_endpoint_answer(&err);
@@ -798,6 +844,13 @@ impl Tokens {
                     );
                     tokio::time::sleep(d).await;
                     attempt += 1;
+                    if lost
+                        && let Some(now) = lock.load().await?
+                        && now.version != row.version
+                    {
+                        tracing::info!(account, "the row changed after a lost refresh answer");
+                        return Ok(Refreshed::Changed(now));
+                    }
                 }
                 Retry::GiveUp(e) => return Err(e),
             }
@@ -808,6 +861,9 @@ impl Tokens {
         let account = row.account.clone();
         row.state = AccountState::ReauthRequired(reason.to_string());
         row.access_token = None;
+        // Keep the refresh token openable in the row's next version (logout
+        // may still revoke it).
+        let _ = row.carry_secrets_to_next_version(&self.inner.keys);
         match lock.update(row).await {
             Ok(_) => {}
             Err(e) => {
@@ -824,16 +880,17 @@ impl Tokens {
         }
     }
 
-    /// Re-encrypts every row not sealed with the active key; returns how many.
+    /// Re-encrypts every row not sealed with the active key (or not yet bound
+    /// to its row version); returns how many.
     pub async fn rekey(&self) -> Result<usize, Error> {
         let mut n = 0;
         for listed in self.inner.store.list().await? {
             let account = listed.account.clone();
-            let stale = !self.inner.keys.is_active(&listed.refresh_token)
+            let stale = !self.inner.keys.is_current(&listed.refresh_token)
                 || listed
                     .access_token
                     .as_ref()
-                    .is_some_and(|a| !self.inner.keys.is_active(a));
+                    .is_some_and(|a| !self.inner.keys.is_current(a));
             if !stale {
                 continue;
             }
@@ -842,13 +899,7 @@ impl Tokens {
                 let Some(mut row) = lock.load().await? else {
                     return Ok(false);
                 };
-                let keys = &self.inner.keys;
-                let rt = keys.open(&account, Field::RefreshToken, &row.refresh_token)?;
-                row.refresh_token = keys.seal(&account, Field::RefreshToken, &rt)?;
-                if let Some(at) = &row.access_token {
-                    let at = keys.open(&account, Field::AccessToken, at)?;
-                    row.access_token = Some(keys.seal(&account, Field::AccessToken, &at)?);
-                }
+                row.carry_secrets_to_next_version(&self.inner.keys)?;
                 Ok::<_, Error>(lock.update(row).await?.is_some())
             }
             .await;
@@ -861,9 +912,138 @@ impl Tokens {
     }
 }
 
+/// What a refresh request came to.
+enum Refreshed {
+    /// The provider's answer.
+    Answer(TokenSet),
+    /// The row changed while an answer was lost: someone else's result.
+    Changed(Row),
+}
+
+/// A place in an account's single flight. The map entry goes when the last
+/// holder or waiter leaves, so a process serving many accounts keeps one entry
+/// per refresh in progress, not one per account ever seen.
+struct Flight<'a> {
+    inner: &'a Inner,
+    account: String,
+    cell: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self
+            .inner
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Clones are made only under this map lock, so the count cannot grow
+        // while we look: two means the map's and ours.
+        if Arc::strong_count(&self.cell) == 2
+            && flights
+                .get(&self.account)
+                .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+        {
+            flights.remove(&self.account);
+        }
+    }
+}
+
 fn not_logged_in(account: &str) -> Error {
     Error::AuthorizationNeeded {
         account: account.to_owned(),
         reason: ReauthReason::NotLoggedIn,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Sqlite;
+
+    /// An engine over a store holding `n` accounts with valid access tokens,
+    /// sealed as today (`legacy`: as before row versions were bound).
+    async fn engine_with_accounts(n: usize, legacy: bool) -> (Tokens, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let keys = KeyRing::generate();
+        let store = Sqlite::open(dir.path().join("tokens.db")).expect("store");
+        let now = unix_now();
+        for i in 0..n {
+            let account = format!("acct{i}");
+            let mut row = crate::store::suite::row(&account);
+            let seal = |field, plain: &[u8]| {
+                if legacy {
+                    keys.seal(&account, field, plain)
+                } else {
+                    keys.seal_row(&account, field, 1, plain)
+                }
+                .expect("seal")
+            };
+            row.access_token = Some(seal(Field::AccessToken, b"BQaccess"));
+            row.refresh_token = seal(Field::RefreshToken, b"AQrefresh");
+            row.access_expires_at = now + 3600;
+            store.upsert(row).await.expect("upsert");
+        }
+        let tokens = Tokens::builder()
+            .client_id("cid")
+            .provider(
+                Provider::spotify_like("http://127.0.0.1:9", "http://127.0.0.1:9")
+                    .expect("provider"),
+            )
+            .store(store)
+            .keys(keys)
+            .build()
+            .expect("tokens");
+        (tokens, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_single_flight_map_keeps_no_entry_once_callers_are_done() {
+        let (tokens, _dir) = engine_with_accounts(200, false).await;
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            for _ in 0..3 {
+                let tokens = tokens.clone();
+                tasks.push(tokio::spawn(async move {
+                    tokens.access_token(&format!("acct{i}")).await
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.expect("join").expect("token");
+        }
+        assert_eq!(
+            tokens.flights_len(),
+            0,
+            "200 accounts served, no entry left"
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_sealed_before_versions_were_bound_open_and_rekey_binds_them() {
+        let (tokens, _dir) = engine_with_accounts(3, true).await;
+        let token = tokens
+            .access_token("acct1")
+            .await
+            .expect("legacy row opens");
+        assert_eq!(token.expose(), "BQaccess");
+        assert_eq!(tokens.rekey().await.expect("rekey"), 3);
+        for row in tokens.store().list().await.expect("list") {
+            assert!(tokens.inner.keys.is_current(&row.refresh_token));
+            assert!(
+                row.access_token
+                    .as_ref()
+                    .is_some_and(|a| tokens.inner.keys.is_current(a))
+            );
+        }
+        tokens.evict("acct1");
+        assert_eq!(
+            tokens.access_token("acct1").await.expect("open").expose(),
+            "BQaccess"
+        );
+        assert_eq!(
+            tokens.rekey().await.expect("rekey"),
+            0,
+            "nothing left to rewrite"
+        );
     }
 }

@@ -66,8 +66,41 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, Error> {
         .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
 }
 
+/// A failed send, and whether the request may have reached the server: a
+/// timeout or a connection that broke after sending may hide an answer the
+/// server did produce; a refused connection cannot.
+#[derive(Debug)]
+pub(crate) struct SendFailure {
+    pub(crate) error: Error,
+    pub(crate) maybe_delivered: bool,
+}
+
+impl From<Error> for SendFailure {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            maybe_delivered: false,
+        }
+    }
+}
+
+fn transport_failure(e: reqwest::Error) -> SendFailure {
+    SendFailure {
+        maybe_delivered: !e.is_connect() && !e.is_builder(),
+        error: network_error(e),
+    }
+}
+
 /// Sends a prepared form POST (token or revocation request).
 pub async fn send_form(client: &reqwest::Client, req: &FormRequest) -> Result<Answer, Error> {
+    send_form_tracked(client, req).await.map_err(|f| f.error)
+}
+
+/// [`send_form`], telling whether a failed request may have been delivered.
+pub(crate) async fn send_form_tracked(
+    client: &reqwest::Client,
+    req: &FormRequest,
+) -> Result<Answer, SendFailure> {
     check_secure(&req.url, "endpoint")?;
     let mut b = client
         .post(req.url.clone())
@@ -81,12 +114,16 @@ pub async fn send_form(client: &reqwest::Client, req: &FormRequest) -> Result<An
         v.set_sensitive(true);
         b = b.header(AUTHORIZATION, v);
     }
-    send(b).await
+    send_tracked(b).await
 }
 
 /// Sends a request and reads the answer, capping the body.
 pub async fn send(b: reqwest::RequestBuilder) -> Result<Answer, Error> {
-    let mut resp = b.send().await.map_err(network_error)?;
+    send_tracked(b).await.map_err(|f| f.error)
+}
+
+async fn send_tracked(b: reqwest::RequestBuilder) -> Result<Answer, SendFailure> {
+    let mut resp = b.send().await.map_err(transport_failure)?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let retry_after = headers
@@ -94,20 +131,12 @@ pub async fn send(b: reqwest::RequestBuilder) -> Result<Answer, Error> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
     if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(Error::protocol(
-            Some(status),
-            "response body too large",
-            b"",
-        ));
+        return Err(Error::protocol(Some(status), "response body too large", b"").into());
     }
     let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = resp.chunk().await.map_err(network_error)? {
+    while let Some(chunk) = resp.chunk().await.map_err(transport_failure)? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(Error::protocol(
-                Some(status),
-                "response body too large",
-                b"",
-            ));
+            return Err(Error::protocol(Some(status), "response body too large", b"").into());
         }
         body.extend_from_slice(&chunk);
     }

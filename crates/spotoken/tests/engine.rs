@@ -126,6 +126,15 @@ impl Env {
     async fn login(&self, account: &str, scopes: &str) -> spotoken::LoginOutcome {
         login(&self.tokens, account, scopes).await
     }
+
+    /// The default account's status (its row must exist).
+    async fn status(&self) -> spotoken::AccountStatus {
+        self.tokens
+            .status("default")
+            .await
+            .expect("status")
+            .expect("row kept")
+    }
 }
 
 async fn login(tokens: &Tokens, account: &str, scopes: &str) -> spotoken::LoginOutcome {
@@ -349,6 +358,248 @@ async fn invalid_grant_flags_the_account_and_stops_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_providers_invalid_grant_description_is_redacted() {
+    let env = Env::new().await;
+    env.login("default", "").await;
+    // 22 characters: shorter than the old 24-character cut, as some providers'
+    // opaque tokens are.
+    let token = "AQBx7Lq9Zk2Pw4Ty8Rv1Nc";
+    let e = refresh_failing_with(
+        &env,
+        Failure {
+            status: 400,
+            body: Some(serde_json::json!({
+                "error": "invalid_grant",
+                "error_description": format!("Invalid refresh token {token} (reused)"),
+            })),
+            ..Failure::default()
+        },
+    )
+    .await
+    .expect_err("invalid_grant");
+    assert_eq!(e.kind(), ErrorKind::AuthorizationNeeded);
+    let shown = format!("{e} {e:?}");
+    assert!(!shown.contains(token), "{shown}");
+    assert!(
+        shown.contains("Invalid refresh token [redacted] (reused)"),
+        "{shown}"
+    );
+    let status = env.status().await;
+    assert!(!format!("{status:?}").contains(token), "{status:?}");
+}
+
+/// Logs in under `rotation`, loses the answer to the next refresh after the
+/// emulator carried it out, and asks for a token.
+async fn refresh_with_a_lost_answer(rotation: Rotation) -> (Env, Result<String, spotoken::Error>) {
+    let env = Env::new().await;
+    env.emu.update(|s| s.rotation = rotation);
+    env.login("default", "").await;
+    let got = refresh_failing_with(
+        &env,
+        Failure {
+            drop_connection: true,
+            after_processing: true,
+            ..Failure::default()
+        },
+    )
+    .await
+    .map(|t| t.expose().to_owned());
+    (env, got)
+}
+
+/// A store that writes `row` (as another writer would) just before the
+/// engine's second read under its refresh lock: the re-read after a lost answer.
+#[derive(Clone)]
+struct Interloper {
+    inner: Sqlite,
+    row: Arc<Mutex<Option<spotoken::store::Row>>>,
+}
+
+struct InterloperLock {
+    inner: Box<dyn spotoken::store::AccountLock>,
+    store: Sqlite,
+    row: Arc<Mutex<Option<spotoken::store::Row>>>,
+    loads: u32,
+}
+
+#[async_trait::async_trait]
+impl spotoken::store::TokenStore for Interloper {
+    async fn load(&self, a: &str) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        self.inner.load(a).await
+    }
+    async fn list(&self) -> Result<Vec<spotoken::store::Row>, spotoken::Error> {
+        self.inner.list().await
+    }
+    async fn upsert(
+        &self,
+        r: spotoken::store::Row,
+    ) -> Result<spotoken::store::Row, spotoken::Error> {
+        self.inner.upsert(r).await
+    }
+    async fn update(
+        &self,
+        r: spotoken::store::Row,
+    ) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        self.inner.update(r).await
+    }
+    async fn delete(&self, a: &str) -> Result<bool, spotoken::Error> {
+        self.inner.delete(a).await
+    }
+    async fn lock(
+        &self,
+        a: &str,
+    ) -> Result<Box<dyn spotoken::store::AccountLock>, spotoken::Error> {
+        Ok(Box::new(InterloperLock {
+            inner: self.inner.lock(a).await?,
+            store: self.inner.clone(),
+            row: self.row.clone(),
+            loads: 0,
+        }))
+    }
+    async fn ping(&self) -> Result<(), spotoken::Error> {
+        self.inner.ping().await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[async_trait::async_trait]
+impl spotoken::store::AccountLock for InterloperLock {
+    async fn load(&mut self) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        use spotoken::store::TokenStore as _;
+        self.loads += 1;
+        let queued = if self.loads == 2 {
+            self.row.lock().expect("row").take()
+        } else {
+            None
+        };
+        if let Some(row) = queued {
+            self.store
+                .update(row)
+                .await?
+                .expect("the interloper's write");
+        }
+        self.inner.load().await
+    }
+    async fn update(
+        &mut self,
+        r: spotoken::store::Row,
+    ) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        self.inner.update(r).await
+    }
+    async fn release(self: Box<Self>) -> Result<(), spotoken::Error> {
+        self.inner.release().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_lost_answer_a_row_written_meanwhile_is_used_not_the_old_token() {
+    use spotoken::store::TokenStore as _;
+    let env = Env::new().await;
+    env.emu
+        .update(|s| s.rotation = Rotation::RotateReuseDetection);
+    env.login("default", "").await;
+    env.expire_locally();
+    // What another writer stores while our answer is lost: a token valid for
+    // two more hours, its secrets sealed for the version its write gives.
+    let plain = Sqlite::open(&env.db).expect("store");
+    let mut theirs = plain.load("default").await.expect("load").expect("row");
+    theirs.access_expires_at = unix_now() + env.offset.load(Ordering::SeqCst) + 7200;
+    theirs
+        .carry_secrets_to_next_version(&env.keys)
+        .expect("reseal");
+    let tokens = Tokens::builder()
+        .client_id(DEFAULT_CLIENT_ID)
+        .provider(Provider::spotify_like(&env.emu.url(), &env.emu.url()).expect("provider"))
+        .store(Interloper {
+            inner: plain,
+            row: Arc::new(Mutex::new(Some(theirs))),
+        })
+        .keys(env.keys.clone())
+        .backoff(fast_backoff())
+        .clock({
+            let o = env.offset.clone();
+            move || unix_now() + o.load(Ordering::SeqCst)
+        })
+        .build()
+        .expect("tokens");
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        grant: Some("refresh_token".into()),
+        drop_connection: true,
+        after_processing: true,
+        ..Failure::default()
+    });
+    let token = tokens
+        .access_token("default")
+        .await
+        .expect("theirs is used");
+    assert!(!token.expose().is_empty());
+    assert_eq!(
+        env.emu.counters().token_requests_for("refresh_token"),
+        1,
+        "the old refresh token was not presented again (reuse detection would revoke)"
+    );
+    assert_eq!(env.status().await.state, "active");
+}
+
+/// Queues `failure` for the next refresh, lets the token expire, and asks for one.
+async fn refresh_failing_with(
+    env: &Env,
+    failure: Failure,
+) -> Result<spotoken::core::secret::AccessToken, spotoken::Error> {
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        grant: Some("refresh_token".into()),
+        ..failure
+    });
+    env.expire_locally();
+    env.tokens.access_token("default").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_refresh_answer_under_reuse_detection_is_a_lost_rotation() {
+    let (env, got) = refresh_with_a_lost_answer(Rotation::RotateReuseDetection).await;
+    let e = got.expect_err("the family was revoked");
+    assert!(
+        matches!(
+            &e,
+            spotoken::Error::AuthorizationNeeded {
+                reason: spotoken::ReauthReason::LostRotation { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("lost rotation"), "{e}");
+    assert!(e.to_string().contains("spotoken login"), "{e}");
+    let c = env.emu.counters();
+    assert_eq!(c.token_outcome("refresh_token", "ok"), 1, "the lost one");
+    assert_eq!(
+        c.token_requests_for("refresh_token"),
+        2,
+        "one retry, no loop"
+    );
+    assert_eq!(env.status().await.state, "reauth_required");
+    let again = env
+        .tokens
+        .access_token("default")
+        .await
+        .expect_err("flagged");
+    assert_eq!(again.kind(), ErrorKind::AuthorizationNeeded);
+    assert_eq!(env.emu.counters().token_requests_for("refresh_token"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_refresh_answer_without_rotation_is_retried() {
+    let (env, got) = refresh_with_a_lost_answer(Rotation::None).await;
+    got.expect("the retry gets a token");
+    let c = env.emu.counters();
+    assert_eq!(c.token_outcome("refresh_token", "ok"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_twice_then_ok_honours_retry_after() {
     let env = Env::new().await;
     env.login("default", "").await;
@@ -440,6 +691,45 @@ async fn html_502_is_temporary_and_keeps_the_tokens() {
         .access_token("default")
         .await
         .expect("retried past one dropped connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_ciphertext_put_back_into_a_newer_row_does_not_open() {
+    let env = Env::new().await;
+    env.emu.update(|s| s.rotation = Rotation::Rotate);
+    env.login("default", "").await;
+    let store = env.tokens.store().clone();
+    let old = store.load("default").await.expect("load").expect("row");
+    env.expire_locally();
+    env.tokens.access_token("default").await.expect("refresh");
+    let new = store.load("default").await.expect("load").expect("row");
+    assert!(new.version > old.version);
+    // Someone with write access to the database puts the older secrets back
+    // (without touching the version, which the store would bump).
+    let db = rusqlite::Connection::open(&env.db).expect("db");
+    db.execute(
+        "UPDATE accounts SET access_token = ?1, refresh_token = ?2 WHERE account = 'default'",
+        rusqlite::params![old.access_token, old.refresh_token],
+    )
+    .expect("roll back");
+    let other = Env::engine(&env.emu, &env.db, env.keys.clone(), env.offset.clone());
+    let e = other
+        .access_token("default")
+        .await
+        .expect_err("rolled back");
+    assert!(e.to_string().contains("older version of the row"), "{e}");
+    let refreshes = env.emu.counters().token_requests_for("refresh_token");
+    env.expire_locally();
+    let e = other
+        .access_token("default")
+        .await
+        .expect_err("rolled back");
+    assert!(e.to_string().contains("integrity check"), "{e}");
+    assert_eq!(
+        env.emu.counters().token_requests_for("refresh_token"),
+        refreshes,
+        "the old refresh token was never sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,6 +852,29 @@ async fn api_refreshes_once_on_401_and_retries() {
         1,
         "100 rejected calls, one refresh"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_a_web_api_error_message_is_redacted() {
+    let env = Env::new().await;
+    env.login("default", "user-read-private").await;
+    let token = "BQC7b1x0Zy9wVu8tSr7qPo";
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Api,
+        status: 403,
+        body: Some(serde_json::json!({"error": {"status": 403,
+            "message": format!("User not registered in the Developer Dashboard (token {token})")}})),
+        ..Failure::default()
+    });
+    let e = env
+        .tokens
+        .api("default")
+        .get("/v1/me")
+        .await
+        .expect_err("403");
+    assert_eq!(e.kind(), ErrorKind::Configuration);
+    assert!(!e.to_string().contains(token), "{e}");
+    assert!(e.to_string().contains("(token [redacted])"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

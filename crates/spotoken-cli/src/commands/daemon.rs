@@ -157,7 +157,7 @@ fn notify_once(cmd: Option<&str>, account: &str, reason: &str, s: &mut Schedule)
     let login = format!("spotoken login --account {account}");
     tracing::warn!(account, reason, "account needs a login: {login}");
     let Some(cmd) = cmd else { return };
-    let spawned = std::process::Command::new("sh")
+    let spawned = crate::child::command("sh")
         .arg("-c")
         .arg(cmd)
         .arg("spotoken-notify")

@@ -238,20 +238,7 @@ fn page(message: &str, ok: bool) -> String {
 }
 
 fn open_browser(pending: &PendingLogin) {
-    // SPOTOKEN_BROWSER names a command to open URLs with (tests, odd desktops).
-    if let Ok(cmd) = std::env::var("SPOTOKEN_BROWSER")
-        && !cmd.is_empty()
-    {
-        let _ = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("{cmd} \"$1\""))
-            .arg("sh")
-            .arg(pending.url.as_str())
-            .stdin(std::process::Stdio::null())
-            .spawn();
-        return;
-    }
-    if let Err(e) = open::that_detached(pending.url.as_str()) {
+    if let Err(e) = crate::child::open_url(pending.url.as_str()) {
         eprintln!("(could not open a browser: {e}; open the URL above yourself)");
     }
 }

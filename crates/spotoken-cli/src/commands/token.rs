@@ -34,7 +34,9 @@ pub fn fast_path(g: &Global, args: &TokenArgs) -> Option<u8> {
         return None;
     }
     let keys = cfg.key_ring().ok()?;
-    let plain = keys.open(&cfg.account, Field::AccessToken, sealed).ok()?;
+    let plain = keys
+        .open_row(&cfg.account, Field::AccessToken, row.version, sealed)
+        .ok()?;
     let token = std::str::from_utf8(&plain).ok()?;
     print_token(&cfg, token, &row);
     Some(0)

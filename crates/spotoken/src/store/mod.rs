@@ -16,6 +16,8 @@ pub mod sessions;
 pub mod sqlite;
 
 #[cfg(feature = "postgres")]
+mod pg_connect;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 
 use async_trait::async_trait;
@@ -86,6 +88,27 @@ impl std::fmt::Debug for Row {
 }
 
 impl Row {
+    /// Re-seals the row's secrets (with the active key) for the version its
+    /// next write gives it, as every writer must: they are bound to the row
+    /// version, so secrets left as they were would not open after the write.
+    pub fn carry_secrets_to_next_version(
+        &mut self,
+        keys: &crate::crypto::KeyRing,
+    ) -> Result<(), Error> {
+        use crate::crypto::Field;
+        let (read, next) = (self.version, self.version + 1);
+        let account = self.account.clone();
+        let reseal = |field, sealed: &[u8]| {
+            let plain = keys.open_row(&account, field, read, sealed)?;
+            keys.seal_row(&account, field, next, &plain)
+        };
+        self.refresh_token = reseal(Field::RefreshToken, &self.refresh_token)?;
+        if let Some(access) = &self.access_token {
+            self.access_token = Some(reseal(Field::AccessToken, access)?);
+        }
+        Ok(())
+    }
+
     /// The state as stored: `active` or `reauth_required`, and the reason.
     pub fn state_columns(&self) -> (&'static str, Option<&str>) {
         match &self.state {

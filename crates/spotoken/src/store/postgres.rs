@@ -7,13 +7,11 @@
 //! across read → refresh → write; if the holder vanishes, PostgreSQL ends the
 //! transaction and the lock with it.
 
-use std::str::FromStr as _;
-
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use spotoken_core::scope::Scopes;
-use tokio_postgres::NoTls;
 
+use super::pg_connect::{self, Target};
 use super::{AccountLock, Row, TokenStore, unix_now};
 use crate::Error;
 
@@ -61,8 +59,8 @@ const MIGRATION_LOCK: i64 = 0x5370_6f74_6f6b_656e; // "Spotoken"
 pub struct Postgres {
     pool: Pool,
     describe: String,
-    /// For the logout listener's own connection.
-    config: tokio_postgres::Config,
+    /// For the logout listener's own connection and for naming failures.
+    target: Target,
     /// `NOTIFY` channel for session deletions, per schema.
     channel: String,
 }
@@ -90,8 +88,8 @@ impl Postgres {
     /// As [`connect`](Self::connect), keeping tables in `schema` (created if
     /// missing); used to isolate tests and tenants.
     pub async fn connect_in_schema(url: &str, schema: Option<&str>) -> Result<Self, Error> {
-        let mut cfg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| Error::Configuration(format!("the database URL is not valid: {e}")))?;
+        let mut target = pg_connect::resolve(url, &|k| std::env::var(k).ok())?;
+        let cfg = &mut target.config;
         if let Some(s) = schema {
             if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(Error::Configuration(format!(
@@ -100,22 +98,16 @@ impl Postgres {
             }
             cfg.options(format!("-c search_path={s}"));
         }
-        let host = cfg
-            .get_hosts()
-            .first()
-            .map(|h| format!("{h:?}"))
-            .unwrap_or_default();
         let describe = format!(
-            "PostgreSQL {} {}{}",
-            host,
+            "PostgreSQL {}/{}{}",
+            pg_connect::hosts(cfg),
             cfg.get_dbname().unwrap_or(""),
             schema.map(|s| format!(" (schema {s})")).unwrap_or_default()
         );
         let channel = format!("spotoken_logout_{}", schema.unwrap_or("public"));
-        let config = cfg.clone();
         let mgr = Manager::from_config(
-            cfg,
-            NoTls,
+            target.config.clone(),
+            target.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -127,7 +119,7 @@ impl Postgres {
         let store = Self {
             pool,
             describe,
-            config,
+            target,
             channel,
         };
         store.migrate(schema).await?;
@@ -135,11 +127,14 @@ impl Postgres {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
-        self.pool.get().await.map_err(|e| {
-            Error::temporary(
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => {
+                pg_connect::connect_error(&e, &self.target, &self.describe)
+            }
+            e => Error::temporary(
                 format!("cannot reach PostgreSQL ({}): {e}", self.describe),
                 None,
-            )
+            ),
         })
     }
 
@@ -184,6 +179,18 @@ impl Postgres {
         .await
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)
+    }
+}
+
+impl Postgres {
+    /// Drops a test schema (tests only).
+    #[cfg(test)]
+    pub(crate) async fn drop_schema_for_tests(&self, schema: &str) {
+        if let Ok(client) = self.client().await {
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await;
+        }
     }
 }
 
@@ -543,7 +550,7 @@ impl super::sessions::SessionStore for Postgres {
     async fn logouts(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         let (tx, rx) = tokio::sync::watch::channel(0);
         tokio::spawn(listen_for_logouts(
-            self.config.clone(),
+            self.target.clone(),
             self.channel.clone(),
             tx,
         ));
@@ -612,15 +619,11 @@ impl Drop for PgLock {
 /// Keeps a connection that `LISTEN`s for session deletions and bumps `tx` for
 /// each, reconnecting with backoff; every (re)connection bumps it too, since
 /// deletions made while it was away were missed. Ends when nobody watches.
-async fn listen_for_logouts(
-    config: tokio_postgres::Config,
-    channel: String,
-    tx: tokio::sync::watch::Sender<u64>,
-) {
+async fn listen_for_logouts(target: Target, channel: String, tx: tokio::sync::watch::Sender<u64>) {
     use std::time::Duration;
     let mut pause = Duration::from_millis(200);
     loop {
-        match config.connect(NoTls).await {
+        match target.config.connect(target.tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (heard, mut notices) = tokio::sync::mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {
@@ -673,10 +676,17 @@ async fn listen_for_logouts(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::suite;
     use std::sync::Arc;
+
+    /// The URL of a test database, if set.
+    pub(crate) fn test_url_quiet() -> Option<String> {
+        std::env::var("SPOTOKEN_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+    }
 
     /// The URL of a test database, or a visible skip.
     pub(crate) fn test_url() -> Option<String> {
