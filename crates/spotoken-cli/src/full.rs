@@ -5,7 +5,8 @@
 //! needed, 4 temporary failure, 5 insufficient scope. Everything else lives in
 //! the command modules and in the `spotoken` library.
 
-use spotoken_cli::{cli, commands, output};
+use spotoken_cli::{cli, commands, log_writer, output};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use std::process::ExitCode;
 
@@ -21,7 +22,8 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     let args = cli::Args::parse();
-    init_logging(
+    // Writes out the queued log lines when `main` returns.
+    let _logs = init_logging(
         args.global.verbose,
         args.global.output,
         matches!(args.command, cli::Command::Serve(_)),
@@ -59,8 +61,10 @@ fn main() -> ExitCode {
 /// span with its id for `spotoken serve`). `serve` logs each request at info
 /// level by default (one line each); other commands only warnings. Colours
 /// only when stderr is a terminal and `NO_COLOR` is unset or empty: a
-/// script's captured stderr or a log file gets plain text.
-fn init_logging(verbose: u8, output: cli::Output, serving: bool) {
+/// script's captured stderr or a log file gets plain text. The server's
+/// lines are written by a thread of their own ([`log_writer`]): the guard
+/// returned writes out what is queued.
+fn init_logging(verbose: u8, output: cli::Output, serving: bool) -> Option<log_writer::Flush> {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let default = match (verbose, serving) {
@@ -73,14 +77,19 @@ fn init_logging(verbose: u8, output: cli::Output, serving: bool) {
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
+    let (writer, flush) = match serving.then(|| log_writer::start(std::io::stderr())) {
+        Some(Ok((queued, flush))) => (BoxMakeWriter::new(queued), Some(flush)),
+        _ => (BoxMakeWriter::new(std::io::stderr), None),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match output {
         cli::Output::Text => builder.try_init(),
         cli::Output::Json => builder.json().try_init(),
     };
+    flush
 }
 
 /// Colours on a terminal, unless `NO_COLOR` is set to anything but the empty

@@ -14,4 +14,5 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod front;
+pub mod log_writer;
 pub mod output;
