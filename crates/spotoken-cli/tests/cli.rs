@@ -993,3 +993,72 @@ async fn serve_logs_json_lines_with_request_ids_and_no_secrets() {
     assert_eq!(r.status(), 404, "not where browsers connect");
     child.kill().await.expect("kill");
 }
+
+/// The README's two commands (issue 16): `serve --emulator --static
+/// examples/spa` needs no client id and no Spotify: logins go to the emulator
+/// started in the same process, and the app is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_the_built_in_emulator_serves_the_example_app() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let home = tempfile::tempdir().expect("tmp");
+    let spa = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/spa");
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPOTOKEN_") {
+            c.env_remove(k);
+        }
+    }
+    let mut child = c
+        .args(["--output", "json", "serve", "--emulator", "--static", spa])
+        .args(["--bind", "127.0.0.1:0"])
+        .env("SPOTOKEN_HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("it starts")
+        .expect("read")
+        .expect("a line");
+    let started: Value = serde_json::from_str(&first).expect("JSON on stdout");
+    let server = started["listening"].as_str().expect("address").to_owned();
+    let emulator = started["emulator"]
+        .as_str()
+        .expect("emulator address")
+        .to_owned();
+    let http = browser();
+    let r = http
+        .get(format!("{server}/search?q=loop"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .expect("text")
+            .contains("<script type=\"module\" src=\"/app.js\">")
+    );
+    let r = http
+        .get(format!("{server}/auth/login?return_to=/search%3Fq%3Dloop"))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 302);
+    let to = r.headers()["location"].to_str().expect("location");
+    assert!(to.starts_with(&format!("{emulator}/authorize?")), "{to}");
+    assert!(to.contains("client_id=spotoken-emulator-client"), "{to}");
+    let consent = http.get(to).send().await.expect("consent page");
+    assert_eq!(consent.status(), 200, "the emulator's consent page");
+    assert!(consent.text().await.expect("text").contains("approve"));
+    assert!(
+        home.path().join("serve-emulator.db").exists(),
+        "its own store"
+    );
+    child.kill().await.expect("kill");
+}
