@@ -99,6 +99,30 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Write a man page for every command into DIR (for packagers).
+    #[command(hide = true)]
+    Man {
+        /// The directory to write spotoken.1, spotoken-login.1, ... into.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Exit 5 naming the scopes the account lacks for an endpoint, else 0 (no
+    /// network; the language bindings explain a 403 with it).
+    #[command(hide = true)]
+    CheckScope {
+        /// HTTP method, such as GET.
+        method: String,
+        /// The path, such as /v1/me/playlists.
+        path: String,
+    },
+}
+
+/// Writes the man pages of `spotoken` and of each visible command (section 1)
+/// into `dir`, generated from the clap definitions above.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(Args::command(), dir)
 }
 
 /// Options of `token`.
@@ -201,6 +225,22 @@ mod tests {
         );
         assert!(quick(&["status"]).is_none());
         assert!(quick(&["token", "--help"]).is_none());
+    }
+
+    #[test]
+    fn man_pages_cover_every_visible_command_and_their_options() {
+        use clap::CommandFactory as _;
+        let dir = tempfile::tempdir().expect("tmp");
+        write_man_pages(dir.path()).expect("write");
+        for sub in Args::command().get_subcommands() {
+            let page = dir.path().join(format!("spotoken-{}.1", sub.get_name()));
+            assert_eq!(page.exists(), !sub.is_hide_set(), "{}", page.display());
+        }
+        let token = std::fs::read_to_string(dir.path().join("spotoken-token.1")).expect("page");
+        assert!(token.contains("min\\-valid"), "{token}");
+        assert!(token.contains("SPOTOKEN_HOME"), "{token}");
+        let top = std::fs::read_to_string(dir.path().join("spotoken.1")).expect("page");
+        assert!(top.contains("insufficient scope"), "{top}");
     }
 
     #[test]

@@ -47,9 +47,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let format = args.global.output;
     let code = match runtime.block_on(commands::run(args)) {
         Ok(code) => code,
-        Err(e) => output::report(&e),
+        Err(e) => output::report(&e, format),
     };
     // Do not wait for background tasks (an idle keep-alive connection, say).
     runtime.shutdown_background();

@@ -7,6 +7,8 @@ use std::time::Duration;
 use spotoken::Error;
 use spotoken::core::wait::human_duration;
 
+use crate::cli::Output;
+
 /// Prints a line on stdout; a closed pipe (`spotoken token | head -c0`) is fine.
 pub fn line(s: &str) {
     let mut out = std::io::stdout().lock();
@@ -19,12 +21,37 @@ pub fn json(v: &serde_json::Value) {
 }
 
 /// Prints an error on stderr with what to do next, and returns its exit code.
-pub fn report(e: &Error) -> u8 {
-    eprintln!("error: {e}");
-    if let Some(hint) = hint(e) {
-        eprintln!("hint: {hint}");
+/// With `--output json` it is one JSON line instead, which the language
+/// bindings read: `{"error": {"kind", "exit_code", "message", "retry_after"?,
+/// "missing_scopes"?}}` (the wait in seconds).
+pub fn report(e: &Error, format: Output) -> u8 {
+    match format {
+        Output::Text => {
+            eprintln!("error: {e}");
+            if let Some(hint) = hint(e) {
+                eprintln!("hint: {hint}");
+            }
+        }
+        Output::Json => eprintln!("{}", error_json(e)),
     }
     e.kind().exit_code()
+}
+
+/// The `--output json` form of an error (see [`report`]).
+fn error_json(e: &Error) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "kind": e.kind(),
+        "exit_code": e.kind().exit_code(),
+        "message": e.to_string(),
+    });
+    if let Some(wait) = e.retry_after() {
+        body["retry_after"] =
+            serde_json::json!(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+    }
+    if let Error::InsufficientScope { missing, .. } = e {
+        body["missing_scopes"] = serde_json::json!(missing);
+    }
+    serde_json::json!({ "error": body })
 }
 
 fn hint(e: &Error) -> Option<&'static str> {
@@ -47,5 +74,29 @@ pub fn relative(at: i64, now: i64) -> String {
             "{} ago",
             human_duration(Duration::from_secs((now - at).unsigned_abs()))
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_carry_the_wait_and_the_missing_scopes_for_programs() {
+        let e = Error::temporary("rate limited", Some(Duration::from_millis(1500)));
+        let v = error_json(&e);
+        assert_eq!(v["error"]["kind"], "temporary");
+        assert_eq!(v["error"]["exit_code"], 4);
+        assert_eq!(v["error"]["retry_after"], 2, "rounded up");
+        assert_eq!(v["error"]["message"], e.to_string());
+        let e = Error::InsufficientScope {
+            endpoint: "GET /v1/me/playlists".into(),
+            missing: vec!["playlist-read-private".into()],
+        };
+        let v = error_json(&e);
+        assert_eq!(v["error"]["kind"], "insufficient_scope");
+        assert_eq!(v["error"]["exit_code"], 5);
+        assert_eq!(v["error"]["missing_scopes"][0], "playlist-read-private");
+        assert!(v["error"].get("retry_after").is_none());
     }
 }

@@ -1,209 +1,15 @@
 //! The real `spotoken` binary against the emulator, with a temporary home.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::Stdio;
 
+use common::{BIN, Env, age_account, browser, listening, refresh_tokens_seen, serve_login};
 use serde_json::Value;
-use spotoken_emulator::{
-    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Emulator, Endpoint, Failure, Rotation,
-};
+use spotoken_emulator::{Endpoint, Failure, Rotation};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_spotoken");
-
-struct Env {
-    emu: Emulator,
-    home: tempfile::TempDir,
-    /// Set after the defaults, for every command of this test.
-    extra_env: Vec<(&'static str, String)>,
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Env {
-    async fn new() -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Self {
-            emu: Emulator::start().await.expect("emulator"),
-            home: tempfile::tempdir().expect("tmp"),
-            extra_env: Vec::new(),
-        }
-    }
-
-    /// An environment holding every secret a child must not inherit (the
-    /// client secret is the app's real one, so it is really used).
-    async fn with_secrets() -> Self {
-        let mut env = Self::new().await;
-        env.extra_env = vec![
-            (
-                "SPOTOKEN_MASTER_KEY",
-                "c2VjcmV0LW1hc3Rlci1rZXktb2YtMzItYnl0ZXMhISE=".to_owned(),
-            ),
-            ("SPOTOKEN_CLIENT_SECRET", DEFAULT_CLIENT_SECRET.to_owned()),
-        ];
-        env
-    }
-
-    /// Fails if a file written by a child holds any of `extra_env`'s values.
-    fn assert_no_secret_in(&self, text: &str) {
-        assert!(text.contains("SPOTOKEN_HOME="), "not an env dump: {text}");
-        for name in ["SPOTOKEN_MASTER_KEY", "SPOTOKEN_CLIENT_SECRET"] {
-            assert!(
-                !text.contains(&format!("{name}=")),
-                "{name} reached the child"
-            );
-            let (_, value) = self
-                .extra_env
-                .iter()
-                .find(|(k, _)| *k == name)
-                .expect("set");
-            assert!(
-                !text.contains(value.as_str()),
-                "the value of {name} reached the child"
-            );
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("SPOTOKEN_") || k == "RUST_LOG" {
-                c.env_remove(k);
-            }
-        }
-        c.args(args)
-            .env("SPOTOKEN_HOME", self.home.path())
-            .env("SPOTOKEN_CLIENT_ID", DEFAULT_CLIENT_ID)
-            .env("SPOTOKEN_ACCOUNTS_URL", self.emu.url())
-            .env("SPOTOKEN_API_URL", self.emu.url())
-            .env("RUST_LOG", "trace")
-            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        c
-    }
-
-    async fn run(&self, args: &[&str]) -> Out {
-        let o = self.cmd(args).output().await.expect("run spotoken");
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-
-    /// `spotoken login --no-browser`, followed by a plain HTTP client as the
-    /// browser. `tamper` may change the callback URL before it is visited.
-    async fn login(&self, extra: &[&str], tamper: impl FnOnce(String) -> String) -> Out {
-        let mut args = vec!["login", "--no-browser", "--timeout", "30s"];
-        args.extend_from_slice(extra);
-        let mut child = self.cmd(&args).spawn().expect("spawn login");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut seen = String::new();
-        let url = loop {
-            let line = lines
-                .next_line()
-                .await
-                .expect("read")
-                .expect("the URL is printed");
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.starts_with("http") && line.contains("/authorize?") {
-                break line;
-            }
-        };
-        let browser = browser();
-        let r = browser.get(&url).send().await.expect("authorize");
-        let location = r.headers()["location"]
-            .to_str()
-            .expect("location")
-            .to_owned();
-        // A stray favicon request must not disturb the listener.
-        let origin = url::Url::parse(&location).expect("url");
-        let favicon = format!(
-            "http://{}/favicon.ico",
-            origin
-                .host_str()
-                .zip(origin.port())
-                .map(|(h, p)| format!("{h}:{p}"))
-                .expect("host")
-        );
-        assert_eq!(
-            browser
-                .get(&favicon)
-                .send()
-                .await
-                .expect("favicon")
-                .status(),
-            404
-        );
-        let page = browser
-            .get(tamper(location))
-            .send()
-            .await
-            .expect("callback");
-        let page_text = page.text().await.unwrap_or_default();
-        let mut rest = String::new();
-        while let Ok(Some(l)) = lines.next_line().await {
-            rest.push_str(&l);
-            rest.push('\n');
-        }
-        let status = child.wait().await.expect("wait");
-        let mut stdout = String::new();
-        if let Some(mut so) = child.stdout.take() {
-            use tokio::io::AsyncReadExt as _;
-            so.read_to_string(&mut stdout).await.expect("stdout");
-        }
-        Out {
-            code: status.code().unwrap_or(-1),
-            stdout: format!("{stdout}{page_text}"),
-            stderr: format!("{seen}{rest}"),
-        }
-    }
-}
-
-/// An HTTP client that, like a browser's address bar, shows each redirect
-/// instead of following it.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
-}
-
-/// Makes the stored account look an hour old with a minute left on its token
-/// (the binary's clock cannot be moved, so the row is).
-async fn age_account(env: &Env) {
-    use spotoken::store::TokenStore as _;
-    let store = spotoken::store::Sqlite::open(env.home.path().join("tokens.db")).expect("store");
-    let mut row = store.load("default").await.expect("load").expect("row");
-    let now = spotoken::store::unix_now();
-    row.authorized_at = now - 3600;
-    row.last_refresh = Some(now - 3540);
-    row.access_expires_at = now + 60;
-    // Written as spotoken writes: secrets sealed for the version the row gets.
-    let master = env
-        .extra_env
-        .iter()
-        .find(|(k, _)| *k == spotoken::crypto::MASTER_KEY_ENV)
-        .map(|(_, v)| v.as_str());
-    let keys =
-        spotoken::crypto::load_key_ring(&env.home.path().join("master.key"), master).expect("keys");
-    row.carry_secrets_to_next_version(&keys).expect("reseal");
-    store.update(row).await.expect("update").expect("written");
-}
-
-fn refresh_tokens_seen(emu: &Emulator) -> Vec<String> {
-    emu.counters().refresh_token_uses.keys().cloned().collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_token_status_logout_round_trip() {
@@ -688,25 +494,6 @@ async fn the_small_executable_answers_fresh_tokens_alone_and_hands_over_the_rest
     assert_eq!(bad.code, 2, "usage error from clap in spotoken-full");
 }
 
-/// Reads `spotoken serve`'s stderr up to its "listening on" line; returns
-/// the bound address (`http://…`) and the line.
-async fn listening(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-) -> (String, String) {
-    loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("read")
-            .expect("serve prints its address");
-        if line.contains("listening on")
-            && let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://"))
-        {
-            return (url.to_owned(), line);
-        }
-    }
-}
-
 /// `spotoken serve` as deployed: several event loops, the binary's own signal
 /// handling. Clients on separate connections are served (connections are
 /// handed to the least busy loop), upstream connections are pooled, and
@@ -730,40 +517,7 @@ async fn serve_pools_upstream_connections_and_finishes_requests_on_sigterm() {
         all
     });
     // Log in as a browser would (the emulator consents on its own).
-    let http = browser();
-    let cookie_of = |r: &reqwest::Response, name: &str| {
-        r.headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|c| {
-                c.strip_prefix(&format!("{name}="))
-                    .map(|v| v.split(';').next().unwrap_or("").to_owned())
-            })
-    };
-    let location = |r: &reqwest::Response| {
-        r.headers()["location"]
-            .to_str()
-            .expect("location")
-            .to_owned()
-    };
-    let r = http
-        .get(format!("{server}/auth/login"))
-        .send()
-        .await
-        .expect("login");
-    let binding = cookie_of(&r, "__Host-spotoken_login").expect("login cookie");
-    let r = http.get(location(&r)).send().await.expect("authorize");
-    let r = http
-        .get(location(&r))
-        .header("cookie", format!("__Host-spotoken_login={binding}"))
-        .send()
-        .await
-        .expect("callback");
-    let session = format!(
-        "__Host-spotoken_session={}",
-        cookie_of(&r, "__Host-spotoken_session").expect("session cookie")
-    );
+    let session = serve_login(&server).await.session;
     env.emu.reset_counters();
 
     // Twelve clients, each on its own connection, five requests each.

@@ -230,6 +230,28 @@ impl Emulator {
         self.shared.lock().revoke(user)
     }
 
+    /// The refresh tokens `user` could use now without relying on a grace
+    /// period: the newest of each live grant (one per login). A crash test
+    /// compares what a store holds with this.
+    pub fn current_refresh_tokens(&self, user: &str) -> Vec<String> {
+        self.shared.lock().current_refresh_tokens(user)
+    }
+
+    /// Every authorization code, access token and refresh token issued so
+    /// far: what a test searches logs and files for to prove none leaked.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let w = self.shared.lock();
+        let mut all: Vec<String> = w
+            .codes
+            .keys()
+            .chain(w.access.keys())
+            .chain(w.refresh.keys())
+            .cloned()
+            .collect();
+        all.sort();
+        all
+    }
+
     /// Moves the emulator's clock forward.
     pub fn advance(&self, by: std::time::Duration) {
         self.shared.lock().offset_ms += by.as_millis() as i64;

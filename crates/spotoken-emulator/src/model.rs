@@ -660,6 +660,23 @@ impl World {
         token
     }
 
+    /// The active (never rotated) refresh tokens of `user`'s live grants.
+    pub fn current_refresh_tokens(&self, user: &str) -> Vec<String> {
+        let mut tokens: Vec<String> = self
+            .refresh
+            .iter()
+            .filter(|(_, r)| matches!(r.state, RefreshState::Active))
+            .filter(|(_, r)| {
+                self.grants
+                    .get(&r.grant)
+                    .is_some_and(|g| g.user == user && !g.revoked)
+            })
+            .map(|(t, _)| t.clone())
+            .collect();
+        tokens.sort();
+        tokens
+    }
+
     /// A new refresh token for a grant.
     pub fn issue_refresh(&mut self, grant: u64) -> String {
         let token = random_token("AQ", 128);

@@ -356,17 +356,20 @@ impl Tokens {
         let account = row.account.clone();
         for _ in 0..5 {
             let existing = store.load(&account).await?;
-            let version = existing.as_ref().map_or(1, |r| r.version + 1);
+            // A new row gets a version no row the account had before got:
+            // a refresh still holding a logged-out row's version must not
+            // match it.
+            let version = existing
+                .as_ref()
+                .map_or_else(crate::store::fresh_version, |r| r.version + 1);
             row.access_token =
                 Some(keys.seal_row(&account, Field::AccessToken, version, access)?);
             row.refresh_token = keys.seal_row(&account, Field::RefreshToken, version, refresh)?;
-            let written = match existing {
-                Some(old) => {
-                    row.version = old.version;
-                    store.update(row.clone()).await?.map(|w| w.version)
-                }
-                None => Some(store.upsert(row.clone()).await?.version),
-            };
+            // Written only over the row just read, or only where there is
+            // none (a negative version): a write that replaced anything else would
+            // store secrets sealed for another version.
+            row.version = existing.as_ref().map_or(-version, |r| r.version);
+            let written = store.update(row.clone()).await?.map(|w| w.version);
             if written == Some(version) {
                 return Ok(());
             }

@@ -158,12 +158,21 @@ impl Api {
                         .await?
                     {
                         Some(fresh) => token = fresh,
+                        // The token is moments old: nothing says the grant
+                        // ended (that shows at the next refresh), so this is
+                        // a failure to try again after the interval.
                         None => {
-                            return Err(classify_api_error(
-                                &answer,
-                                method.as_str(),
-                                path,
-                                &Scopes::default(),
+                            let wait = Duration::from_secs(
+                                crate::engine::REFRESH_AFTER_401_INTERVAL_SECS.unsigned_abs(),
+                            );
+                            return Err(Error::temporary(
+                                format!(
+                                    "the Web API refused an access token obtained moments ago \
+                                     (HTTP 401 on {} {path}); it is refreshed at the next 401 \
+                                     after a minute",
+                                    method.as_str()
+                                ),
+                                Some(wait),
                             ));
                         }
                     }
@@ -192,7 +201,10 @@ impl Api {
                         .granted_scopes(&self.account)
                         .await
                         .unwrap_or_default();
-                    return Err(classify_api_error(&answer, method.as_str(), path, &granted));
+                    return Err(naming(
+                        &self.account,
+                        classify_api_error(&answer, method.as_str(), path, &granted),
+                    ));
                 }
                 _ => {
                     return Ok(ApiResponse {
@@ -204,6 +216,15 @@ impl Api {
             }
         }
     }
+}
+
+/// `e`, naming `account` if it is about authorization (the classifier below
+/// does not know the account).
+fn naming(account: &str, mut e: Error) -> Error {
+    if let Error::AuthorizationNeeded { account: a, .. } = &mut e {
+        account.clone_into(a);
+    }
+    e
 }
 
 /// Turns the Web API's 401/403/429 into the taxonomy.

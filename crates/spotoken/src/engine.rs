@@ -701,6 +701,7 @@ impl Tokens {
             }
             Err(e) => return Err(e),
         };
+        crate::crash::point("after-token-response");
         let rotated = set.refresh_token.is_some();
         let now = self.now();
         let expires_at = now + i64::try_from(set.expires_in.as_secs()).unwrap_or(3600);
@@ -810,6 +811,7 @@ impl Tokens {
         let mut lost = false;
         // Checked once: a retry below has waited the Retry-After itself.
         self.token_endpoint_open()?;
+        crate::crash::point("before-token-request");
         loop {
             let outcome = match http::send_form_tracked(&self.inner.http, &req).await {
                 Ok(answer) => protocol::parse_token_answer(answer.as_core(), account),

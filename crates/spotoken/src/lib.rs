@@ -40,6 +40,7 @@
 
 pub mod account;
 pub mod api;
+mod crash;
 pub mod crypto;
 pub mod engine;
 pub mod fs;

@@ -1024,6 +1024,38 @@ async fn not_logged_in_and_logout() {
     );
 }
 
+/// Found by the mixed load (docs/RELIABILITY.md): rows started again at
+/// version 1 after a logout, so a refresh still holding the logged-out row's
+/// version could write the old grant over a new login. A new login's row
+/// gets a version the account never had, and the stale write is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_before_a_logout_cannot_overwrite_the_next_login() {
+    let env = Env::new().await;
+    env.login("default", "").await;
+    let store = env.tokens.store().clone();
+    let stale = store.load("default").await.expect("load").expect("row");
+    env.tokens.logout("default").await.expect("logout");
+    env.login("default", "").await;
+    let fresh = store.load("default").await.expect("load").expect("row");
+    assert_ne!(
+        fresh.version, stale.version,
+        "a version the account never had"
+    );
+    assert!(
+        store.update(stale).await.expect("update").is_none(),
+        "the stale write is refused"
+    );
+    let after = store.load("default").await.expect("load").expect("row");
+    assert_eq!(
+        after.refresh_token, fresh.refresh_token,
+        "the new login stays"
+    );
+    env.tokens
+        .access_token("default")
+        .await
+        .expect("the new login's token opens");
+}
+
 #[tokio::test]
 async fn wrong_state_on_the_callback_stores_nothing() {
     let env = Env::new().await;

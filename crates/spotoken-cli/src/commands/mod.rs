@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod demo;
 pub mod emulate;
 pub mod login;
+pub mod scope;
 pub mod serve;
 pub mod status;
 pub mod token;
@@ -33,6 +34,12 @@ pub async fn run(args: Args) -> Result<u8, Error> {
                 &mut std::io::stdout(),
             );
             Ok(0)
+        }
+        Command::Man { dir } => crate::cli::write_man_pages(&dir)
+            .map(|()| 0)
+            .map_err(|e| Error::Configuration(format!("cannot write man pages: {e}"))),
+        Command::CheckScope { method, path } => {
+            scope::exec(&config::resolve(&g)?, &method, &path).await
         }
         Command::Login(a) => login::exec(&config::resolve(&g)?, a).await,
         Command::Token(a) => token::exec(&config::resolve(&g)?, &a).await,

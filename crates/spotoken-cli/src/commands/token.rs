@@ -62,11 +62,22 @@ pub async fn exec(cfg: &Resolved, args: &TokenArgs) -> Result<u8, Error> {
     let token = tokens
         .access_token_with(&cfg.account, args.min_valid)
         .await?;
-    let row = tokens
-        .store()
-        .load(&cfg.account)
-        .await?
-        .ok_or_else(|| Error::Internal("the account vanished after refreshing".into()))?;
+    if matches!(cfg.output, Output::Text) {
+        output::line(token.expose());
+        return Ok(0);
+    }
+    // JSON adds the row's expiry and scopes. A `logout` that ran after the
+    // token was obtained removes the row: that is "not logged in", as it
+    // would have been a moment later.
+    let row =
+        tokens
+            .store()
+            .load(&cfg.account)
+            .await?
+            .ok_or_else(|| Error::AuthorizationNeeded {
+                account: cfg.account.clone(),
+                reason: spotoken::ReauthReason::NotLoggedIn,
+            })?;
     print_token(cfg, token.expose(), &row);
     Ok(0)
 }

@@ -140,6 +140,11 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn upsert(&self, row: Row) -> Result<Row, Error>;
     /// Writes `row` if the stored version is still `row.version`; returns the
     /// stored row (version bumped), or `None` if someone else wrote first.
+    /// A version of 0 or less means "no row yet": the row is inserted only if
+    /// the account has none, at version 1 for 0 and at `-version` otherwise
+    /// (a login picks a version no earlier row of the account had, see
+    /// [`fresh_version`], so a refresh that read a row since logged out
+    /// cannot write over the new login).
     async fn update(&self, row: Row) -> Result<Option<Row>, Error>;
     /// Removes an account's row (and, where the backend can, its old pages).
     async fn delete(&self, account: &str) -> Result<bool, Error>;
@@ -160,6 +165,25 @@ pub trait AccountLock: Send {
     async fn update(&mut self, row: Row) -> Result<Option<Row>, Error>;
     /// Releases the lock.
     async fn release(self: Box<Self>) -> Result<(), Error>;
+}
+
+/// The version a version-checked write gives a row (see [`TokenStore::update`]).
+pub(crate) fn next_version(version: i64) -> i64 {
+    match version {
+        0 => 1,
+        v if v < 0 => v.saturating_neg(),
+        v => v + 1,
+    }
+}
+
+/// A version for a newly logged-in row that no earlier row of the account
+/// had: the time in microseconds. Versions grow by one per write, far
+/// slower than the clock, so a row deleted at a logout never had it.
+pub fn fresh_version() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .max(1)
 }
 
 /// Unix time now, in seconds.
@@ -245,6 +269,18 @@ pub(crate) mod suite {
                 .refresh_token,
             vec![9, 9, 9]
         );
+        // Version 0 inserts only where there is no row (a new login racing
+        // another login or a refresh must not replace what they wrote).
+        let mut fresh = row("s2");
+        fresh.refresh_token = vec![7];
+        assert!(store.update(fresh.clone()).await.expect("update").is_none());
+        fresh.account = "s2-new".into();
+        let inserted = store.update(fresh.clone()).await.expect("update");
+        assert_eq!(inserted.map(|r| r.version), Some(1));
+        fresh.refresh_token = vec![8];
+        assert!(store.update(fresh).await.expect("update").is_none());
+        let stored = store.load("s2-new").await.expect("load").expect("row");
+        assert_eq!((stored.version, stored.refresh_token), (1, vec![7]));
     }
 
     async fn lock_serializes_and_rereads(store: Arc<dyn TokenStore>) {

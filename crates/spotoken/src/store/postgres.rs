@@ -262,7 +262,26 @@ async fn cas_with(client: &deadpool_postgres::Object, mut row: Row) -> Result<Op
     let now = unix_now();
     let (state, reason) = row.state_columns();
     let scopes = row.scopes.to_wire();
-    let n = client
+    let next = super::next_version(row.version);
+    // A version of 0 or less expects no row: a new login (see
+    // `TokenStore::update`).
+    let n = if row.version <= 0 {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO spotoken_accounts ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$14,$13)
+                     ON CONFLICT (account) DO NOTHING"
+                ),
+                &{
+                    let mut values = row_values(&row, &scopes, &state, &reason, &now);
+                    values.push(&next);
+                    values
+                },
+            )
+            .await
+            .map_err(pg_err)?
+    } else {
+        client
         .execute(
             "UPDATE spotoken_accounts SET client_id = $2, user_id = $3, display_name = $4, scopes = $5,
                  authorized_at = $6, access_token = $7, access_expires_at = $8, refresh_token = $9,
@@ -275,11 +294,12 @@ async fn cas_with(client: &deadpool_postgres::Object, mut row: Row) -> Result<Op
             },
         )
         .await
-        .map_err(pg_err)?;
+        .map_err(pg_err)?
+    };
     if n == 0 {
         return Ok(None);
     }
-    row.version += 1;
+    row.version = next;
     row.updated_at = now;
     Ok(Some(row))
 }

@@ -36,6 +36,10 @@ use tokio::sync::oneshot;
 use super::{AccountLock, Row, TokenStore, unix_now};
 use crate::Error;
 
+/// How long a statement waits for a lock another connection holds (another
+/// process committing) before failing with "database is locked".
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Schema version this code writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -147,6 +151,9 @@ impl Sqlite {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err(path))?;
+        // A commit in another process holds readers off for a moment: wait
+        // it out here (as long as the full path would) rather than fail over.
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err(path))?;
         // One statement (each costs a parse): the row and the schema version.
         // An older or newer schema may fail to prepare or to convert: that is
         // an error here, and the caller takes the full path, which migrates.
@@ -223,6 +230,10 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, Error> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(db_err(path))?;
+    // Before any statement: the first one reads the schema under a shared
+    // lock, which another process's commit holds off for a moment, and
+    // without a busy handler that moment is a "database is locked" error.
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err(path))?;
     if !read_only {
         use_rollback_journal(&conn);
         conn.execute_batch(
@@ -231,22 +242,30 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, Error> {
         )
         .map_err(db_err(path))?;
     }
-    conn.busy_timeout(std::time::Duration::from_secs(30))
-        .map_err(db_err(path))?;
     Ok(conn)
 }
 
 /// Switches the store to a truncated rollback journal (see the module docs).
-/// Leaving WAL needs the only connection to the file; when another process
-/// holds it, the store stays in WAL for now, without waiting.
+/// From the rollback journal that is this connection's own setting and waits
+/// out a commit like any read. Leaving WAL needs the only connection to the
+/// file; when another process holds it, the store stays in WAL for now,
+/// without waiting.
 fn use_rollback_journal(conn: &Connection) {
-    let _ = conn.busy_timeout(std::time::Duration::ZERO);
+    let in_wal = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+        .is_ok_and(|mode| mode.eq_ignore_ascii_case("wal"));
+    if in_wal {
+        let _ = conn.busy_timeout(std::time::Duration::ZERO);
+    }
     match conn.query_row("PRAGMA journal_mode = TRUNCATE", [], |r| {
         r.get::<_, String>(0)
     }) {
         Ok(mode) if mode.eq_ignore_ascii_case("truncate") => {}
         Ok(mode) => tracing::debug!(%mode, "the store keeps its journal mode for now"),
         Err(e) => tracing::debug!(error = %e, "the store keeps its journal mode for now (in use)"),
+    }
+    if in_wal {
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
     }
 }
 
@@ -312,9 +331,12 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, path: PathBuf) {
             let _ = conn.execute_batch("RELEASE job");
             completions.push(completion);
         }
+        crate::crash::point("before-commit");
         let committed = conn.execute_batch("COMMIT").map_err(db_err(&path));
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+        } else {
+            crate::crash::point("after-commit");
         }
         for c in completions {
             c(committed.clone());
@@ -385,11 +407,13 @@ fn cas_write(conn: &Connection, mut row: Row, path: &Path) -> Result<Option<Row>
         )
         .optional()
         .map_err(db_err(path))?;
-    if stored != Some(row.version) {
+    // A version of 0 or less expects no row: a new login (see
+    // `TokenStore::update`).
+    if stored != (row.version > 0).then_some(row.version) {
         return Ok(None);
     }
     let now = unix_now();
-    row.version += 1;
+    row.version = super::next_version(row.version);
     row.updated_at = now;
     write_row(conn, &row, row.version, now).map_err(db_err(path))?;
     Ok(Some(row))
@@ -782,6 +806,47 @@ mod tests {
             .query_row("SELECT x FROM t", [], |r| r.get(0))
             .expect("data kept");
         assert_eq!(x, 1);
+    }
+
+    /// Issue 14: another process's commit holds an exclusive lock for a
+    /// moment. Opening the store, and the fast path's read, wait for it
+    /// instead of failing with "database is locked".
+    #[test]
+    fn opening_and_reading_wait_out_a_commit_in_progress() {
+        use std::sync::mpsc::RecvTimeoutError;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tokens.db");
+        drop(Sqlite::open(&path).expect("create"));
+        type Attempt = Box<dyn FnOnce(&Path) -> Result<(), Error> + Send>;
+        let attempts: [(&str, Attempt); 3] = [
+            ("open", Box::new(|p| Sqlite::open(p).map(drop))),
+            (
+                "writer connection",
+                Box::new(|p| open_connection(p, false).map(drop)),
+            ),
+            (
+                "fast path",
+                Box::new(|p| Sqlite::load_blocking(p, "a").map(drop)),
+            ),
+        ];
+        for (what, attempt) in attempts {
+            let holder = Connection::open(&path).expect("holder");
+            holder.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = path.clone();
+            std::thread::spawn(move || tx.send(attempt(&p)));
+            // Nothing can finish while the lock is held: an answer now is
+            // the immediate busy error (the wait only bounds how long the
+            // test looks for it; the passing path never depends on it).
+            match rx.recv_timeout(std::time::Duration::from_millis(300)) {
+                Err(RecvTimeoutError::Timeout) => {}
+                answer => panic!("{what} answered under an exclusive lock: {answer:?}"),
+            }
+            holder.execute_batch("COMMIT").expect("unlock");
+            rx.recv()
+                .expect("answered")
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
     }
 
     #[tokio::test]
