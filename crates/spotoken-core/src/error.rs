@@ -59,7 +59,9 @@ impl ErrorKind {
 pub enum ReauthReason {
     /// No tokens stored for this account.
     NotLoggedIn,
-    /// The provider answered `invalid_grant` (revoked, expired, reused).
+    /// The provider answered `invalid_grant` (revoked, expired, reused: a
+    /// provider that detects reuse of a rotated refresh token revokes the
+    /// whole grant, and every later refresh gets this too).
     InvalidGrant {
         /// The provider's `error_description`, if any.
         description: String,
@@ -76,6 +78,8 @@ pub enum ReauthReason {
     },
     /// The user refused consent (`error=access_denied`).
     AccessDenied,
+    /// The device code expired before the user approved (RFC 8628 `expired_token`).
+    DeviceCodeExpired,
     /// The account was already flagged; the stored reason.
     Flagged(String),
 }
@@ -104,6 +108,9 @@ impl std::fmt::Display for ReauthReason {
                 if description.is_empty() { "" } else { ": " }
             ),
             ReauthReason::AccessDenied => f.write_str("access was denied on the consent screen"),
+            ReauthReason::DeviceCodeExpired => {
+                f.write_str("the device code expired before the user approved it (expired_token)")
+            }
             ReauthReason::Flagged(r) => f.write_str(r),
         }
     }

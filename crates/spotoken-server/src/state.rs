@@ -127,7 +127,7 @@ impl AppState {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, spotoken::Error> {
-        let upstream = crate::upstream::Upstream::new(&tokens.provider().api_base)?
+        let upstream = crate::upstream::Upstream::new(tokens.api_base())?
             .stall_timeout(config.upstream_timeout);
         let front = match (&config.static_dir, &config.app_upstream) {
             (Some(_), Some(_)) => {
@@ -256,7 +256,15 @@ impl Shared {
         {
             return ok;
         }
-        let url = &self.tokens.provider().token_url;
+        // A provider named by its issuer is discovered first (cached after).
+        let url = match self.tokens.discover_provider().await {
+            Ok(p) => p.token_url,
+            Err(e) => {
+                tracing::warn!(error = %e, "the token endpoint is unknown");
+                *probe = Some((Instant::now(), false));
+                return false;
+            }
+        };
         let ok = match (url.host_str(), url.port_or_known_default()) {
             (Some(host), Some(port)) => {
                 let host = host.trim_start_matches('[').trim_end_matches(']');

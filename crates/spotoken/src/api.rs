@@ -116,7 +116,7 @@ impl Api {
         body: Option<Bytes>,
         headers: &[(String, String)],
     ) -> Result<ApiResponse, Error> {
-        let url = self.tokens.provider().api_url(path)?;
+        let url = spotoken_core::endpoint::api_url(self.tokens.api_base(), path)?;
         let mut token = self.tokens.access_token(&self.account).await?;
         let mut refreshed = false;
         let mut rate_limited = 0;

@@ -69,6 +69,10 @@ pub struct Row {
     pub version: i64,
     /// Last write (unix seconds).
     pub updated_at: i64,
+    /// The issuer the tokens came from, so each account is refreshed where it
+    /// was issued; `None` for the configured provider (and rows stored before
+    /// spotoken knew other providers).
+    pub issuer: Option<String>,
 }
 
 impl std::fmt::Debug for Row {
@@ -82,6 +86,7 @@ impl std::fmt::Debug for Row {
             .field("access_expires_at", &self.access_expires_at)
             .field("last_refresh", &self.last_refresh)
             .field("state", &self.state)
+            .field("issuer", &self.issuer)
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
@@ -214,6 +219,7 @@ pub(crate) mod suite {
             state: AccountState::Active,
             version: 0,
             updated_at: 0,
+            issuer: None,
         }
     }
 
@@ -222,6 +228,7 @@ pub(crate) mod suite {
         update_checks_version(&*store).await;
         lock_serializes_and_rereads(store.clone()).await;
         state_round_trips(&*store).await;
+        issuer_round_trips(&*store).await;
         store.ping().await.expect("ping");
     }
 
@@ -305,6 +312,28 @@ pub(crate) mod suite {
         }
         let r = store.load("s3").await.expect("load").expect("row");
         assert_eq!(r.refresh_token.len(), 3 + 8, "every locked update kept");
+    }
+
+    async fn issuer_round_trips(store: &dyn TokenStore) {
+        let mut r = row("s5");
+        r.issuer = Some("https://id.example".into());
+        let saved = store.upsert(r).await.expect("upsert");
+        let back = store.load("s5").await.expect("load").expect("row");
+        assert_eq!(back.issuer.as_deref(), Some("https://id.example"));
+        let mut next = saved;
+        next.issuer = None;
+        store.update(next).await.expect("update").expect("won");
+        let back = store.load("s5").await.expect("load").expect("row");
+        assert_eq!(back.issuer, None, "an update writes the issuer too");
+        let mut fresh = row("s5-new");
+        fresh.issuer = Some("https://other.example".into());
+        store.update(fresh).await.expect("insert").expect("new row");
+        let back = store.load("s5-new").await.expect("load").expect("row");
+        assert_eq!(
+            back.issuer.as_deref(),
+            Some("https://other.example"),
+            "a version-0 insert writes the issuer too"
+        );
     }
 
     async fn state_round_trips(store: &dyn TokenStore) {
