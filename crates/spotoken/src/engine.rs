@@ -138,6 +138,7 @@ pub struct TokensBuilder {
     margin: Option<Duration>,
     backoff: Option<Backoff>,
     timeout: Option<Duration>,
+    http_client: Option<reqwest::Client>,
     on_reauth: Option<ReauthHook>,
     on_refresh: Option<RefreshHook>,
     clock: Option<Clock>,
@@ -204,6 +205,15 @@ impl TokensBuilder {
         self
     }
 
+    /// The HTTP client for the token endpoint and the Web API, instead of the
+    /// one spotoken builds (no redirects, 10 s connect and [`timeout`](Self::timeout)
+    /// total timeouts). Give one that does not follow redirects and has
+    /// timeouts; plain `http://` is refused except to loopback either way.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
     /// Called once each time an account needs re-authorization.
     pub fn on_reauth(mut self, hook: impl Fn(&ReauthEvent) + Send + Sync + 'static) -> Self {
         self.on_reauth = Some(Arc::new(hook));
@@ -243,7 +253,10 @@ impl TokensBuilder {
                 provider,
                 store,
                 keys,
-                http: http::client(self.timeout.unwrap_or(Duration::from_secs(30)))?,
+                http: match self.http_client {
+                    Some(c) => c,
+                    None => http::client(self.timeout.unwrap_or(Duration::from_secs(30)))?,
+                },
                 margin: self.margin.unwrap_or(freshness::DEFAULT_MARGIN),
                 backoff: self.backoff.unwrap_or_default(),
                 on_reauth: self.on_reauth,

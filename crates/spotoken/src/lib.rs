@@ -52,5 +52,6 @@ pub mod store;
 pub use account::{AccountStatus, LoginOutcome, LogoutOutcome, PendingLogin};
 pub use api::{Api, ApiResponse};
 pub use engine::{ReauthEvent, RefreshOutcome, Tokens, TokensBuilder};
+pub use http::install_crypto_provider;
 pub use spotoken_core as core;
 pub use spotoken_core::{Error, ErrorKind, ReauthReason};
