@@ -28,7 +28,9 @@ pub fn report(e: &Error, format: Output) -> u8 {
     match format {
         Output::Text => {
             eprintln!("error: {e}");
-            if let Some(hint) = hint(e) {
+            if let Some(todo) = command_to_run(e) {
+                eprintln!("hint: {todo}");
+            } else if let Some(hint) = hint(e) {
                 eprintln!("hint: {hint}");
             }
         }
@@ -42,7 +44,10 @@ fn error_json(e: &Error) -> serde_json::Value {
     let mut body = serde_json::json!({
         "kind": e.kind(),
         "exit_code": e.kind().exit_code(),
-        "message": e.to_string(),
+        "message": match command_to_run(e) {
+            Some(todo) => format!("{e}; {todo}"),
+            None => e.to_string(),
+        },
     });
     if let Some(wait) = e.retry_after() {
         body["retry_after"] =
@@ -52,6 +57,21 @@ fn error_json(e: &Error) -> serde_json::Value {
         body["missing_scopes"] = serde_json::json!(missing);
     }
     serde_json::json!({ "error": body })
+}
+
+/// The command of ours that fixes an error: the library's messages say what
+/// must happen, not which program does it.
+fn command_to_run(e: &Error) -> Option<String> {
+    match e {
+        Error::AuthorizationNeeded { account, .. } => {
+            Some(format!("run `spotoken login --account {account}`"))
+        }
+        Error::InsufficientScope { missing, .. } if !missing.is_empty() => Some(format!(
+            "run `spotoken login --scopes <current>,{}`",
+            missing.join(",")
+        )),
+        _ => None,
+    }
 }
 
 fn hint(e: &Error) -> Option<&'static str> {
@@ -97,6 +117,11 @@ mod tests {
         assert_eq!(v["error"]["kind"], "insufficient_scope");
         assert_eq!(v["error"]["exit_code"], 5);
         assert_eq!(v["error"]["missing_scopes"][0], "playlist-read-private");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("spotoken login --scopes <current>,playlist-read-private"),
+            "{message}"
+        );
         assert!(v["error"].get("retry_after").is_none());
     }
 }

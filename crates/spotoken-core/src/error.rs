@@ -114,7 +114,7 @@ impl std::fmt::Display for ReauthReason {
 pub enum Error {
     /// The user must authorize again.
     #[error(
-        "authorization needed for account '{account}': {reason}; run `spotoken login --account {account}`"
+        "authorization needed for account '{account}': {reason}; the account must log in again"
     )]
     AuthorizationNeeded {
         /// The account.
@@ -179,10 +179,9 @@ fn insufficient_scope_message(endpoint: &str, missing: &[String]) -> String {
             "insufficient scope for {endpoint}; log in again with the scopes this endpoint needs"
         )
     } else {
-        let list = missing.join(",");
+        let list = missing.join(", ");
         format!(
-            "insufficient scope for {endpoint}: missing {}; run `spotoken login --scopes <current>,{list}`",
-            missing.join(", ")
+            "insufficient scope for {endpoint}: missing {list}; log in again with the granted scopes and these added"
         )
     }
 }
@@ -310,7 +309,7 @@ mod tests {
         };
         let s = e.to_string();
         assert!(
-            s.contains("Refresh token revoked") && s.contains("spotoken login"),
+            s.contains("Refresh token revoked") && s.contains("must log in again"),
             "{s}"
         );
         let e = Error::temporary("rate limited by Spotify", Some(Duration::from_secs(7980)));
@@ -320,6 +319,34 @@ mod tests {
             missing: vec!["playlist-read-private".into()],
         };
         assert!(e.to_string().contains("playlist-read-private"));
+    }
+
+    #[test]
+    fn library_messages_never_name_a_command_of_ours() {
+        // Inside someone else's app there is no `spotoken` command to run;
+        // the CLI adds its own hints (issue 13).
+        let errors = [
+            Error::AuthorizationNeeded {
+                account: "victim".into(),
+                reason: ReauthReason::NotLoggedIn,
+            },
+            Error::InsufficientScope {
+                endpoint: "GET /v1/me/playlists".into(),
+                missing: vec!["playlist-read-private".into(), "user-top-read".into()],
+            },
+            Error::InsufficientScope {
+                endpoint: "GET /v1/me/playlists".into(),
+                missing: vec![],
+            },
+            Error::temporary("network: timed out", Some(Duration::from_secs(3))),
+            Error::Configuration("no client id configured".into()),
+            Error::protocol(Some(500), "bad answer", b"{}"),
+            Error::Internal("broken".into()),
+        ];
+        for e in errors {
+            let s = e.to_string();
+            assert!(!s.contains("spotoken ") && !s.contains("--"), "{s}");
+        }
     }
 
     #[test]

@@ -232,7 +232,7 @@ impl TokensBuilder {
     /// Checks the configuration and builds.
     pub fn build(self) -> Result<Tokens, Error> {
         let client_id = self.client_id.filter(|c| !c.is_empty()).ok_or_else(|| {
-            Error::Configuration("no client id: pass --client-id or set SPOTOKEN_CLIENT_ID".into())
+            Error::Configuration("no client id configured (TokensBuilder::client_id)".into())
         })?;
         let provider = match self.provider {
             Some(p) => p,
