@@ -76,7 +76,9 @@ fn command_to_run(e: &Error) -> Option<String> {
 
 fn hint(e: &Error) -> Option<&'static str> {
     match e {
-        Error::Temporary { .. } => Some("this is temporary: try again later (exit code 4)"),
+        Error::Temporary { .. } | Error::RateLimited { .. } => {
+            Some("this is temporary: try again later (exit code 4)")
+        }
         Error::Internal(_) => Some("this looks like a bug; run with -vv and report it"),
         _ => None,
     }

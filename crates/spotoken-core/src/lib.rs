@@ -21,5 +21,5 @@ pub mod scope;
 pub mod secret;
 pub mod wait;
 
-pub use error::{Error, ErrorKind, ReauthReason};
+pub use error::{Error, ErrorKind, RateLimiter, ReauthReason};
 pub use redact::redact;

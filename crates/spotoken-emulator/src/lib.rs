@@ -210,6 +210,11 @@ impl Emulator {
         self.shared.lock().failures.push_back(failure);
     }
 
+    /// Drops every queued failure that has not been used up.
+    pub fn clear_failures(&self) {
+        self.shared.lock().failures.clear();
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.shared.lock().counters.clone()

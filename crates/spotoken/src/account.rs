@@ -67,6 +67,17 @@ pub struct LoginOutcome {
     pub warnings: Vec<String>,
 }
 
+/// Whether an account's tokens can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LoginState {
+    /// Logged in; refreshes as needed.
+    Active,
+    /// Flagged: a new login is needed (see [`AccountStatus::reauth_reason`]).
+    ReauthRequired,
+}
+
 /// One account's state, without any secret.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountStatus {
@@ -86,8 +97,8 @@ pub struct AccountStatus {
     pub access_expires_at: i64,
     /// Last refresh (unix seconds).
     pub last_refresh: Option<i64>,
-    /// `active` or `reauth_required`.
-    pub state: String,
+    /// Active or flagged (serialized as `active` / `reauth_required`).
+    pub state: LoginState,
     /// Why re-authorization is required.
     pub reauth_reason: Option<String>,
     /// Seconds left before the refresh token's six-month lifetime ends (negative: past).
@@ -99,7 +110,7 @@ pub struct AccountStatus {
 impl AccountStatus {
     /// The status of a stored row at `now`.
     pub fn from_row(r: &Row, now: i64) -> Self {
-        let (state, reason) = r.state_columns();
+        let (_, reason) = r.state_columns();
         let end = r.authorized_at + REFRESH_TOKEN_LIFETIME.as_secs() as i64;
         Self {
             account: r.account.clone(),
@@ -114,7 +125,10 @@ impl AccountStatus {
                 0
             },
             last_refresh: r.last_refresh,
-            state: state.to_owned(),
+            state: match r.state {
+                AccountState::Active => LoginState::Active,
+                AccountState::ReauthRequired(_) => LoginState::ReauthRequired,
+            },
             reauth_reason: reason.map(str::to_owned),
             refresh_token_seconds_left: end - now,
             refresh_token_ending_soon: matches!(
@@ -126,7 +140,7 @@ impl AccountStatus {
 
     /// Whether the user must log in again.
     pub fn needs_reauth(&self) -> bool {
-        self.state != "active" || self.refresh_token_seconds_left <= 0
+        self.state != LoginState::Active || self.refresh_token_seconds_left <= 0
     }
 }
 

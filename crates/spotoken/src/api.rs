@@ -16,7 +16,6 @@ use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use spotoken_core::scope::{self, Scopes};
-use spotoken_core::wait::human_duration;
 
 use crate::http::{self, Answer};
 use crate::{Error, Tokens};
@@ -272,14 +271,11 @@ pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &S
             } else {
                 format!(", {reason}")
             };
-            let wait = answer
-                .retry_after
-                .map(|d| format!(" for {}", human_duration(d)))
-                .unwrap_or_default();
-            Error::temporary(
-                format!("rate limited by Spotify{wait} (HTTP 429{reason})"),
-                answer.retry_after,
-            )
+            Error::RateLimited {
+                by: spotoken_core::RateLimiter::WebApi,
+                reason: format!("HTTP 429{reason}"),
+                retry_after: answer.retry_after,
+            }
         }
         s => Error::protocol(Some(s), format!("{endpoint} failed"), &answer.body),
     }

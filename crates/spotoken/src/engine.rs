@@ -558,7 +558,7 @@ impl Tokens {
             AccountState::Active => Ok(()),
             AccountState::ReauthRequired(reason) => Err(Error::AuthorizationNeeded {
                 account: row.account.clone(),
-                reason: ReauthReason::Flagged(reason.clone()),
+                reason: ReauthReason::from_stored(reason),
             }),
         }
     }

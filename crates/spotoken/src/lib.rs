@@ -49,9 +49,9 @@ pub mod http;
 pub mod middleware;
 pub mod store;
 
-pub use account::{AccountStatus, LoginOutcome, LogoutOutcome, PendingLogin};
+pub use account::{AccountStatus, LoginOutcome, LoginState, LogoutOutcome, PendingLogin};
 pub use api::{Api, ApiResponse};
 pub use engine::{ReauthEvent, RefreshOutcome, Tokens, TokensBuilder};
 pub use http::install_crypto_provider;
 pub use spotoken_core as core;
-pub use spotoken_core::{Error, ErrorKind, ReauthReason};
+pub use spotoken_core::{Error, ErrorKind, RateLimiter, ReauthReason};

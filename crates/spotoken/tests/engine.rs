@@ -330,13 +330,13 @@ async fn invalid_grant_flags_the_account_and_stops_requests() {
     let e = tokens.access_token("default").await.expect_err("revoked");
     assert_eq!(e.kind(), ErrorKind::AuthorizationNeeded);
     assert!(e.to_string().contains("Refresh token revoked"), "{e}");
-    assert!(e.to_string().contains("spotoken login"), "{e}");
+    assert!(e.to_string().contains("must log in again"), "{e}");
     let status = tokens
         .status("default")
         .await
         .expect("status")
         .expect("row kept");
-    assert_eq!(status.state, "reauth_required");
+    assert_eq!(status.state, spotoken::LoginState::ReauthRequired);
     let requests = env.emu.counters().token_requests_for("refresh_token");
     for _ in 0..3 {
         let e = tokens
@@ -541,7 +541,7 @@ async fn after_a_lost_answer_a_row_written_meanwhile_is_used_not_the_old_token()
         1,
         "the old refresh token was not presented again (reuse detection would revoke)"
     );
-    assert_eq!(env.status().await.state, "active");
+    assert_eq!(env.status().await.state, spotoken::LoginState::Active);
 }
 
 /// Queues `failure` for the next refresh, lets the token expire, and asks for one.
@@ -573,7 +573,7 @@ async fn a_lost_refresh_answer_under_reuse_detection_is_a_lost_rotation() {
         "{e:?}"
     );
     assert!(e.to_string().contains("lost rotation"), "{e}");
-    assert!(e.to_string().contains("spotoken login"), "{e}");
+    assert!(e.to_string().contains("must log in again"), "{e}");
     let c = env.emu.counters();
     assert_eq!(c.token_outcome("refresh_token", "ok"), 1, "the lost one");
     assert_eq!(
@@ -581,7 +581,10 @@ async fn a_lost_refresh_answer_under_reuse_detection_is_a_lost_rotation() {
         2,
         "one retry, no loop"
     );
-    assert_eq!(env.status().await.state, "reauth_required");
+    assert_eq!(
+        env.status().await.state,
+        spotoken::LoginState::ReauthRequired
+    );
     let again = env
         .tokens
         .access_token("default")

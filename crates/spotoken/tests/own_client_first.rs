@@ -3,10 +3,9 @@
 //! a TLS build without a crypto provider panics in `Client::new()`. This is its
 //! own test binary so that no other test has installed a provider first.
 
-use spotoken::core::endpoint::Provider;
-use spotoken::core::scope::Scopes;
-use spotoken::{Tokens, crypto, store};
-use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator};
+mod common;
+
+use spotoken_emulator::Emulator;
 
 #[tokio::test]
 async fn an_apps_own_client_built_first_works_and_can_be_handed_in() {
@@ -15,29 +14,11 @@ async fn an_apps_own_client_built_first_works_and_can_be_handed_in() {
 
     let emu = Emulator::start().await.expect("emulator");
     let dir = tempfile::tempdir().expect("tmp");
-    let tokens = Tokens::builder()
-        .client_id(DEFAULT_CLIENT_ID)
-        .provider(Provider::spotify_like(&emu.url(), &emu.url()).expect("provider"))
-        .store(store::Sqlite::open(dir.path().join("tokens.db")).expect("store"))
-        .keys(crypto::load_key_ring(&dir.path().join("master.key"), None).expect("keys"))
+    let tokens = common::builder(&emu, dir.path())
         .http_client(own.clone())
         .build()
         .expect("tokens");
-    let pending = tokens
-        .begin_login(
-            "http://127.0.0.1:45678/callback",
-            &Scopes::parse("user-read-private"),
-            false,
-        )
-        .expect("begin");
-    let back = emu
-        .authorize(pending.url.as_str())
-        .await
-        .expect("authorize");
-    tokens
-        .complete_login("default", &pending, &back)
-        .await
-        .expect("login");
+    common::login(&tokens, &emu, "default", "user-read-private").await;
 
     // The app's own client, used by hand with a token from spotoken.
     let token = tokens.access_token("default").await.expect("token");

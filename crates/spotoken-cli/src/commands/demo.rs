@@ -160,12 +160,11 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
             )));
         }
     }
-    let status = tokens
-        .status("default")
-        .await?
-        .map(|s| s.state)
-        .unwrap_or_default();
-    check(status == "reauth_required", "the account is flagged")?;
+    let status = tokens.status("default").await?.map(|s| s.state);
+    check(
+        status == Some(spotoken::LoginState::ReauthRequired),
+        "the account is flagged",
+    )?;
 
     crate::output::line(
         "\nDone. With a real Spotify app: spotoken login --client-id YOUR_ID, then spotoken token.",
