@@ -130,6 +130,7 @@ fn row(account: &str) -> Row {
         state: AccountState::Active,
         version: 0,
         updated_at: 0,
+        issuer: None,
     }
 }
 

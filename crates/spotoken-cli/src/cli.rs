@@ -50,6 +50,10 @@ pub struct Global {
     /// Web API base URL [default: https://api.spotify.com]
     #[arg(long, global = true, env = "SPOTOKEN_API_URL", value_name = "URL")]
     pub api_url: Option<String>,
+    /// Another OAuth 2.0 provider, by its issuer URL: endpoints come from its
+    /// discovery document (RFC 8414 or OpenID Connect) [default: Spotify]
+    #[arg(long, global = true, env = "SPOTOKEN_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -166,6 +170,7 @@ pub fn quick_token_args(
         client_id: env("SPOTOKEN_CLIENT_ID").and_then(|v| v.into_string().ok()),
         accounts_url: env("SPOTOKEN_ACCOUNTS_URL").and_then(|v| v.into_string().ok()),
         api_url: env("SPOTOKEN_API_URL").and_then(|v| v.into_string().ok()),
+        issuer: env("SPOTOKEN_ISSUER").and_then(|v| v.into_string().ok()),
         output: Output::Text,
         verbose: 0,
     };
@@ -187,6 +192,7 @@ pub fn quick_token_args(
             "--account" => g.account = Some(value),
             "--home" => g.home = Some(PathBuf::from(value)),
             "--client-id" => g.client_id = Some(value),
+            "--issuer" => g.issuer = Some(value),
             "--output" if value == "json" => g.output = Output::Json,
             "--output" if value == "text" => g.output = Output::Text,
             _ => return None,

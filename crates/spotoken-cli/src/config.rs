@@ -30,6 +30,14 @@ pub struct ConfigFile {
     pub api_url: Option<String>,
     /// RFC 7009 revocation endpoint, for providers that have one.
     pub revocation_url: Option<String>,
+    /// Another OAuth 2.0 provider, by its issuer URL (endpoints discovered).
+    pub issuer: Option<String>,
+    /// Authorization endpoint, for a provider without discovery.
+    pub authorization_url: Option<String>,
+    /// Token endpoint, for a provider without discovery.
+    pub token_url: Option<String>,
+    /// RFC 8628 device authorization endpoint, for a provider without discovery.
+    pub device_authorization_url: Option<String>,
     /// Command the daemon runs when an account needs re-authorization.
     pub notify_cmd: Option<String>,
     /// Where the master key comes from: `file` (default) or `env`.
@@ -101,6 +109,14 @@ pub struct Resolved {
     pub api_url: String,
     /// Revocation endpoint.
     pub revocation_url: Option<String>,
+    /// Issuer to discover.
+    pub issuer: Option<String>,
+    /// Explicit authorization endpoint.
+    pub authorization_url: Option<String>,
+    /// Explicit token endpoint.
+    pub token_url: Option<String>,
+    /// Explicit device authorization endpoint.
+    pub device_authorization_url: Option<String>,
     /// Configured redirect URI.
     pub redirect_uri: Option<String>,
     /// Configured login scopes.
@@ -199,6 +215,10 @@ pub fn resolve(g: &Global) -> Result<Resolved, Error> {
             .or_else(|| nonempty(file.api_url.clone()))
             .unwrap_or_else(|| SPOTIFY_API_URL.to_owned()),
         revocation_url: nonempty(file.revocation_url.clone()),
+        issuer: nonempty(g.issuer.clone()).or_else(|| nonempty(file.issuer.clone())),
+        authorization_url: nonempty(file.authorization_url.clone()),
+        token_url: nonempty(file.token_url.clone()),
+        device_authorization_url: nonempty(file.device_authorization_url.clone()),
         redirect_uri: nonempty(file.redirect_uri.clone()),
         scopes,
         notify_cmd: nonempty(file.notify_cmd.clone()),
@@ -253,14 +273,9 @@ impl Resolved {
                 "no client id: pass --client-id, set SPOTOKEN_CLIENT_ID, or put client_id in config.toml".into(),
             )
         })?;
-        let mut provider =
-            spotoken::core::endpoint::Provider::spotify_like(&self.accounts_url, &self.api_url)?;
-        if let Some(r) = &self.revocation_url {
-            provider = provider.with_revocation(r)?;
-        }
-        let mut b = spotoken::Tokens::builder()
+        let mut b = self
+            .with_provider(spotoken::Tokens::builder())?
             .client_id(client_id)
-            .provider(provider)
             .store(spotoken::store::Sqlite::open(&self.store_path)?)
             .keys(self.key_ring()?);
         if let Some(s) = &self.client_secret {
@@ -271,6 +286,40 @@ impl Resolved {
 }
 
 impl Resolved {
+    /// Sets the configured provider: explicit endpoints when `token_url` is
+    /// given, else the issuer's discovery document (fetched when first
+    /// needed), else Spotify's paths under the accounts URL.
+    pub fn with_provider(
+        &self,
+        b: spotoken::TokensBuilder,
+    ) -> Result<spotoken::TokensBuilder, Error> {
+        use spotoken::core::endpoint::Provider;
+        let mut provider = match (&self.token_url, &self.issuer) {
+            (Some(token), issuer) => {
+                let authorize = self.authorization_url.as_deref().ok_or_else(|| {
+                    Error::Configuration(format!(
+                        "token_url is set in {} but authorization_url is not; give both (or an issuer to discover)",
+                        self.config_path.display()
+                    ))
+                })?;
+                let p = Provider::explicit(authorize, token, &self.api_url)?;
+                match issuer {
+                    Some(i) => p.with_issuer(i),
+                    None => p,
+                }
+            }
+            (None, Some(issuer)) => return Ok(b.issuer(issuer, &self.api_url)),
+            (None, None) => Provider::spotify_like(&self.accounts_url, &self.api_url)?,
+        };
+        if let Some(r) = &self.revocation_url {
+            provider = provider.with_revocation(r)?;
+        }
+        if let Some(d) = &self.device_authorization_url {
+            provider = provider.with_device_authorization(d)?;
+        }
+        Ok(b.provider(provider))
+    }
+
     /// The engine for commands that manage stored rows (logout, rekey,
     /// daemon, accounts): they work even when no client id is configured,
     /// since the engine refreshes and revokes each account with the client id

@@ -1,6 +1,7 @@
 //! The real `spotoken` binary against the emulator, with a temporary home.
 
 mod common;
+mod interop;
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -708,4 +709,124 @@ async fn serve_logs_json_lines_with_request_ids_and_no_secrets() {
         .expect("main");
     assert_eq!(r.status(), 404, "not where browsers connect");
     child.kill().await.expect("kill");
+}
+
+/// Issue 12: a provider named by its issuer is discovered, the device flow
+/// logs in, and the account remembers where it came from: later commands
+/// without `--issuer` (whose configured endpoints have no issuer) refresh it
+/// at the discovered token endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_login_through_discovery_and_the_account_remembers_its_issuer() {
+    let env = Env::new().await;
+    env.emu.update(|s| s.device_interval_secs = 1);
+    let issuer = env.emu.url();
+    let out = env
+        .run(&[
+            "--issuer",
+            &issuer,
+            "login",
+            "--device",
+            "--scopes",
+            "user-read-private",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("enter the code"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("{issuer}/device")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        env.emu.counters().token_outcome(
+            spotoken::core::device::DEVICE_CODE_GRANT,
+            "authorization_pending"
+        ),
+        1
+    );
+
+    let status = env.run(&["status", "--output", "json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let v: Value = serde_json::from_str(&status.stdout).expect("json");
+    assert_eq!(v["accounts"][0]["issuer"], issuer.as_str());
+    let text = env.run(&["status"]).await;
+    assert!(
+        text.stdout.contains(&format!("provider:       {issuer}")),
+        "{}",
+        text.stdout
+    );
+
+    // A fresh cached token costs no discovery, on the fast path or the full one.
+    let fetched = env.emu.counters().discovery_requests;
+    for args in [
+        &["token", "--issuer", &issuer][..],
+        &["--issuer", &issuer, "-v", "token"][..],
+    ] {
+        let token = env.run(args).await;
+        assert_eq!(token.code, 0, "{}", token.stderr);
+    }
+    assert_eq!(env.emu.counters().discovery_requests, fetched);
+
+    age_account(&env).await;
+    let token = env.run(&["token"]).await;
+    assert_eq!(token.code, 0, "{}", token.stderr);
+    assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 1);
+    // The daemon refreshes it there too.
+    age_account(&env).await;
+    let daemon = env.run(&["daemon", "--once"]).await;
+    assert_eq!(daemon.code, 0, "{}", daemon.stderr);
+    assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 2);
+
+    // Logout revokes at the discovered endpoint, waiting out a 503's
+    // Retry-After, and deletes the account.
+    env.emu.inject(Failure {
+        path: Some("/oauth2/revoke".into()),
+        status: 503,
+        headers: [("Retry-After".to_owned(), "1".to_owned())].into(),
+        ..Failure::default()
+    });
+    let logout = env.run(&["logout", "--output", "json"]).await;
+    assert_eq!(logout.code, 0, "{}", logout.stderr);
+    assert!(
+        logout.stderr.contains("revocation failed; retrying"),
+        "{}",
+        logout.stderr
+    );
+    let v: Value = serde_json::from_str(&logout.stdout).expect("json");
+    assert_eq!(v["logged_out"][0]["revoked"], true, "{}", logout.stdout);
+    assert!(v["logged_out"][0]["remove_access_at"].is_null());
+    assert_eq!(env.emu.counters().token_outcome("revocation", "revoked"), 1);
+    assert_eq!(env.run(&["status"]).await.code, 3, "deleted locally");
+}
+
+/// Issue 12: a refused device login stops at once with a clear message
+/// (exit 3), storing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_device_login_stops_with_a_clear_message() {
+    let env = Env::new().await;
+    env.emu.update(|s| {
+        s.device_interval_secs = 1;
+        s.deny = true;
+    });
+    let issuer = env.emu.url();
+    let out = env.run(&["--issuer", &issuer, "login", "--device"]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("access was denied"), "{}", out.stderr);
+    assert_eq!(env.run(&["status"]).await.code, 3, "nothing stored");
+}
+
+/// Issue 12: an issuer without a discovery document is a configuration
+/// error that says what to configure instead (exit 2), not a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_without_a_discovery_document_is_a_configuration_error() {
+    let env = Env::new().await;
+    let issuer = format!("{}/tenant", env.emu.url());
+    let out = env.run(&["--issuer", &issuer, "login", "--device"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("publishes no discovery document"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("token_url"), "{}", out.stderr);
 }

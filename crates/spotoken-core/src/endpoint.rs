@@ -15,12 +15,18 @@ pub const SPOTIFY_APPS_PAGE: &str = "https://www.spotify.com/account/apps/";
 /// The provider's endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provider {
+    /// The issuer identifier (RFC 8414), which an account remembers so that
+    /// it is refreshed where it was issued. `None` for endpoints given
+    /// explicitly without one (such as an emulator's).
+    pub issuer: Option<String>,
     /// The authorization endpoint.
     pub authorize_url: Url,
     /// The token endpoint.
     pub token_url: Url,
     /// An RFC 7009 revocation endpoint, where the provider has one (Spotify does not).
     pub revocation_url: Option<Url>,
+    /// An RFC 8628 device authorization endpoint, where the provider has one.
+    pub device_authorization_url: Option<Url>,
     /// Base of the resource API (`/v1/...` is appended).
     pub api_base: Url,
 }
@@ -31,10 +37,13 @@ impl Provider {
     pub fn spotify_like(accounts: &str, api: &str) -> Result<Self, Error> {
         let accounts = parse_endpoint(accounts, "accounts URL")?;
         let api_base = parse_endpoint(api, "API URL")?;
+        let is_spotify = accounts.as_str().trim_end_matches('/') == SPOTIFY_ACCOUNTS_URL;
         Ok(Self {
+            issuer: is_spotify.then(|| SPOTIFY_ACCOUNTS_URL.to_owned()),
             authorize_url: join(&accounts, "authorize")?,
             token_url: join(&accounts, "api/token")?,
             revocation_url: None,
+            device_authorization_url: None,
             api_base,
         })
     }
@@ -42,6 +51,50 @@ impl Provider {
     /// Spotify itself.
     pub fn spotify() -> Result<Self, Error> {
         Self::spotify_like(SPOTIFY_ACCOUNTS_URL, SPOTIFY_API_URL)
+    }
+
+    /// Endpoints given one by one (`authorization_url`, `token_url`, ...), for
+    /// a provider without a discovery document. Each is checked like the others.
+    pub fn explicit(authorize: &str, token: &str, api: &str) -> Result<Self, Error> {
+        Ok(Self {
+            issuer: None,
+            authorize_url: parse_endpoint(authorize, "authorization URL")?,
+            token_url: parse_endpoint(token, "token URL")?,
+            revocation_url: None,
+            device_authorization_url: None,
+            api_base: parse_endpoint(api, "API URL")?,
+        })
+    }
+
+    /// Whether this is Spotify's Accounts service or one built like it (an
+    /// emulator): Spotify's scope table and `/v1/me` apply.
+    pub fn is_spotify_like(&self) -> bool {
+        self.token_url.path().ends_with("/api/token")
+            && self
+                .issuer
+                .as_deref()
+                .is_none_or(|i| i == SPOTIFY_ACCOUNTS_URL)
+    }
+
+    /// A short name for `spotoken status`: the issuer, else the token endpoint.
+    pub fn name(&self) -> String {
+        match &self.issuer {
+            Some(i) if i == SPOTIFY_ACCOUNTS_URL => "spotify".to_owned(),
+            Some(i) => i.clone(),
+            None => self.token_url.to_string(),
+        }
+    }
+
+    /// Adds an RFC 8628 device authorization endpoint (checked like the others).
+    pub fn with_device_authorization(mut self, url: &str) -> Result<Self, Error> {
+        self.device_authorization_url = Some(parse_endpoint(url, "device authorization URL")?);
+        Ok(self)
+    }
+
+    /// Names the issuer these endpoints belong to (stored with each account).
+    pub fn with_issuer(mut self, issuer: &str) -> Self {
+        self.issuer = Some(issuer.to_owned());
+        self
     }
 
     /// Adds an RFC 7009 revocation endpoint (checked like the others).
@@ -52,27 +105,33 @@ impl Provider {
 
     /// The full URL of an API path such as `/v1/me` (a query string may follow).
     pub fn api_url(&self, path_and_query: &str) -> Result<Url, Error> {
-        let not_under = || {
-            Error::Configuration(format!(
-                "'{path_and_query}' is not a path under the API base"
-            ))
-        };
-        if path_and_query.starts_with("//")
-            || path_and_query.contains("://")
-            || path_and_query.contains('\\')
-        {
-            return Err(not_under());
-        }
-        let url = join(&self.api_base, path_and_query.trim_start_matches('/'))?;
-        if url.origin() != self.api_base.origin()
-            || !url
-                .path()
-                .starts_with(self.api_base.path().trim_end_matches('/'))
-        {
-            return Err(not_under());
-        }
-        Ok(url)
+        api_url(&self.api_base, path_and_query)
     }
+}
+
+/// The full URL of an API path under `api_base`, refusing anything that would
+/// leave it (another origin, `..` above the base, backslashes).
+pub fn api_url(api_base: &Url, path_and_query: &str) -> Result<Url, Error> {
+    let not_under = || {
+        Error::Configuration(format!(
+            "'{path_and_query}' is not a path under the API base"
+        ))
+    };
+    if path_and_query.starts_with("//")
+        || path_and_query.contains("://")
+        || path_and_query.contains('\\')
+    {
+        return Err(not_under());
+    }
+    let url = join(api_base, path_and_query.trim_start_matches('/'))?;
+    if url.origin() != api_base.origin()
+        || !url
+            .path()
+            .starts_with(api_base.path().trim_end_matches('/'))
+    {
+        return Err(not_under());
+    }
+    Ok(url)
 }
 
 fn join(base: &Url, path: &str) -> Result<Url, Error> {

@@ -62,7 +62,9 @@ impl ErrorKind {
 pub enum ReauthReason {
     /// No tokens stored for this account.
     NotLoggedIn,
-    /// The provider answered `invalid_grant` (revoked, expired, reused).
+    /// The provider answered `invalid_grant` (revoked, expired, reused: a
+    /// provider that detects reuse of a rotated refresh token revokes the
+    /// whole grant, and every later refresh gets this too).
     InvalidGrant {
         /// The provider's `error_description`, if any.
         description: String,
@@ -79,6 +81,8 @@ pub enum ReauthReason {
     },
     /// The user refused consent (`error=access_denied`).
     AccessDenied,
+    /// The device code expired before the user approved (RFC 8628 `expired_token`).
+    DeviceCodeExpired,
     /// The account was already flagged for a reason this version cannot
     /// name (the stored text), or the Web API rejected a freshly refreshed token.
     Flagged(String),
@@ -98,6 +102,7 @@ impl ReauthReason {
             ReauthReason::NotLoggedIn,
             ReauthReason::RefreshTokenExpired,
             ReauthReason::AccessDenied,
+            ReauthReason::DeviceCodeExpired,
         ];
         if let Some(r) = typed.into_iter().find(|r| r.to_string() == text) {
             return r;
@@ -167,6 +172,9 @@ impl std::fmt::Display for ReauthReason {
                 if description.is_empty() { "" } else { ": " }
             ),
             ReauthReason::AccessDenied => f.write_str("access was denied on the consent screen"),
+            ReauthReason::DeviceCodeExpired => {
+                f.write_str("the device code expired before the user approved it (expired_token)")
+            }
             ReauthReason::Flagged(r) => f.write_str(r),
         }
     }
@@ -471,6 +479,7 @@ mod tests {
                 description: "Invalid refresh token".into(),
             },
             ReauthReason::AccessDenied,
+            ReauthReason::DeviceCodeExpired,
             ReauthReason::Flagged("the Web API rejected a freshly refreshed token".into()),
         ];
         for r in reasons {

@@ -11,6 +11,8 @@
 
 pub mod backoff;
 pub mod callback;
+pub mod device;
+pub mod discovery;
 pub mod endpoint;
 pub mod error;
 pub mod freshness;

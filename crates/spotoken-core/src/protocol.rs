@@ -99,7 +99,7 @@ impl std::fmt::Debug for FormRequest {
     }
 }
 
-fn form_request(url: &Url, client: &ClientAuth, pairs: &[(&str, &str)]) -> FormRequest {
+pub(crate) fn form_request(url: &Url, client: &ClientAuth, pairs: &[(&str, &str)]) -> FormRequest {
     let mut ser = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
         ser.append_pair(k, v);

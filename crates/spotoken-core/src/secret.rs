@@ -62,6 +62,10 @@ secret_string!(
     AuthorizationCode
 );
 secret_string!(
+    /// An RFC 8628 device code: whoever holds it gets the tokens once the user approves.
+    DeviceCode
+);
+secret_string!(
     /// An opaque session identifier handed to a browser as a cookie value.
     SessionId
 );

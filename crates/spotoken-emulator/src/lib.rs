@@ -23,6 +23,7 @@
 mod authorize;
 mod catalogue;
 pub mod control;
+mod device;
 mod model;
 mod player;
 pub mod serve;
@@ -72,6 +73,12 @@ pub fn app(shared: Shared) -> Router {
         .route("/authorize", get(authorize::authorize))
         .route("/authorize/decide", post(authorize::decide))
         .route("/api/token", post(token::token))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(device::metadata),
+        )
+        .route(device::DEVICE_AUTHORIZATION_PATH, post(device::authorize))
+        .route(device::REVOCATION_PATH, post(device::revoke))
         .route("/v1/{*path}", any(webapi::api))
         .route("/_echo/{*path}", any(webapi::echo))
         .nest("/_emulator", control::routes())

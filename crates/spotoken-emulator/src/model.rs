@@ -221,6 +221,9 @@ pub struct Settings {
     /// Whether the users have a Spotify client running (an active device);
     /// without one, player commands answer 404 `NO_ACTIVE_DEVICE`.
     pub active_device: bool,
+    /// The polling interval device logins are given (an extension: Spotify
+    /// has no device flow for third-party apps).
+    pub device_interval_secs: u64,
 }
 
 /// The text of every Web API 401 since July 2026.
@@ -245,6 +248,7 @@ impl Default for Settings {
             app_mode: AppMode::Development,
             owner_premium: true,
             active_device: true,
+            device_interval_secs: 5,
         }
     }
 }
@@ -319,6 +323,9 @@ pub struct Counters {
     /// few).
     #[serde(default)]
     pub connections: u64,
+    /// Requests for the discovery document.
+    #[serde(default)]
+    pub discovery_requests: u64,
 }
 
 impl Counters {
@@ -437,6 +444,8 @@ pub struct World {
     pub playlists: Vec<crate::catalogue::Playlist>,
     /// Saved Spotify URIs per user (`/v1/me/library`).
     pub library: HashMap<String, std::collections::BTreeSet<String>>,
+    /// Device logins in progress, by device code (an extension: see `device`).
+    pub device_codes: HashMap<String, crate::device::DeviceRec>,
 }
 
 impl World {
@@ -476,6 +485,7 @@ impl World {
             players: HashMap::new(),
             playlists,
             library: HashMap::new(),
+            device_codes: HashMap::new(),
         }
     }
 

@@ -121,6 +121,8 @@ fn answer(
             "authorization_code" => exchange_code(&mut w, &auth, form),
             "refresh_token" => refresh(&mut w, &auth, form),
             "client_credentials" => client_credentials(&mut w, &auth),
+            spotoken_core::device::DEVICE_CODE_GRANT => crate::device::poll(&mut w, &auth.id, form)
+                .map_err(|(error, description)| TokenError::new(error, description)),
             "" => Err(TokenError::new(
                 "unsupported_grant_type",
                 "grant_type parameter is missing",
@@ -319,14 +321,25 @@ fn exchange_code(
         rec.scopes.clone(),
         rec.challenge.is_some(),
     );
-    let (_, access, refresh) = w.new_grant(&auth.id, &user, scopes.clone(), pkce);
-    Ok(json!({
+    Ok(new_grant_answer(w, &auth.id, &user, scopes, pkce))
+}
+
+/// Starts a grant and answers with its first tokens (code exchange, device flow).
+pub(crate) fn new_grant_answer(
+    w: &mut World,
+    client_id: &str,
+    user: &str,
+    scopes: spotoken_core::scope::Scopes,
+    pkce: bool,
+) -> serde_json::Value {
+    let (_, access, refresh) = w.new_grant(client_id, user, scopes.clone(), pkce);
+    json!({
         "access_token": access,
         "token_type": "Bearer",
         "expires_in": w.settings.access_token_lifetime_secs,
         "refresh_token": refresh,
         "scope": scopes.to_wire(),
-    }))
+    })
 }
 
 fn refresh(

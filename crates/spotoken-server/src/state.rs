@@ -121,7 +121,7 @@ impl AppState {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, spotoken::Error> {
-        let upstream = crate::upstream::Upstream::new(&tokens.provider().api_base)?
+        let upstream = crate::upstream::Upstream::new(tokens.api_base())?
             .stall_timeout(config.upstream_timeout);
         Ok(Self(Arc::new(Shared {
             tokens,

@@ -85,6 +85,8 @@ pub struct AccountStatus {
     pub account: String,
     /// Client id the tokens belong to.
     pub client_id: String,
+    /// The issuer the tokens came from (`None`: the configured endpoints).
+    pub issuer: Option<String>,
     /// Spotify user id.
     pub user_id: Option<String>,
     /// Display name.
@@ -115,6 +117,7 @@ impl AccountStatus {
         Self {
             account: r.account.clone(),
             client_id: r.client_id.clone(),
+            issuer: r.issuer.clone(),
             user_id: r.user_id.clone(),
             display_name: r.display_name.clone(),
             scopes: r.scopes.clone(),
@@ -207,8 +210,10 @@ impl Tokens {
         show_dialog: bool,
     ) -> Result<PendingLogin, Error> {
         check_redirect_uri(redirect_uri)?;
+        let provider = self.known_provider()?;
         let unknown = scopes.unknown();
-        if !unknown.is_empty() {
+        // Spotify's scope table means nothing to another provider.
+        if provider.is_spotify_like() && !unknown.is_empty() {
             return Err(Error::Configuration(format!(
                 "unknown scope{} {}: see https://developer.spotify.com/documentation/web-api/concepts/scopes",
                 if unknown.len() > 1 { "s" } else { "" },
@@ -220,7 +225,7 @@ impl Tokens {
         let state = pkce::new_state(&mut rng);
         let challenge = pkce::s256_challenge(verifier.expose());
         let url = protocol::authorize_url(
-            &self.inner.provider.authorize_url,
+            &provider.authorize_url,
             &AuthorizeParams {
                 client_id: &self.inner.client.client_id,
                 redirect_uri,
@@ -249,8 +254,9 @@ impl Tokens {
     ) -> Result<LoginOutcome, Error> {
         validate_account_name(account)?;
         let code = parse_callback(callback, &pending.state, account)?;
+        let provider = self.discover_provider().await?;
         let req = protocol::code_exchange_request(
-            &self.inner.provider.token_url,
+            &provider.token_url,
             &self.inner.client,
             &code,
             &pending.redirect_uri,
@@ -258,18 +264,29 @@ impl Tokens {
         );
         let answer = http::send_form(&self.inner.http, &req).await?;
         let set = protocol::parse_token_answer(answer.as_core(), account)?;
+        self.store_login(account, &provider, set, &pending.requested, answer.status)
+            .await
+    }
+
+    /// Stores what a login (browser or device) obtained, with the issuer it
+    /// came from, after asking Spotify's `/v1/me` who it is (Spotify only).
+    pub(crate) async fn store_login(
+        &self,
+        account: &str,
+        provider: &spotoken_core::endpoint::Provider,
+        set: protocol::TokenSet,
+        requested: &Scopes,
+        status: u16,
+    ) -> Result<LoginOutcome, Error> {
         let refresh = set.refresh_token.as_ref().ok_or_else(|| {
             Error::protocol(
-                Some(answer.status),
-                "the code exchange returned no refresh token",
+                Some(status),
+                "the provider returned no refresh token (an OpenID Connect provider may need the offline_access scope)",
                 b"",
             )
         })?;
-        let granted = set
-            .scope
-            .clone()
-            .unwrap_or_else(|| pending.requested.clone());
-        let not_granted = pending.requested.missing_from(&granted);
+        let granted = set.scope.clone().unwrap_or_else(|| requested.clone());
+        let not_granted = requested.missing_from(&granted);
         let mut warnings = Vec::new();
         if !not_granted.is_empty() {
             warnings.push(format!(
@@ -277,12 +294,16 @@ impl Tokens {
                 not_granted.join(", ")
             ));
         }
-        let (user_id, display_name) = match self.whoami(&set.access_token).await {
-            Ok(me) => me,
-            Err(e) => {
-                warnings.push(format!("logged in, but /v1/me failed: {e}"));
-                (None, None)
+        let (user_id, display_name) = if provider.is_spotify_like() {
+            match self.whoami(&set.access_token).await {
+                Ok(me) => me,
+                Err(e) => {
+                    warnings.push(format!("logged in, but /v1/me failed: {e}"));
+                    (None, None)
+                }
             }
+        } else {
+            (None, None)
         };
         let now = self.now();
         let row = Row {
@@ -299,6 +320,7 @@ impl Tokens {
             state: AccountState::Active,
             version: 0,
             updated_at: now,
+            issuer: provider.issuer.clone(),
         };
         self.write_login(
             row,
@@ -321,7 +343,7 @@ impl Tokens {
         &self,
         token: &spotoken_core::secret::AccessToken,
     ) -> Result<(Option<String>, Option<String>), Error> {
-        let url = self.inner.provider.api_url("/v1/me")?;
+        let url = spotoken_core::endpoint::api_url(self.api_base(), "/v1/me")?;
         let answer = http::send(self.inner.http.get(url).bearer_auth(token.expose())).await?;
         if answer.status != 200 {
             return Err(crate::api::classify_api_error(
@@ -368,14 +390,19 @@ impl Tokens {
         let account = row.account.clone();
         for _ in 0..5 {
             let existing = store.load(&account).await?;
-            let version = existing.as_ref().map_or(1, |r| r.version + 1);
+            // A new row gets a version no row the account had before got:
+            // a refresh still holding a logged-out row's version must not
+            // match it.
+            let version = existing
+                .as_ref()
+                .map_or_else(crate::store::fresh_version, |r| r.version + 1);
             row.access_token =
                 Some(keys.seal_row(&account, Field::AccessToken, version, access)?);
             row.refresh_token = keys.seal_row(&account, Field::RefreshToken, version, refresh)?;
             // Written only over the row just read, or only where there is
-            // none (version 0): a write that replaced anything else would
+            // none (a negative version): a write that replaced anything else would
             // store secrets sealed for another version.
-            row.version = existing.as_ref().map_or(0, |r| r.version);
+            row.version = existing.as_ref().map_or(-version, |r| r.version);
             let written = store.update(row.clone()).await?.map(|w| w.version);
             if written == Some(version) {
                 return Ok(());
@@ -387,53 +414,101 @@ impl Tokens {
         ))
     }
 
-    /// Revokes where the provider can (RFC 7009), then deletes our copy.
+    /// Revokes where the provider can (RFC 7009), then deletes our copy,
+    /// whatever the revocation's outcome.
     pub async fn logout(&self, account: &str) -> Result<LogoutOutcome, Error> {
         let row = self.inner.store.load(account).await?;
         let mut revoked = None;
-        if let (Some(row), Some(url)) = (&row, &self.inner.provider.revocation_url) {
-            let ok = match self.inner.keys.open_row(
-                account,
-                Field::RefreshToken,
-                row.version,
-                &row.refresh_token,
-            ) {
-                Ok(plain) => {
-                    let rt = spotoken_core::secret::RefreshToken::new(
-                        String::from_utf8_lossy(&plain).into_owned(),
-                    );
-                    let client = self.client_for(&row.client_id);
-                    let req = protocol::revocation_request(url, &client, &rt);
-                    match http::send_form(&self.inner.http, &req).await {
-                        Ok(a) if a.status == 200 => true,
-                        Ok(a) => {
-                            tracing::warn!(account, status = a.status, "revocation refused");
-                            false
-                        }
-                        Err(e) => {
-                            tracing::warn!(account, error = %e, "revocation failed");
-                            false
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(account, error = %e, "cannot decrypt the refresh token to revoke it");
-                    false
-                }
-            };
-            revoked = Some(ok);
+        if let Some(row) = &row {
+            revoked = self.revoke(row).await;
         }
         let deleted = self.inner.store.delete(account).await?;
         self.evict(account);
+        // Spotify has no revocation endpoint: its users remove access on a page.
+        let spotify = row.as_ref().is_none_or(|r| {
+            r.issuer.as_deref().is_none_or(|i| {
+                spotoken_core::discovery::same_issuer(
+                    i,
+                    spotoken_core::endpoint::SPOTIFY_ACCOUNTS_URL,
+                )
+            })
+        });
         Ok(LogoutOutcome {
             account: account.to_owned(),
             deleted,
             revoked,
-            remove_access_at: match revoked {
-                Some(true) => None,
-                _ => Some(SPOTIFY_APPS_PAGE.to_owned()),
-            },
+            remove_access_at: (revoked != Some(true) && spotify)
+                .then(|| SPOTIFY_APPS_PAGE.to_owned()),
         })
+    }
+
+    /// Revokes the row's refresh token (`token_type_hint=refresh_token`) at
+    /// its provider's revocation endpoint: `None` when there is none. 200 is
+    /// success whatever the token's state (RFC 7009 §2.2); 503 is retried
+    /// after its `Retry-After` within the backoff budget.
+    async fn revoke(&self, row: &Row) -> Option<bool> {
+        let account = row.account.as_str();
+        let provider = match self.provider_for(row.issuer.as_deref()).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(account, error = %e, "cannot find the revocation endpoint");
+                return Some(false);
+            }
+        };
+        let url = provider.revocation_url?;
+        let plain = match self.inner.keys.open_row(
+            account,
+            Field::RefreshToken,
+            row.version,
+            &row.refresh_token,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(account, error = %e, "cannot decrypt the refresh token to revoke it");
+                return Some(false);
+            }
+        };
+        let rt =
+            spotoken_core::secret::RefreshToken::new(String::from_utf8_lossy(&plain).into_owned());
+        let client = self.client_for(&row.client_id);
+        let req = protocol::revocation_request(&url, &client, &rt);
+        let started = std::time::Instant::now();
+        let mut attempt = 1;
+        loop {
+            let err = match http::send_form(&self.inner.http, &req).await {
+                Ok(a) if a.status == 200 => return Some(true),
+                Ok(a) if a.status == 503 => Error::temporary(
+                    "the revocation endpoint is unavailable (HTTP 503)",
+                    a.retry_after,
+                ),
+                Ok(a) => {
+                    tracing::warn!(account, status = a.status, "revocation refused");
+                    return Some(false);
+                }
+                Err(e) => e,
+            };
+            match self
+                .inner
+                .backoff
+                .decide(err, attempt, started.elapsed(), rand::random())
+            {
+                spotoken_core::backoff::Retry::After(d) => {
+                    tracing::warn!(
+                        account,
+                        attempt,
+                        wait_ms = d.as_millis() as u64,
+                        "revocation failed; retrying"
+                    );
+                    tokio::time::sleep(d).await;
+                    attempt += 1;
+                }
+                spotoken_core::backoff::Retry::GiveUp(e) => {
+                    tracing::warn!(account, error = %e, "revocation failed");
+                    self.forget_provider(row.issuer.as_deref());
+                    return Some(false);
+                }
+            }
+        }
     }
 
     /// How long until `account`'s access token expires, if there is one.

@@ -115,7 +115,7 @@ impl Api {
         body: Option<Bytes>,
         headers: &[(String, String)],
     ) -> Result<ApiResponse, Error> {
-        let url = self.tokens.provider().api_url(path)?;
+        let url = spotoken_core::endpoint::api_url(self.tokens.api_base(), path)?;
         let mut token = self.tokens.access_token(&self.account).await?;
         let mut refreshed = false;
         let mut rate_limited = 0;
@@ -157,15 +157,21 @@ impl Api {
                         .await?
                     {
                         Some(fresh) => token = fresh,
+                        // The token is moments old: nothing says the grant
+                        // ended (that shows at the next refresh), so this is
+                        // a failure to try again after the interval.
                         None => {
-                            return Err(naming(
-                                &self.account,
-                                classify_api_error(
-                                    &answer,
-                                    method.as_str(),
-                                    path,
-                                    &Scopes::default(),
+                            let wait = Duration::from_secs(
+                                crate::engine::REFRESH_AFTER_401_INTERVAL_SECS.unsigned_abs(),
+                            );
+                            return Err(Error::temporary(
+                                format!(
+                                    "the Web API refused an access token obtained moments ago \
+                                     (HTTP 401 on {} {path}); it is refreshed at the next 401 \
+                                     after a minute",
+                                    method.as_str()
                                 ),
+                                Some(wait),
                             ));
                         }
                     }

@@ -99,7 +99,7 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 pub(crate) struct Inner {
     pub(crate) client: ClientAuth,
-    pub(crate) provider: Provider,
+    pub(crate) providers: crate::discovery::Providers,
     pub(crate) store: Arc<dyn TokenStore>,
     pub(crate) keys: KeyRing,
     pub(crate) http: reqwest::Client,
@@ -133,6 +133,7 @@ pub struct TokensBuilder {
     client_id: Option<String>,
     client_secret: Option<spotoken_core::secret::ClientSecret>,
     provider: Option<Provider>,
+    issuer: Option<(String, String)>,
     store: Option<Arc<dyn TokenStore>>,
     keys: Option<KeyRing>,
     margin: Option<Duration>,
@@ -166,6 +167,15 @@ impl TokensBuilder {
     /// The provider's endpoints (default: Spotify).
     pub fn provider(mut self, p: Provider) -> Self {
         self.provider = Some(p);
+        self
+    }
+
+    /// Any OAuth 2.0 provider by its issuer: its endpoints come from its
+    /// discovery document (RFC 8414), fetched when first needed, so building
+    /// costs no request. `api_base` is the resource API the tokens are for.
+    /// Overrides [`provider`](Self::provider).
+    pub fn issuer(mut self, issuer: impl Into<String>, api_base: impl Into<String>) -> Self {
+        self.issuer = Some((issuer.into(), api_base.into()));
         self
     }
 
@@ -234,9 +244,16 @@ impl TokensBuilder {
         let client_id = self.client_id.filter(|c| !c.is_empty()).ok_or_else(|| {
             Error::Configuration("no client id configured (TokensBuilder::client_id)".into())
         })?;
-        let provider = match self.provider {
-            Some(p) => p,
-            None => Provider::spotify()?,
+        let source = match (self.issuer, self.provider) {
+            (Some((issuer, api)), _) => {
+                spotoken_core::discovery::metadata_urls(&issuer)?;
+                crate::discovery::Source::Issuer {
+                    issuer,
+                    api_base: spotoken_core::endpoint::parse_endpoint(&api, "API URL")?,
+                }
+            }
+            (None, Some(p)) => crate::discovery::Source::Fixed(Box::new(p)),
+            (None, None) => crate::discovery::Source::Fixed(Box::new(Provider::spotify()?)),
         };
         let store = self
             .store
@@ -250,7 +267,7 @@ impl TokensBuilder {
                     client_id,
                     client_secret: self.client_secret,
                 },
-                provider,
+                providers: crate::discovery::Providers::new(source),
                 store,
                 keys,
                 http: match self.http_client {
@@ -294,9 +311,22 @@ impl Tokens {
         &self.inner.store
     }
 
-    /// The provider's endpoints.
-    pub fn provider(&self) -> &Provider {
-        &self.inner.provider
+    /// The configured provider's endpoints, if known: always for a fixed
+    /// provider, after [`discover_provider`](Self::discover_provider) for an issuer.
+    pub fn provider(&self) -> Option<Provider> {
+        self.inner.providers.known()
+    }
+
+    /// The configured provider, fetching its discovery document if it is
+    /// named by an issuer and not cached (call before
+    /// [`begin_login`](Self::begin_login) for such a provider).
+    pub async fn discover_provider(&self) -> Result<Provider, Error> {
+        self.inner.providers.configured(&self.inner.http).await
+    }
+
+    /// The resource API's base URL.
+    pub fn api_base(&self) -> &url::Url {
+        self.inner.providers.api_base()
     }
 
     /// The client id.
@@ -761,6 +791,7 @@ impl Tokens {
     ) -> Result<Refreshed, Error> {
         let account = row.account.as_str();
         let row_client_id = row.client_id.as_str();
+        let row_issuer = row.issuer.as_deref();
         let client = self.client_for(row_client_id);
         if matches!(client, std::borrow::Cow::Owned(_)) {
             tracing::debug!(
@@ -769,7 +800,8 @@ impl Tokens {
                 "refreshing with the client id the account was logged in with"
             );
         }
-        let req = protocol::refresh_request(&self.inner.provider.token_url, &client, refresh);
+        let token_url = self.token_url_for(row_issuer).await?;
+        let req = protocol::refresh_request(&token_url, &client, refresh);
         let started = Instant::now();
         let mut attempt = 1;
         let mut lost = false;
@@ -779,6 +811,7 @@ impl Tokens {
                 Ok(answer) => protocol::parse_token_answer(answer.as_core(), account),
                 Err(f) => {
                     lost |= f.maybe_delivered;
+                    self.inner.providers.forget(row_issuer);
                     Err(f.error)
                 }
             };

@@ -42,6 +42,8 @@ pub mod account;
 pub mod api;
 mod crash;
 pub mod crypto;
+mod device;
+mod discovery;
 pub mod engine;
 pub mod fs;
 pub mod http;
@@ -51,6 +53,8 @@ pub mod store;
 
 pub use account::{AccountStatus, LoginOutcome, LoginState, LogoutOutcome, PendingLogin};
 pub use api::{Api, ApiResponse};
+pub use device::DeviceLogin;
+pub use discovery::discover;
 pub use engine::{ReauthEvent, RefreshOutcome, Tokens, TokensBuilder};
 pub use http::install_crypto_provider;
 pub use spotoken_core as core;

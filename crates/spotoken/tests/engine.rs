@@ -1027,6 +1027,38 @@ async fn not_logged_in_and_logout() {
     );
 }
 
+/// Found by the mixed load (docs/RELIABILITY.md): rows started again at
+/// version 1 after a logout, so a refresh still holding the logged-out row's
+/// version could write the old grant over a new login. A new login's row
+/// gets a version the account never had, and the stale write is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_before_a_logout_cannot_overwrite_the_next_login() {
+    let env = Env::new().await;
+    env.login("default", "").await;
+    let store = env.tokens.store().clone();
+    let stale = store.load("default").await.expect("load").expect("row");
+    env.tokens.logout("default").await.expect("logout");
+    env.login("default", "").await;
+    let fresh = store.load("default").await.expect("load").expect("row");
+    assert_ne!(
+        fresh.version, stale.version,
+        "a version the account never had"
+    );
+    assert!(
+        store.update(stale).await.expect("update").is_none(),
+        "the stale write is refused"
+    );
+    let after = store.load("default").await.expect("load").expect("row");
+    assert_eq!(
+        after.refresh_token, fresh.refresh_token,
+        "the new login stays"
+    );
+    env.tokens
+        .access_token("default")
+        .await
+        .expect("the new login's token opens");
+}
+
 #[tokio::test]
 async fn wrong_state_on_the_callback_stores_nothing() {
     let env = Env::new().await;
@@ -1216,4 +1248,66 @@ async fn an_account_is_refreshed_with_the_client_id_it_was_logged_in_with() {
     assert_eq!(c.token_outcome("refresh_token", "invalid_grant"), 0);
     let status = other.status("me").await.expect("status").expect("account");
     assert_eq!(status.client_id, DEFAULT_CLIENT_ID);
+}
+
+/// Issue 12: a provider named by its issuer is discovered once, when a
+/// request first needs an endpoint (a fresh cached token needs none), kept
+/// per its Cache-Control, and fetched again after its token endpoint failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_is_lazy_cached_and_refetched_after_a_failure() {
+    let env = Env::new().await;
+    let offset = env.offset.clone();
+    let tokens = Tokens::builder()
+        .client_id(DEFAULT_CLIENT_ID)
+        .issuer(env.emu.url(), env.emu.url())
+        .store(Sqlite::open(&env.db).expect("store"))
+        .keys(env.keys.clone())
+        .backoff(fast_backoff())
+        .clock(move || unix_now() + offset.load(Ordering::SeqCst))
+        .build()
+        .expect("tokens");
+    assert!(tokens.provider().is_none(), "nothing fetched by building");
+    assert_eq!(env.emu.counters().discovery_requests, 0);
+
+    let discovered = tokens.discover_provider().await.expect("discover");
+    assert_eq!(discovered.issuer.as_deref(), Some(env.emu.url().as_str()));
+    login(&tokens, "default", "user-read-private").await;
+    let status = tokens
+        .status("default")
+        .await
+        .expect("status")
+        .expect("row");
+    assert_eq!(status.issuer.as_deref(), Some(env.emu.url().as_str()));
+
+    tokens.access_token("default").await.expect("cached");
+    env.expire_locally();
+    tokens.access_token("default").await.expect("refreshed");
+    env.expire_locally();
+    tokens
+        .access_token("default")
+        .await
+        .expect("refreshed again");
+    assert_eq!(env.emu.counters().token_outcome("refresh_token", "ok"), 2);
+    assert_eq!(
+        env.emu.counters().discovery_requests,
+        1,
+        "one fetch for the login and both refreshes (max-age=300)"
+    );
+
+    // The token endpoint hangs up once: the document is dropped (the retry
+    // goes where the refresh started), and the next refresh fetches it again.
+    env.emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        drop_connection: true,
+        ..Failure::default()
+    });
+    env.expire_locally();
+    tokens
+        .access_token("default")
+        .await
+        .expect("refreshed after a retry");
+    assert_eq!(env.emu.counters().discovery_requests, 1);
+    env.expire_locally();
+    tokens.access_token("default").await.expect("refreshed");
+    assert_eq!(env.emu.counters().discovery_requests, 2);
 }

@@ -40,6 +40,10 @@ pub struct LoginArgs {
     /// Ask Spotify to show the consent dialog again (to switch Spotify user).
     #[arg(long)]
     pub show_dialog: bool,
+    /// Use the device authorization grant (RFC 8628): show a code to enter on
+    /// any other device; no browser or listener here (providers that offer it).
+    #[arg(long, conflicts_with_all = ["paste", "redirect_uri"])]
+    pub device: bool,
     /// Give up after this long (90s, 5m, ...).
     #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
     pub timeout: Duration,
@@ -50,13 +54,23 @@ type Callback = (String, oneshot::Sender<Result<String, String>>);
 /// Runs `login`.
 pub async fn exec(cfg: &Resolved, args: LoginArgs) -> Result<u8, Error> {
     let tokens = cfg.tokens()?;
+    // A provider named by its issuer is discovered now, before the URL is built.
+    let provider = tokens.discover_provider().await?;
     let scopes = match &args.scopes {
         Some(s) => Scopes::parse(s),
-        None => cfg
-            .scopes
-            .clone()
-            .unwrap_or_else(|| Scopes::parse("user-read-private")),
+        None => cfg.scopes.clone().unwrap_or_else(|| {
+            Scopes::parse(if provider.is_spotify_like() {
+                "user-read-private"
+            } else {
+                super::device_login::OTHER_PROVIDER_SCOPES
+            })
+        }),
     };
+    if args.device {
+        let outcome = super::device_login::exec(cfg, &tokens, &scopes, args.timeout).await?;
+        report(cfg, &outcome);
+        return Ok(0);
+    }
     let redirect = args
         .redirect_uri
         .clone()
@@ -271,7 +285,7 @@ fn report(cfg: &Resolved, o: &LoginOutcome) {
             let who = match (&o.display_name, &o.user_id) {
                 (Some(n), Some(id)) => format!("{n} ({id})"),
                 (None, Some(id)) => id.clone(),
-                _ => "an unknown Spotify user".into(),
+                _ => "an unknown user".into(),
             };
             eprintln!(
                 "Logged in as {who}; tokens stored encrypted under account '{}'.",

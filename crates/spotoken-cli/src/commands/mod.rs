@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod api;
 pub mod daemon;
 pub mod demo;
+pub mod device_login;
 pub mod emulate;
 pub mod login;
 pub mod scope;

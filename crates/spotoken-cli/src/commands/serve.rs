@@ -174,12 +174,9 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     })?;
     let metrics = Arc::new(Metrics::default());
     let m = metrics.clone();
-    let mut b = spotoken::Tokens::builder()
+    let mut b = cfg
+        .with_provider(spotoken::Tokens::builder())?
         .client_id(client_id)
-        .provider(spotoken::core::endpoint::Provider::spotify_like(
-            &cfg.accounts_url,
-            &cfg.api_url,
-        )?)
         .shared_store(tokens_store)
         .keys(cfg.key_ring()?)
         .on_refresh(move |_, outcome| m.refresh(outcome.as_str()));
@@ -187,6 +184,8 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
         b = b.client_secret(s.clone());
     }
     let tokens = b.build()?;
+    // Logins begin without a round trip: know the provider's endpoints first.
+    tokens.discover_provider().await?;
     let describe = tokens.store().describe();
     let state = AppState::new(tokens, sessions, sc, metrics)?;
     let threads = settings.threads.unwrap_or_else(|| {
@@ -257,6 +256,7 @@ mod tests {
             client_id: None,
             accounts_url: None,
             api_url: None,
+            issuer: None,
             output: crate::cli::Output::Text,
             verbose: 0,
         };

@@ -63,6 +63,19 @@ fn print_text(s: &spotoken::AccountStatus, now: i64, is_default: bool) {
     };
     output::line(&format!("  state:          {state}"));
     output::line(&format!(
+        "  provider:       {}",
+        s.issuer.as_deref().map_or("the configured endpoints", |i| {
+            if spotoken::core::discovery::same_issuer(
+                i,
+                spotoken::core::endpoint::SPOTIFY_ACCOUNTS_URL,
+            ) {
+                "spotify"
+            } else {
+                i
+            }
+        })
+    ));
+    output::line(&format!(
         "  scopes:         {}",
         if s.scopes.is_empty() {
             "(none)".into()

@@ -25,6 +25,33 @@ pub struct Out {
     pub stderr: String,
 }
 
+/// `PROGRAM ARGS` with none of the caller's SPOTOKEN_ settings (nor
+/// RUST_LOG), no stdin, and its output captured.
+pub fn bare_cmd(program: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(program);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPOTOKEN_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+/// Runs a prepared command to its end.
+pub async fn output(mut c: Command) -> Out {
+    let o = c.output().await.expect("run spotoken");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
 impl Env {
     pub async fn new() -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -88,33 +115,18 @@ impl Env {
     /// `PROGRAM ARGS` with the environment of [`Env::cmd`] (a shell that
     /// `exec`s `spotoken`, for example).
     pub fn cmd_program(&self, program: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(program);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("SPOTOKEN_") || k == "RUST_LOG" {
-                c.env_remove(k);
-            }
-        }
-        c.args(args)
-            .env("SPOTOKEN_HOME", self.home.path())
+        let mut c = bare_cmd(program, args);
+        c.env("SPOTOKEN_HOME", self.home.path())
             .env("SPOTOKEN_CLIENT_ID", DEFAULT_CLIENT_ID)
             .env("SPOTOKEN_ACCOUNTS_URL", self.emu.url())
             .env("SPOTOKEN_API_URL", self.emu.url())
             .env("RUST_LOG", "trace")
-            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         c
     }
 
     pub async fn run(&self, args: &[&str]) -> Out {
-        let o = self.cmd(args).output().await.expect("run spotoken");
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
+        output(self.cmd(args)).await
     }
 
     /// `spotoken login --no-browser`, followed by a plain HTTP client as the

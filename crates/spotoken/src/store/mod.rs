@@ -69,6 +69,10 @@ pub struct Row {
     pub version: i64,
     /// Last write (unix seconds).
     pub updated_at: i64,
+    /// The issuer the tokens came from, so each account is refreshed where it
+    /// was issued; `None` for the configured provider (and rows stored before
+    /// spotoken knew other providers).
+    pub issuer: Option<String>,
 }
 
 impl std::fmt::Debug for Row {
@@ -82,6 +86,7 @@ impl std::fmt::Debug for Row {
             .field("access_expires_at", &self.access_expires_at)
             .field("last_refresh", &self.last_refresh)
             .field("state", &self.state)
+            .field("issuer", &self.issuer)
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
@@ -140,8 +145,11 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn upsert(&self, row: Row) -> Result<Row, Error>;
     /// Writes `row` if the stored version is still `row.version`; returns the
     /// stored row (version bumped), or `None` if someone else wrote first.
-    /// Version 0 means "no row yet": the row is inserted at version 1 only if
-    /// the account has none.
+    /// A version of 0 or less means "no row yet": the row is inserted only if
+    /// the account has none, at version 1 for 0 and at `-version` otherwise
+    /// (a login picks a version no earlier row of the account had, see
+    /// [`fresh_version`], so a refresh that read a row since logged out
+    /// cannot write over the new login).
     async fn update(&self, row: Row) -> Result<Option<Row>, Error>;
     /// Removes an account's row (and, where the backend can, its old pages).
     async fn delete(&self, account: &str) -> Result<bool, Error>;
@@ -162,6 +170,25 @@ pub trait AccountLock: Send {
     async fn update(&mut self, row: Row) -> Result<Option<Row>, Error>;
     /// Releases the lock.
     async fn release(self: Box<Self>) -> Result<(), Error>;
+}
+
+/// The version a version-checked write gives a row (see [`TokenStore::update`]).
+pub(crate) fn next_version(version: i64) -> i64 {
+    match version {
+        0 => 1,
+        v if v < 0 => v.saturating_neg(),
+        v => v + 1,
+    }
+}
+
+/// A version for a newly logged-in row that no earlier row of the account
+/// had: the time in microseconds. Versions grow by one per write, far
+/// slower than the clock, so a row deleted at a logout never had it.
+pub fn fresh_version() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .max(1)
 }
 
 /// Unix time now, in seconds.
@@ -192,6 +219,7 @@ pub(crate) mod suite {
             state: AccountState::Active,
             version: 0,
             updated_at: 0,
+            issuer: None,
         }
     }
 
@@ -200,6 +228,7 @@ pub(crate) mod suite {
         update_checks_version(&*store).await;
         lock_serializes_and_rereads(store.clone()).await;
         state_round_trips(&*store).await;
+        issuer_round_trips(&*store).await;
         store.ping().await.expect("ping");
     }
 
@@ -283,6 +312,28 @@ pub(crate) mod suite {
         }
         let r = store.load("s3").await.expect("load").expect("row");
         assert_eq!(r.refresh_token.len(), 3 + 8, "every locked update kept");
+    }
+
+    async fn issuer_round_trips(store: &dyn TokenStore) {
+        let mut r = row("s5");
+        r.issuer = Some("https://id.example".into());
+        let saved = store.upsert(r).await.expect("upsert");
+        let back = store.load("s5").await.expect("load").expect("row");
+        assert_eq!(back.issuer.as_deref(), Some("https://id.example"));
+        let mut next = saved;
+        next.issuer = None;
+        store.update(next).await.expect("update").expect("won");
+        let back = store.load("s5").await.expect("load").expect("row");
+        assert_eq!(back.issuer, None, "an update writes the issuer too");
+        let mut fresh = row("s5-new");
+        fresh.issuer = Some("https://other.example".into());
+        store.update(fresh).await.expect("insert").expect("new row");
+        let back = store.load("s5-new").await.expect("load").expect("row");
+        assert_eq!(
+            back.issuer.as_deref(),
+            Some("https://other.example"),
+            "a version-0 insert writes the issuer too"
+        );
     }
 
     async fn state_round_trips(store: &dyn TokenStore) {

@@ -46,10 +46,12 @@ const MIGRATIONS: &[&str] = &[
         return_to TEXT NOT NULL,
         expires_at BIGINT NOT NULL
     )",
+    // 3: the issuer an account's tokens came from (NULL: the configured provider)
+    "ALTER TABLE spotoken_accounts ADD COLUMN issuer TEXT",
 ];
 
 const COLUMNS: &str = "account, client_id, user_id, display_name, scopes, authorized_at, access_token, \
-     access_expires_at, refresh_token, last_refresh, state, state_reason, version, updated_at";
+     access_expires_at, refresh_token, last_refresh, state, state_reason, version, updated_at, issuer";
 
 /// An arbitrary constant: the advisory lock that serializes migrations.
 const MIGRATION_LOCK: i64 = 0x5370_6f74_6f6b_656e; // "Spotoken"
@@ -211,10 +213,11 @@ fn row_from_pg(r: &tokio_postgres::Row) -> Row {
         state: Row::state_from_columns(&state, r.get(11)),
         version: r.get(12),
         updated_at: r.get(13),
+        issuer: r.get(14),
     }
 }
 
-/// `$1..$13` in `COLUMNS` order (version and its bump are the caller's).
+/// `$1..$14` in `COLUMNS` order without the version (its bump is the caller's).
 fn row_values<'a>(
     row: &'a Row,
     scopes: &'a String,
@@ -236,6 +239,7 @@ fn row_values<'a>(
         state,
         reason,
         now,
+        &row.issuer,
     ]
 }
 
@@ -262,15 +266,21 @@ async fn cas_with(client: &deadpool_postgres::Object, mut row: Row) -> Result<Op
     let now = unix_now();
     let (state, reason) = row.state_columns();
     let scopes = row.scopes.to_wire();
-    // Version 0 expects no row (stored rows start at 1): a new login.
-    let n = if row.version == 0 {
+    let next = super::next_version(row.version);
+    // A version of 0 or less expects no row: a new login (see
+    // `TokenStore::update`).
+    let n = if row.version <= 0 {
         client
             .execute(
                 &format!(
-                    "INSERT INTO spotoken_accounts ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,1,$13)
+                    "INSERT INTO spotoken_accounts ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$15,$13,$14)
                      ON CONFLICT (account) DO NOTHING"
                 ),
-                &row_values(&row, &scopes, &state, &reason, &now),
+                &{
+                    let mut values = row_values(&row, &scopes, &state, &reason, &now);
+                    values.push(&next);
+                    values
+                },
             )
             .await
             .map_err(pg_err)?
@@ -279,8 +289,9 @@ async fn cas_with(client: &deadpool_postgres::Object, mut row: Row) -> Result<Op
         .execute(
             "UPDATE spotoken_accounts SET client_id = $2, user_id = $3, display_name = $4, scopes = $5,
                  authorized_at = $6, access_token = $7, access_expires_at = $8, refresh_token = $9,
-                 last_refresh = $10, state = $11, state_reason = $12, version = version + 1, updated_at = $13
-             WHERE account = $1 AND version = $14",
+                 last_refresh = $10, state = $11, state_reason = $12, version = version + 1, updated_at = $13,
+                 issuer = $14
+             WHERE account = $1 AND version = $15",
             &{
                 let mut values = row_values(&row, &scopes, &state, &reason, &now);
                 values.push(&row.version);
@@ -293,7 +304,7 @@ async fn cas_with(client: &deadpool_postgres::Object, mut row: Row) -> Result<Op
     if n == 0 {
         return Ok(None);
     }
-    row.version += 1;
+    row.version = next;
     row.updated_at = now;
     Ok(Some(row))
 }
@@ -325,14 +336,14 @@ impl TokenStore for Postgres {
         let version: i64 = client
             .query_one(
                 &format!(
-                    "INSERT INTO spotoken_accounts ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,1,$13)
+                    "INSERT INTO spotoken_accounts ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,1,$13,$14)
                      ON CONFLICT (account) DO UPDATE SET client_id = EXCLUDED.client_id, user_id = EXCLUDED.user_id,
                        display_name = EXCLUDED.display_name, scopes = EXCLUDED.scopes,
                        authorized_at = EXCLUDED.authorized_at, access_token = EXCLUDED.access_token,
                        access_expires_at = EXCLUDED.access_expires_at, refresh_token = EXCLUDED.refresh_token,
                        last_refresh = EXCLUDED.last_refresh, state = EXCLUDED.state,
                        state_reason = EXCLUDED.state_reason, version = spotoken_accounts.version + 1,
-                       updated_at = EXCLUDED.updated_at
+                       updated_at = EXCLUDED.updated_at, issuer = EXCLUDED.issuer
                      RETURNING version"
                 ),
                 &row_values(&row, &scopes, &state, &reason, &now),
@@ -695,6 +706,42 @@ pub(crate) mod tests {
             .expect("connect");
         suite::run_all(Arc::new(store.clone())).await;
         let client = store.client().await.expect("client");
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .expect("cleanup");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_2_schema_gains_the_issuer_column_and_keeps_its_rows() {
+        let Some(url) = test_url() else { return };
+        let schema = fresh_schema("upgrade");
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema}; SET search_path TO {schema};
+                 {}; {};
+                 CREATE TABLE spotoken_schema (version INT NOT NULL);
+                 INSERT INTO spotoken_schema (version) VALUES (2);
+                 INSERT INTO spotoken_accounts (account, client_id, authorized_at, refresh_token, updated_at)
+                 VALUES ('old', 'cid', 1, '\\x01', 1);",
+                MIGRATIONS[0], MIGRATIONS[1]
+            ))
+            .await
+            .expect("a version 2 schema");
+        let store = Postgres::connect_in_schema(&url, Some(&schema))
+            .await
+            .expect("migrates");
+        let old = store.load("old").await.expect("load").expect("kept");
+        assert_eq!(old.issuer, None, "rows from before know no issuer");
+        let mut next = old;
+        next.issuer = Some("https://id.example".into());
+        store.update(next).await.expect("update").expect("won");
+        let back = store.load("old").await.expect("load").expect("row");
+        assert_eq!(back.issuer.as_deref(), Some("https://id.example"));
         client
             .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
             .await

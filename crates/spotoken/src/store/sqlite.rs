@@ -41,7 +41,7 @@ use crate::Error;
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATIONS: &[&str] = &[
     // 1: accounts
@@ -76,10 +76,12 @@ const MIGRATIONS: &[&str] = &[
         return_to TEXT NOT NULL,
         expires_at INTEGER NOT NULL
     ) STRICT;",
+    // 3: the issuer an account's tokens came from (NULL: the configured provider)
+    "ALTER TABLE accounts ADD COLUMN issuer TEXT;",
 ];
 
 const COLUMNS: &str = "account, client_id, user_id, display_name, scopes, authorized_at, access_token, \
-     access_expires_at, refresh_token, last_refresh, state, state_reason, version, updated_at";
+     access_expires_at, refresh_token, last_refresh, state, state_reason, version, updated_at, issuer";
 
 type Completion = Box<dyn FnOnce(Result<(), Error>) + Send>;
 /// A write: runs inside the group transaction, says whether it succeeded, and
@@ -164,7 +166,7 @@ impl Sqlite {
                      FROM accounts WHERE account = ?1"
                 ),
                 [account],
-                |r| Ok((r.get::<_, i64>(14)?, row_from_sql(r)?)),
+                |r| Ok((r.get::<_, i64>(15)?, row_from_sql(r)?)),
             )
             .optional()
             .map_err(db_err(path))?;
@@ -369,6 +371,7 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         state: Row::state_from_columns(&state, r.get(11)?),
         version: r.get(12)?,
         updated_at: r.get(13)?,
+        issuer: r.get(14)?,
     })
 }
 
@@ -376,7 +379,7 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 fn write_row(conn: &Connection, row: &Row, version: i64, now: i64) -> rusqlite::Result<()> {
     let (state, reason) = row.state_columns();
     conn.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO accounts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        "INSERT OR REPLACE INTO accounts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
     ))?
     .execute(params![
         row.account,
@@ -393,6 +396,7 @@ fn write_row(conn: &Connection, row: &Row, version: i64, now: i64) -> rusqlite::
         reason,
         version,
         now,
+        row.issuer,
     ])?;
     Ok(())
 }
@@ -407,12 +411,13 @@ fn cas_write(conn: &Connection, mut row: Row, path: &Path) -> Result<Option<Row>
         )
         .optional()
         .map_err(db_err(path))?;
-    // Version 0 expects no row (stored rows start at 1): a new login.
-    if stored != (row.version != 0).then_some(row.version) {
+    // A version of 0 or less expects no row: a new login (see
+    // `TokenStore::update`).
+    if stored != (row.version > 0).then_some(row.version) {
         return Ok(None);
     }
     let now = unix_now();
-    row.version += 1;
+    row.version = super::next_version(row.version);
     row.updated_at = now;
     write_row(conn, &row, row.version, now).map_err(db_err(path))?;
     Ok(Some(row))
@@ -688,6 +693,33 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Sqlite::open(dir.path().join("store").join("tokens.db")).expect("open");
         suite::run_all(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_2_store_gains_the_issuer_column_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tokens.db");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(MIGRATIONS[0]).expect("v1");
+            c.execute_batch(MIGRATIONS[1]).expect("v2");
+            c.execute_batch(
+                "PRAGMA user_version = 2;
+                 INSERT INTO accounts (account, client_id, authorized_at, refresh_token, updated_at)
+                 VALUES ('old', 'cid', 1, x'01', 1);",
+            )
+            .expect("a version 2 row");
+        }
+        let store = Sqlite::open(&path).expect("migrates");
+        let old = store.load("old").await.expect("load").expect("kept");
+        assert_eq!(old.issuer, None, "rows from before know no issuer");
+        let mut next = old;
+        next.issuer = Some("https://id.example".into());
+        store.update(next).await.expect("update").expect("won");
+        let back = Sqlite::load_blocking(&path, "old")
+            .expect("fast path")
+            .expect("row");
+        assert_eq!(back.issuer.as_deref(), Some("https://id.example"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
