@@ -2,7 +2,7 @@
 //!
 //! Every failure a user can meet ends up as one of six kinds, each of which says
 //! what to do next and maps to exactly one exit code and one HTTP status
-//! (DESIGN.md): authorization needed (log in again), temporary (wait, with how
+//! (the README's exit codes): authorization needed (log in again), temporary (wait, with how
 //! long if known), configuration (fix a setting), insufficient scope (log in with
 //! a named scope added), protocol (the server said something we do not
 //! understand; a redacted snippet is kept), internal (a bug or a broken machine).
@@ -32,7 +32,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The documented exit code (DESIGN.md): 1 unexpected, 2 configuration,
+    /// The exit code the README documents: 1 unexpected, 2 configuration,
     /// 3 authorization needed, 4 temporary, 5 insufficient scope.
     pub fn exit_code(self) -> u8 {
         match self {

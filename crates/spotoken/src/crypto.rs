@@ -1,4 +1,4 @@
-//! Encryption at rest (invariant 4).
+//! Encryption at rest (invariant 4 in docs/ARCHITECTURE.md).
 //!
 //! Every secret the store keeps is sealed with XChaCha20-Poly1305 into an
 //! envelope `version ‖ key id ‖ nonce ‖ ciphertext+tag`. The associated data
