@@ -67,6 +67,23 @@ pub struct LoginOutcome {
     pub warnings: Vec<String>,
 }
 
+/// Options for [`Tokens::begin_login`]; `LoginOptions::default()` for none.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct LoginOptions {
+    /// Show the consent screen even to a user who approved before (Spotify's
+    /// `show_dialog`), for example to switch Spotify users.
+    pub show_dialog: bool,
+}
+
+impl LoginOptions {
+    /// Sets [`show_dialog`](Self::show_dialog).
+    pub fn show_dialog(mut self, show: bool) -> Self {
+        self.show_dialog = show;
+        self
+    }
+}
+
 /// Whether an account's tokens can be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,6 +127,7 @@ pub struct AccountStatus {
 }
 
 impl AccountStatus {
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// The status of a stored row at `now`.
     pub fn from_row(r: &Row, now: i64) -> Self {
         let (_, reason) = r.state_columns();
@@ -170,6 +188,7 @@ struct PendingParts {
 }
 
 impl Tokens {
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// Seals a pending login for storage between the redirect and the callback
     /// (a server keeps it in its database so any instance can finish it). The
     /// ciphertext is bound to the login's `state`.
@@ -188,6 +207,7 @@ impl Tokens {
         self.inner.keys.seal(&p.state, Field::PendingLogin, &json)
     }
 
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// Opens a pending login sealed by [`seal_pending`](Self::seal_pending) for `state`.
     pub fn open_pending(&self, state: &str, sealed: &[u8]) -> Result<PendingLogin, Error> {
         let json = self.inner.keys.open(state, Field::PendingLogin, sealed)?;
@@ -207,8 +227,9 @@ impl Tokens {
         &self,
         redirect_uri: &str,
         scopes: &Scopes,
-        show_dialog: bool,
+        options: LoginOptions,
     ) -> Result<PendingLogin, Error> {
+        let show_dialog = options.show_dialog;
         check_redirect_uri(redirect_uri)?;
         let provider = self.known_provider()?;
         let unknown = scopes.unknown();
@@ -521,6 +542,7 @@ impl Tokens {
     }
 }
 
+#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 /// Account names go into file names, URLs and log lines: keep them plain.
 pub fn validate_account_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()

@@ -146,6 +146,7 @@ pub struct TokensBuilder {
 }
 
 impl TokensBuilder {
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// Replaces the clock (unix seconds). For tests that move time.
     pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.clock = Some(Arc::new(clock));

@@ -18,12 +18,13 @@
 //! let tokens = Tokens::builder()
 //!     .client_id("your-spotify-client-id")                       // a public PKCE client
 //!     .store(store::Sqlite::open(home.join("tokens.db"))?)
-//!     .keys(crypto::load_key_ring(&home.join("master.key"), None)?)
+//!     .keys(crypto::load_key_file(&home.join("master.key"))?)
 //!     .build()?;
 //!
 //! // Once: log in (the `spotoken login` command does this with a browser).
-//! let scopes = spotoken::core::scope::Scopes::parse("user-read-private");
-//! let pending = tokens.begin_login("http://127.0.0.1:8888/callback", &scopes, false)?;
+//! let scopes = spotoken::Scopes::parse("user-read-private");
+//! let options = spotoken::LoginOptions::default();
+//! let pending = tokens.begin_login("http://127.0.0.1:8888/callback", &scopes, options)?;
 //! println!("open {}", pending.url);
 //! # let redirected_to = "";
 //! tokens.complete_login("default", &pending, redirected_to).await?;
@@ -73,17 +74,27 @@ pub mod crypto;
 mod device;
 mod discovery;
 pub mod engine;
+#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 pub mod fs;
+#[doc(hidden)] // for spotoken's own CLI, server and bench; not a promise to users
 pub mod http;
 #[cfg(feature = "middleware")]
 pub mod middleware;
 pub mod store;
 
-pub use account::{AccountStatus, LoginOutcome, LoginState, LogoutOutcome, PendingLogin};
+pub use account::{
+    AccountStatus, LoginOptions, LoginOutcome, LoginState, LogoutOutcome, PendingLogin,
+};
 pub use api::{Api, ApiResponse};
+pub use crypto::KeyRing;
 pub use device::DeviceLogin;
 pub use discovery::discover;
 pub use engine::{ReauthEvent, RefreshOutcome, Tokens, TokensBuilder};
 pub use http::install_crypto_provider;
+pub use reqwest::Method;
 pub use spotoken_core as core;
+pub use spotoken_core::endpoint::Provider;
+pub use spotoken_core::scope::Scopes;
+pub use spotoken_core::secret::AccessToken;
 pub use spotoken_core::{Error, ErrorKind, RateLimiter, ReauthReason};
+pub use store::{Sqlite, TokenStore};

@@ -139,7 +139,7 @@ impl Env {
 
 async fn login(tokens: &Tokens, account: &str, scopes: &str) -> spotoken::LoginOutcome {
     let pending = tokens
-        .begin_login(REDIRECT, &Scopes::parse(scopes), false)
+        .begin_login(REDIRECT, &Scopes::parse(scopes), Default::default())
         .expect("begin");
     let r = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -1064,7 +1064,7 @@ async fn wrong_state_on_the_callback_stores_nothing() {
     let env = Env::new().await;
     let pending = env
         .tokens
-        .begin_login(REDIRECT, &Scopes::default(), false)
+        .begin_login(REDIRECT, &Scopes::default(), Default::default())
         .expect("begin");
     let e = env
         .tokens

@@ -74,7 +74,7 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
     let pending = tokens.begin_login(
         "http://127.0.0.1:8888/callback",
         &Scopes::parse("user-read-private user-read-email"),
-        false,
+        spotoken::LoginOptions::default(),
     )?;
     say(&format!(
         "authorize URL: {}…",

@@ -12,7 +12,7 @@ pub fn builder(emu: &Emulator, dir: &std::path::Path) -> TokensBuilder {
         .client_id(DEFAULT_CLIENT_ID)
         .provider(Provider::spotify_like(&emu.url(), &emu.url()).expect("provider"))
         .store(store::Sqlite::open(dir.join("tokens.db")).expect("store"))
-        .keys(crypto::load_key_ring(&dir.join("master.key"), None).expect("keys"))
+        .keys(crypto::load_key_file(&dir.join("master.key")).expect("keys"))
 }
 
 /// Logs `account` in with `scopes` through the emulator's consent.
@@ -21,7 +21,7 @@ pub async fn login(tokens: &Tokens, emu: &Emulator, account: &str, scopes: &str)
         .begin_login(
             "http://127.0.0.1:45678/callback",
             &Scopes::parse(scopes),
-            false,
+            spotoken::LoginOptions::default(),
         )
         .expect("begin");
     let back = emu
