@@ -70,7 +70,7 @@ async fn logged_in(emu: &Emulator, home: &Path, offset: Arc<AtomicI64>) -> Resul
     let loc = emu
         .authorize(pending.url.as_str())
         .await
-        .map_err(Error::Internal)?;
+        .map_err(|e| Error::Internal(e.to_string()))?;
     tokens.complete_login("default", &pending, &loc).await?;
     Ok(tokens)
 }

@@ -160,7 +160,7 @@ async fn login(tokens: &Tokens, account: &str, scopes: &str) -> spotoken::LoginO
 }
 
 fn refresh_tokens_seen(emu: &Emulator) -> Vec<String> {
-    emu.counters().refresh_token_uses.keys().cloned().collect()
+    emu.issued_refresh_tokens()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
