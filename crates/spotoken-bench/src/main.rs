@@ -65,12 +65,12 @@ async fn logged_in(emu: &Emulator, home: &Path, offset: Arc<AtomicI64>) -> Resul
     let pending = tokens.begin_login(
         "http://127.0.0.1:8888/callback",
         &Scopes::parse("user-read-private"),
-        false,
+        spotoken::LoginOptions::default(),
     )?;
     let loc = emu
         .authorize(pending.url.as_str())
         .await
-        .map_err(Error::Internal)?;
+        .map_err(|e| Error::Internal(e.to_string()))?;
     tokens.complete_login("default", &pending, &loc).await?;
     Ok(tokens)
 }

@@ -1,5 +1,5 @@
 //! From raw options to resolved settings: command line, then environment, then
-//! `config.toml` under the home, then defaults (DESIGN.md's command-line
+//! `config.toml` under the home, then defaults (the README's command-line
 //! contract). Parse first, then resolve; commands only see [`Resolved`].
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! `spotoken-full`, the whole `spotoken` program (the small `spotoken`
 //! executable hands every command but a fresh cached `token` to it): parse the
-//! command line, run one command, map the outcome to an exit code (DESIGN.md):
+//! command line, run one command, map the outcome to an exit code (the README's exit codes):
 //! 0 ok, 1 unexpected failure, 2 usage or configuration error, 3 authorization
 //! needed, 4 temporary failure, 5 insufficient scope. Everything else lives in
 //! the command modules and in the `spotoken` library.

@@ -178,6 +178,13 @@ async fn exit_codes_match_their_situations() {
     let o = env.run(&["api", "/v1/me/playlists"]).await;
     assert_eq!(o.code, 5, "{}", o.stderr);
     assert!(o.stderr.contains("playlist-read-private"), "{}", o.stderr);
+    // The library says what must happen; the CLI says which command does it.
+    assert!(
+        o.stderr
+            .contains("hint: run `spotoken login --scopes <current>,playlist-read-private`"),
+        "{}",
+        o.stderr
+    );
     // 2: the app's owner has no Premium (Spotify's plain-text 403).
     env.emu.update(|s| s.owner_premium = false);
     let o = env.run(&["api", "/v1/me"]).await;
@@ -221,6 +228,12 @@ async fn exit_codes_match_their_situations() {
     let o = env.run(&["refresh"]).await;
     assert_eq!(o.code, 3, "{}", o.stderr);
     assert!(o.stderr.contains("Refresh token revoked"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("hint: run `spotoken login --account default`"),
+        "{}",
+        o.stderr
+    );
     let status = env.run(&["status", "--output", "json"]).await;
     assert_eq!(status.code, 3);
     let v: Value = serde_json::from_str(&status.stdout).expect("json");

@@ -118,10 +118,11 @@ async fn login(
         }
         return r;
     }
-    let pending = match st
-        .tokens
-        .begin_login(&st.config.redirect_uri, &st.config.scopes, false)
-    {
+    let pending = match st.tokens.begin_login(
+        &st.config.redirect_uri,
+        &st.config.scopes,
+        Default::default(),
+    ) {
         Ok(p) => p,
         Err(e) => return AppError::from(e).into_response(),
     };

@@ -286,13 +286,7 @@ async fn session_and_token_routes_never_show_a_refresh_token() {
         .force_refresh(&account)
         .await
         .expect("refresh");
-    let refresh_tokens: Vec<String> = env
-        .emu
-        .counters()
-        .refresh_token_uses
-        .keys()
-        .cloned()
-        .collect();
+    let refresh_tokens = env.emu.issued_refresh_tokens();
     assert!(!refresh_tokens.is_empty());
     let s = b.get(&format!("{}/auth/session", env.server.url)).await;
     let t = b

@@ -142,12 +142,14 @@ pub struct TokensBuilder {
     margin: Option<Duration>,
     backoff: Option<Backoff>,
     timeout: Option<Duration>,
+    http_client: Option<reqwest::Client>,
     on_reauth: Option<ReauthHook>,
     on_refresh: Option<RefreshHook>,
     clock: Option<Clock>,
 }
 
 impl TokensBuilder {
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// Replaces the clock (unix seconds). For tests that move time.
     pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.clock = Some(Arc::new(clock));
@@ -217,6 +219,15 @@ impl TokensBuilder {
         self
     }
 
+    /// The HTTP client for the token endpoint and the Web API, instead of the
+    /// one spotoken builds (no redirects, 10 s connect and [`timeout`](Self::timeout)
+    /// total timeouts). Give one that does not follow redirects and has
+    /// timeouts; plain `http://` is refused except to loopback either way.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
     /// Called once each time an account needs re-authorization.
     pub fn on_reauth(mut self, hook: impl Fn(&ReauthEvent) + Send + Sync + 'static) -> Self {
         self.on_reauth = Some(Arc::new(hook));
@@ -235,7 +246,7 @@ impl TokensBuilder {
     /// Checks the configuration and builds.
     pub fn build(self) -> Result<Tokens, Error> {
         let client_id = self.client_id.filter(|c| !c.is_empty()).ok_or_else(|| {
-            Error::Configuration("no client id: pass --client-id or set SPOTOKEN_CLIENT_ID".into())
+            Error::Configuration("no client id configured (TokensBuilder::client_id)".into())
         })?;
         let source = match (self.issuer, self.provider) {
             (Some((issuer, api)), _) => {
@@ -263,7 +274,10 @@ impl TokensBuilder {
                 providers: crate::discovery::Providers::new(source),
                 store,
                 keys,
-                http: http::client(self.timeout.unwrap_or(Duration::from_secs(30)))?,
+                http: match self.http_client {
+                    Some(c) => c,
+                    None => http::client(self.timeout.unwrap_or(Duration::from_secs(30)))?,
+                },
                 margin: self.margin.unwrap_or(freshness::DEFAULT_MARGIN),
                 backoff: self.backoff.unwrap_or_default(),
                 on_reauth: self.on_reauth,
@@ -624,7 +638,7 @@ impl Tokens {
             AccountState::Active => Ok(()),
             AccountState::ReauthRequired(reason) => Err(Error::AuthorizationNeeded {
                 account: row.account.clone(),
-                reason: ReauthReason::Flagged(reason.clone()),
+                reason: ReauthReason::from_stored(reason),
             }),
         }
     }

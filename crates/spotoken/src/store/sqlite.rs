@@ -40,6 +40,7 @@ use crate::Error;
 /// process committing) before failing with "database is locked".
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 /// Schema version this code writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 3;
 
@@ -141,6 +142,7 @@ impl Sqlite {
         &self.inner.path
     }
 
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// The fast path for `spotoken token`: reads one row without starting a
     /// writer, without migrations, without a runtime. `Ok(None)` if the store
     /// or the account does not exist, or the schema is older than this code.
@@ -189,6 +191,7 @@ impl Sqlite {
         .map_err(|e| Error::Internal(format!("SQLite reader task failed: {e}")))?
     }
 
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// Runs `f` in the writer's next group commit; returns once it is durable.
     pub async fn write<T: Send + 'static>(
         &self,
