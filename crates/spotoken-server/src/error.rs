@@ -120,7 +120,9 @@ impl IntoResponse for AppError {
                 let status = StatusCode::from_u16(e.kind().http_status())
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let code = match (&e, e.retry_after()) {
-                    (Error::Temporary { .. }, Some(_)) => "rate_limited",
+                    (Error::RateLimited { .. }, _) | (Error::Temporary { .. }, Some(_)) => {
+                        "rate_limited"
+                    }
                     _ => kind_name(e.kind()),
                 };
                 let mut b = body(code, public_message(&e));

@@ -2250,7 +2250,7 @@ async fn a_429_from_the_token_endpoint_is_a_503_and_nothing_is_sent_before_its_e
     let me = format!("{url}/api/v1/me");
     let r = b.get(&me).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
-    assert_eq!(r.json()["error"], "rate_limited");
+    assert_eq!(r.json()["error"], "rate_limited", "{}", r.body);
     let wait: u64 = header(&r, "retry-after").parse().expect("Retry-After");
     assert!((110..=120).contains(&wait), "{wait}");
     assert_eq!(env.emu.counters().token_requests_for("refresh_token"), 1);

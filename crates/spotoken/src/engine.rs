@@ -327,10 +327,11 @@ impl Tokens {
     /// Refuses to send a token request while the endpoint's wait runs.
     pub(crate) fn token_endpoint_open(&self) -> Result<(), Error> {
         match self.token_endpoint_wait() {
-            Some(wait) => Err(Error::temporary(
-                "the token endpoint asked us to wait (rate limited); no request sent",
-                Some(wait),
-            )),
+            Some(wait) => Err(Error::RateLimited {
+                by: spotoken_core::error::RateLimiter::TokenEndpoint,
+                reason: "still waiting as it asked; no request sent".into(),
+                retry_after: Some(wait),
+            }),
             None => Ok(()),
         }
     }
@@ -338,10 +339,8 @@ impl Tokens {
     /// Remembers a wait the token endpoint asked for (`Retry-After` on a 429
     /// or 503), for every account: the limit is the app's, not the user's.
     pub(crate) fn note_token_endpoint_answer(&self, e: &Error) {
-        if let Error::Temporary {
-            retry_after: Some(wait),
-            ..
-        } = e
+        if e.kind() == crate::ErrorKind::Temporary
+            && let Some(wait) = e.retry_after()
         {
             let until = self
                 .now()
