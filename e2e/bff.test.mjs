@@ -11,11 +11,10 @@ import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./helpers.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const bin = process.env.SPOTOKEN_BIN ?? join(here, "..", "target", "debug", "spotoken");
-const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const shots = join(here, "screenshots");
 const children = [];
 let home, emulatorUrl, serverUrl, browser;
@@ -62,11 +61,7 @@ before(async () => {
     // The whole URL: a chunk of stderr may end in the middle of it.
     /listening on (http:\/\/\S+)\s/,
   );
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-      "--disable-sync", "--no-first-run", "--disable-quic"],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

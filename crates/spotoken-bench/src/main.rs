@@ -65,12 +65,12 @@ async fn logged_in(emu: &Emulator, home: &Path, offset: Arc<AtomicI64>) -> Resul
     let pending = tokens.begin_login(
         "http://127.0.0.1:8888/callback",
         &Scopes::parse("user-read-private"),
-        false,
+        spotoken::LoginOptions::default(),
     )?;
     let loc = emu
         .authorize(pending.url.as_str())
         .await
-        .map_err(Error::Internal)?;
+        .map_err(|e| Error::Internal(e.to_string()))?;
     tokens.complete_login("default", &pending, &loc).await?;
     Ok(tokens)
 }
@@ -518,6 +518,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     emu_cmd.args(["emulate", "--port", "0"]);
     let (_emu, line) = spawn_until(emu_cmd, false, "listening on")?;
     let emu_url = line.rsplit(' ').next().ok_or("no emulator URL")?.to_owned();
+    let logs = std::env::var_os("SPOTOKEN_BENCH_LOGS").is_some();
     let mut serve_cmd = Command::new(&bin);
     serve_cmd
         .args(["serve", "--bind", "127.0.0.1:0"])
@@ -525,7 +526,9 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         .env("SPOTOKEN_CLIENT_ID", DEFAULT_CLIENT_ID)
         .env("SPOTOKEN_ACCOUNTS_URL", &emu_url)
         .env("SPOTOKEN_API_URL", &emu_url)
-        .env_remove("RUST_LOG");
+        // SPOTOKEN_BENCH_LOGS=1: each request logged on both sides (serve's
+        // default, nginx's access log to a file); else on neither.
+        .env("RUST_LOG", if logs { "info" } else { "warn" });
     let (server, line) = spawn_until(serve_cmd, true, "listening on")?;
     let server_url = line
         .split_whitespace()
@@ -556,12 +559,17 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let conf = format!(
         "worker_processes 2; pid {dir}/nginx.pid; error_log {dir}/error.log; daemon off;\n\
          events {{ worker_connections 1024; }}\n\
-         http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
+         http {{ access_log {access}; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
            upstream emu {{ server 127.0.0.1:{emu_port}; keepalive 64; }}\n\
            server {{ listen 127.0.0.1:{nginx_port};\n\
              location /api/ {{ proxy_pass http://emu/; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
                proxy_set_header Authorization \"Bearer {bearer}\"; }} }} }}\n",
-        dir = dir.path().display()
+        dir = dir.path().display(),
+        access = if logs {
+            format!("{}/access.log", dir.path().display())
+        } else {
+            "off".to_owned()
+        }
     );
     std::fs::write(dir.path().join("nginx.conf"), conf)?;
     let _nginx = Nginx(

@@ -1,5 +1,5 @@
 //! The command-line surface, as clap types: global options with their
-//! environment fallbacks (DESIGN.md's command-line contract) and one subcommand
+//! environment fallbacks (the README's command-line contract) and one subcommand
 //! per command module.
 
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! From raw options to resolved settings: command line, then environment, then
-//! `config.toml` under the home, then defaults (DESIGN.md's command-line
+//! `config.toml` under the home, then defaults (the README's command-line
 //! contract). Parse first, then resolve; commands only see [`Resolved`].
 
 use std::path::{Path, PathBuf};
@@ -75,6 +75,16 @@ pub struct ServeFile {
     pub demo: Option<bool>,
     /// A separate address for `/metrics`.
     pub metrics_bind: Option<String>,
+    /// The app's built files, served for every other path.
+    pub static_dir: Option<String>,
+    /// The app's own server, reached for every other path.
+    pub app_upstream: Option<String>,
+    /// A session unused this long ends (`2h`, seconds).
+    pub session_idle: Option<String>,
+    /// The session cookie's SameSite: `lax` or `strict`.
+    pub same_site: Option<String>,
+    /// Proxies in front whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// Where the key comes from.

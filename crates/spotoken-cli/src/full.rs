@@ -1,11 +1,12 @@
 //! `spotoken-full`, the whole `spotoken` program (the small `spotoken`
 //! executable hands every command but a fresh cached `token` to it): parse the
-//! command line, run one command, map the outcome to an exit code (DESIGN.md):
+//! command line, run one command, map the outcome to an exit code (the README's exit codes):
 //! 0 ok, 1 unexpected failure, 2 usage or configuration error, 3 authorization
 //! needed, 4 temporary failure, 5 insufficient scope. Everything else lives in
 //! the command modules and in the `spotoken` library.
 
-use spotoken_cli::{cli, commands, output};
+use spotoken_cli::{cli, commands, log_writer, output};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use std::process::ExitCode;
 
@@ -21,7 +22,12 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     let args = cli::Args::parse();
-    init_logging(args.global.verbose, args.global.output);
+    // Writes out the queued log lines when `main` returns.
+    let _logs = init_logging(
+        args.global.verbose,
+        args.global.output,
+        matches!(args.command, cli::Command::Serve(_)),
+    );
     // Commands are I/O-bound and short: two workers. The server runs one
     // single-threaded event loop per thread (`spotoken_server::serve_on_threads`),
     // this thread's among them.
@@ -53,22 +59,55 @@ fn main() -> ExitCode {
 
 /// Logs on stderr: for people, or with `--output json` one JSON object per
 /// line (a log collector's format: level, target, fields, and the request's
-/// span with its id for `spotoken serve`).
-fn init_logging(verbose: u8, output: cli::Output) {
+/// span with its id for `spotoken serve`). `serve` logs each request at info
+/// level by default (one line each); other commands only warnings. Colours
+/// only when stderr is a terminal and `NO_COLOR` is unset or empty: a
+/// script's captured stderr or a log file gets plain text. The server's
+/// lines are written by a thread of their own ([`log_writer`]): the guard
+/// returned writes out what is queued.
+fn init_logging(verbose: u8, output: cli::Output, serving: bool) -> Option<log_writer::Flush> {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
+    let default = match (verbose, serving) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "warn,spotoken=info,spotoken_server=info,spotoken_cli=info",
         _ => "debug,spotoken=trace",
     };
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let colour = colour_wanted(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let (writer, flush) = match serving.then(|| log_writer::start(std::io::stderr())) {
+        Some(Ok((queued, flush))) => (BoxMakeWriter::new(queued), Some(flush)),
+        _ => (BoxMakeWriter::new(std::io::stderr), None),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Colour codes only for a person: logs piped to a file stay plain.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(colour)
+        .with_writer(writer);
     let _ = match output {
         cli::Output::Text => builder.try_init(),
         cli::Output::Json => builder.json().try_init(),
     };
+    flush
+}
+
+/// Colours on a terminal, unless `NO_COLOR` is set to anything but the empty
+/// string (no-color.org).
+fn colour_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour_wanted;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_wanted(true, None));
+        assert!(colour_wanted(true, Some("".as_ref())));
+        assert!(!colour_wanted(true, Some("1".as_ref())));
+        assert!(!colour_wanted(false, None), "a pipe or a file");
+    }
 }

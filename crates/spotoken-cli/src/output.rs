@@ -28,7 +28,9 @@ pub fn report(e: &Error, format: Output) -> u8 {
     match format {
         Output::Text => {
             eprintln!("error: {e}");
-            if let Some(hint) = hint(e) {
+            if let Some(todo) = command_to_run(e) {
+                eprintln!("hint: {todo}");
+            } else if let Some(hint) = hint(e) {
                 eprintln!("hint: {hint}");
             }
         }
@@ -42,7 +44,10 @@ fn error_json(e: &Error) -> serde_json::Value {
     let mut body = serde_json::json!({
         "kind": e.kind(),
         "exit_code": e.kind().exit_code(),
-        "message": e.to_string(),
+        "message": match command_to_run(e) {
+            Some(todo) => format!("{e}; {todo}"),
+            None => e.to_string(),
+        },
     });
     if let Some(wait) = e.retry_after() {
         body["retry_after"] =
@@ -54,9 +59,26 @@ fn error_json(e: &Error) -> serde_json::Value {
     serde_json::json!({ "error": body })
 }
 
+/// The command of ours that fixes an error: the library's messages say what
+/// must happen, not which program does it.
+fn command_to_run(e: &Error) -> Option<String> {
+    match e {
+        Error::AuthorizationNeeded { account, .. } => {
+            Some(format!("run `spotoken login --account {account}`"))
+        }
+        Error::InsufficientScope { missing, .. } if !missing.is_empty() => Some(format!(
+            "run `spotoken login --scopes <current>,{}`",
+            missing.join(",")
+        )),
+        _ => None,
+    }
+}
+
 fn hint(e: &Error) -> Option<&'static str> {
     match e {
-        Error::Temporary { .. } => Some("this is temporary: try again later (exit code 4)"),
+        Error::Temporary { .. } | Error::RateLimited { .. } => {
+            Some("this is temporary: try again later (exit code 4)")
+        }
         Error::Internal(_) => Some("this looks like a bug; run with -vv and report it"),
         _ => None,
     }
@@ -97,6 +119,11 @@ mod tests {
         assert_eq!(v["error"]["kind"], "insufficient_scope");
         assert_eq!(v["error"]["exit_code"], 5);
         assert_eq!(v["error"]["missing_scopes"][0], "playlist-read-private");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("spotoken login --scopes <current>,playlist-read-private"),
+            "{message}"
+        );
         assert!(v["error"].get("retry_after").is_none());
     }
 }

@@ -570,8 +570,8 @@ fn cases(used_code: String) -> Vec<Case> {
             "account name",
         ),
         case(
-            "cli: negative --min-valid",
-            Act::Run(&["token", "--min-valid", "-5m"]),
+            "cli: --min-valid not a duration",
+            Act::Run(&["token", "--min-valid", "soon"]),
             2,
             "min-valid",
         ),

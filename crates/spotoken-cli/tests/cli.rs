@@ -178,6 +178,13 @@ async fn exit_codes_match_their_situations() {
     let o = env.run(&["api", "/v1/me/playlists"]).await;
     assert_eq!(o.code, 5, "{}", o.stderr);
     assert!(o.stderr.contains("playlist-read-private"), "{}", o.stderr);
+    // The library says what must happen; the CLI says which command does it.
+    assert!(
+        o.stderr
+            .contains("hint: run `spotoken login --scopes <current>,playlist-read-private`"),
+        "{}",
+        o.stderr
+    );
     // 2: the app's owner has no Premium (Spotify's plain-text 403).
     env.emu.update(|s| s.owner_premium = false);
     let o = env.run(&["api", "/v1/me"]).await;
@@ -221,6 +228,12 @@ async fn exit_codes_match_their_situations() {
     let o = env.run(&["refresh"]).await;
     assert_eq!(o.code, 3, "{}", o.stderr);
     assert!(o.stderr.contains("Refresh token revoked"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("hint: run `spotoken login --account default`"),
+        "{}",
+        o.stderr
+    );
     let status = env.run(&["status", "--output", "json"]).await;
     assert_eq!(status.code, 3);
     let v: Value = serde_json::from_str(&status.stdout).expect("json");
@@ -362,14 +375,19 @@ async fn demo_runs_with_no_configuration() {
         .arg("demo")
         .env("HOME", home.path())
         .env("XDG_DATA_HOME", home.path())
+        // Logs to a pipe: plain text, whatever the level (issue 16).
+        .env("RUST_LOG", "debug")
+        .env_remove("NO_COLOR")
         .output()
         .await
         .expect("run");
     let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("DEBUG"), "logs were written: {stderr}");
     assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
+        !stderr.contains('\u{1b}') && !stdout.contains('\u{1b}'),
+        "no escape codes into a pipe: {stderr}"
     );
     assert!(
         stdout.contains("100 callers -> 1 token request, 0 failures"),
@@ -617,6 +635,52 @@ async fn serve_reads_the_serve_table_of_the_config_file() {
     assert!(bad.stderr.contains("config.toml"), "{}", bad.stderr);
 }
 
+/// `spotoken serve` in text: one line per request at info level without
+/// being asked, and no colour into a pipe (issue 16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_a_plain_line_per_request_at_info_by_default() {
+    let env = Env::new().await;
+    let mut child = env
+        .cmd(&["serve", "--bind", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .spawn()
+        .expect("spawn serve");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(60), stderr.next_line())
+            .await
+            .expect("a line arrives")
+            .expect("read")
+            .expect("a line")
+    };
+    let server = loop {
+        let line = next().await;
+        if let Some(rest) = line.strip_prefix("spotoken serve listening on ") {
+            break rest.split(' ').next().expect("address").to_owned();
+        }
+    };
+    let r = browser()
+        .get(format!("{server}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    let line = loop {
+        let line = next().await;
+        if line.contains("handled") {
+            break line;
+        }
+    };
+    assert!(
+        line.contains("INFO") && line.contains("path=/healthz"),
+        "{line}"
+    );
+    assert!(line.contains("status=200"), "{line}");
+    assert!(!line.contains('\u{1b}'), "no colour into a pipe: {line:?}");
+    child.kill().await.expect("kill");
+}
+
 /// `spotoken --output json serve`: where it listens as JSON on stdout, and a
 /// log collector's format on stderr: one JSON object per line, each request
 /// with its id, and never a query string or a cookie.
@@ -695,6 +759,75 @@ async fn serve_logs_json_lines_with_request_ids_and_no_secrets() {
         .await
         .expect("main");
     assert_eq!(r.status(), 404, "not where browsers connect");
+    child.kill().await.expect("kill");
+}
+
+/// The README's two commands (issue 16): `serve --emulator --static
+/// examples/spa` needs no client id and no Spotify: logins go to the emulator
+/// started in the same process, and the app is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_the_built_in_emulator_serves_the_example_app() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let home = tempfile::tempdir().expect("tmp");
+    let spa = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/spa");
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPOTOKEN_") {
+            c.env_remove(k);
+        }
+    }
+    let mut child = c
+        .args(["--output", "json", "serve", "--emulator", "--static", spa])
+        .args(["--bind", "127.0.0.1:0"])
+        .env("SPOTOKEN_HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("it starts")
+        .expect("read")
+        .expect("a line");
+    let started: Value = serde_json::from_str(&first).expect("JSON on stdout");
+    let server = started["listening"].as_str().expect("address").to_owned();
+    let emulator = started["emulator"]
+        .as_str()
+        .expect("emulator address")
+        .to_owned();
+    let http = browser();
+    let r = http
+        .get(format!("{server}/search?q=loop"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .expect("text")
+            .contains("<script type=\"module\" src=\"/app.js\">")
+    );
+    let r = http
+        .get(format!("{server}/auth/login?return_to=/search%3Fq%3Dloop"))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 302);
+    let to = r.headers()["location"].to_str().expect("location");
+    assert!(to.starts_with(&format!("{emulator}/authorize?")), "{to}");
+    assert!(to.contains("client_id=spotoken-emulator-client"), "{to}");
+    let consent = http.get(to).send().await.expect("consent page");
+    assert_eq!(consent.status(), 200, "the emulator's consent page");
+    assert!(consent.text().await.expect("text").contains("approve"));
+    assert!(
+        home.path().join("serve-emulator.db").exists(),
+        "its own store"
+    );
     child.kill().await.expect("kill");
 }
 

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::wait::human_duration;
 
 /// Backoff parameters.
@@ -60,42 +60,36 @@ impl Backoff {
     /// Decides what follows a temporary failure `err` on attempt `attempt`
     /// (1-based) after `elapsed` time in all. Non-temporary errors are never retried.
     pub fn decide(&self, err: Error, attempt: u32, elapsed: Duration, rand01: f64) -> Retry {
-        let Error::Temporary {
-            reason,
-            retry_after,
-        } = err
-        else {
+        if err.kind() != ErrorKind::Temporary {
             return Retry::GiveUp(err);
-        };
+        }
+        let retry_after = err.retry_after();
         if let Some(wait) = retry_after
             && wait > self.max_wait
         {
-            return Retry::GiveUp(Error::Temporary {
-                reason: format!(
+            return Retry::GiveUp(err.map_reason(|reason| {
+                format!(
                     "{reason}; the server asked to wait {}, longer than the {} we wait",
                     human_duration(wait),
                     human_duration(self.max_wait)
-                ),
-                retry_after: Some(wait),
-            });
+                )
+            }));
         }
         if attempt >= self.max_attempts {
-            return Retry::GiveUp(Error::Temporary {
-                reason: format!("{reason} (gave up after {attempt} attempts)"),
-                retry_after,
-            });
+            return Retry::GiveUp(
+                err.map_reason(|reason| format!("{reason} (gave up after {attempt} attempts)")),
+            );
         }
         let delay = self
             .jittered(attempt, rand01)
             .max(retry_after.unwrap_or(Duration::ZERO));
         if elapsed + delay > self.budget {
-            return Retry::GiveUp(Error::Temporary {
-                reason: format!(
+            return Retry::GiveUp(err.map_reason(|reason| {
+                format!(
                     "{reason} (gave up after {attempt} attempts in {})",
                     human_duration(elapsed)
-                ),
-                retry_after,
-            });
+                )
+            }));
         }
         Retry::After(delay)
     }

@@ -1,5 +1,5 @@
 //! Where the provider lives, and the rule that plain `http://` is refused for
-//! every endpoint except loopback addresses (invariant 6).
+//! every endpoint except loopback addresses (invariant 6 in docs/ARCHITECTURE.md).
 
 use url::Url;
 

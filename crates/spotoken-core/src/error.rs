@@ -2,7 +2,7 @@
 //!
 //! Every failure a user can meet ends up as one of six kinds, each of which says
 //! what to do next and maps to exactly one exit code and one HTTP status
-//! (DESIGN.md): authorization needed (log in again), temporary (wait, with how
+//! (the README's exit codes): authorization needed (log in again), temporary (wait, with how
 //! long if known), configuration (fix a setting), insufficient scope (log in with
 //! a named scope added), protocol (the server said something we do not
 //! understand; a redacted snippet is kept), internal (a bug or a broken machine).
@@ -13,11 +13,13 @@ use crate::wait::human_duration;
 
 /// What a caller can do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[non_exhaustive]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The user must authorize again (`spotoken login`).
     AuthorizationNeeded,
-    /// Try again later; the error may say when.
+    /// Try again later; the error may say when ([`Error::Temporary`] and
+    /// [`Error::RateLimited`]).
     Temporary,
     /// A setting is wrong (client id, URL, key); no login fixes it.
     Configuration,
@@ -30,7 +32,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The documented exit code (DESIGN.md): 1 unexpected, 2 configuration,
+    /// The exit code the README documents: 1 unexpected, 2 configuration,
     /// 3 authorization needed, 4 temporary, 5 insufficient scope.
     pub fn exit_code(self) -> u8 {
         match self {
@@ -56,6 +58,7 @@ impl ErrorKind {
 
 /// Why the user has to authorize again.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReauthReason {
     /// No tokens stored for this account.
     NotLoggedIn,
@@ -87,8 +90,69 @@ pub enum ReauthReason {
     AccessDenied,
     /// The device code expired before the user approved (RFC 8628 `expired_token`).
     DeviceCodeExpired,
-    /// The account was already flagged; the stored reason.
+    /// The account was already flagged for a reason this version cannot
+    /// name (the stored text), or the Web API rejected a freshly refreshed token.
     Flagged(String),
+}
+
+impl ReauthReason {
+    /// The reason an account was flagged with, read back from its stored
+    /// text (the store keeps [`Display`](std::fmt::Display)'s output): the
+    /// typed reason when the text is one this version writes, else
+    /// [`Flagged`](Self::Flagged) with the text.
+    pub fn from_stored(text: &str) -> Self {
+        const GRANT_EMPTY: &str = "the refresh token was rejected (invalid_grant)";
+        const GRANT: &str = "the refresh token was rejected: invalid_grant (";
+        const LOST: &str = "the answer to a refresh was lost after the provider had it";
+        const LOST_END: &str = "and the old one was refused (invalid_grant";
+        let typed = [
+            ReauthReason::NotLoggedIn,
+            ReauthReason::RefreshTokenExpired,
+            ReauthReason::AccessDenied,
+            ReauthReason::DeviceCodeExpired,
+        ];
+        if let Some(r) = typed.into_iter().find(|r| r.to_string() == text) {
+            return r;
+        }
+        if text == GRANT_EMPTY {
+            return ReauthReason::InvalidGrant {
+                description: String::new(),
+            };
+        }
+        if let Some(d) = text.strip_prefix(GRANT).and_then(|t| t.strip_suffix(')')) {
+            return ReauthReason::InvalidGrant {
+                description: d.to_owned(),
+            };
+        }
+        if text.starts_with(LOST)
+            && let Some((_, tail)) = text.split_once(LOST_END)
+            && let Some(tail) = tail.strip_suffix(')')
+        {
+            return ReauthReason::LostRotation {
+                description: tail.strip_prefix(": ").unwrap_or(tail).to_owned(),
+            };
+        }
+        ReauthReason::Flagged(text.to_owned())
+    }
+}
+
+/// Who limited the rate of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RateLimiter {
+    /// The provider's token endpoint (a refresh or a code exchange).
+    TokenEndpoint,
+    /// The Web API.
+    WebApi,
+}
+
+impl std::fmt::Display for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RateLimiter::TokenEndpoint => "the token endpoint",
+            RateLimiter::WebApi => "the Web API",
+        })
+    }
 }
 
 impl std::fmt::Display for ReauthReason {
@@ -130,10 +194,11 @@ impl std::fmt::Display for ReauthReason {
 
 /// spotoken's error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The user must authorize again.
     #[error(
-        "authorization needed for account '{account}': {reason}; run `spotoken login --account {account}`"
+        "authorization needed for account '{account}': {reason}; the account must log in again"
     )]
     AuthorizationNeeded {
         /// The account.
@@ -145,6 +210,16 @@ pub enum Error {
     #[error("temporary failure: {reason}{}", wait_suffix(*.retry_after))]
     Temporary {
         /// What happened.
+        reason: String,
+        /// How long the server asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// HTTP 429: too many requests; of kind [`ErrorKind::Temporary`].
+    #[error("temporary failure: rate limited by {by}: {reason}{}", wait_suffix(*.retry_after))]
+    RateLimited {
+        /// Which server limited us.
+        by: RateLimiter,
+        /// What it said (the HTTP status and its reason, if any).
         reason: String,
         /// How long the server asked us to wait, if it said.
         retry_after: Option<Duration>,
@@ -198,10 +273,9 @@ fn insufficient_scope_message(endpoint: &str, missing: &[String]) -> String {
             "insufficient scope for {endpoint}; log in again with the scopes this endpoint needs"
         )
     } else {
-        let list = missing.join(",");
+        let list = missing.join(", ");
         format!(
-            "insufficient scope for {endpoint}: missing {}; run `spotoken login --scopes <current>,{list}`",
-            missing.join(", ")
+            "insufficient scope for {endpoint}: missing {list}; log in again with the granted scopes and these added"
         )
     }
 }
@@ -211,7 +285,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::AuthorizationNeeded { .. } => ErrorKind::AuthorizationNeeded,
-            Error::Temporary { .. } => ErrorKind::Temporary,
+            Error::Temporary { .. } | Error::RateLimited { .. } => ErrorKind::Temporary,
             Error::Configuration(_) => ErrorKind::Configuration,
             Error::InsufficientScope { .. } => ErrorKind::InsufficientScope,
             Error::Protocol { .. } => ErrorKind::Protocol,
@@ -240,8 +314,33 @@ impl Error {
     /// The wait the server asked for, if this is a temporary error that has one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Temporary { retry_after, .. } => *retry_after,
+            Error::Temporary { retry_after, .. } | Error::RateLimited { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
+        }
+    }
+
+    /// The same temporary error with its reason rewritten (other kinds unchanged).
+    pub(crate) fn map_reason(self, f: impl FnOnce(&str) -> String) -> Self {
+        match self {
+            Error::Temporary {
+                reason,
+                retry_after,
+            } => Error::Temporary {
+                reason: f(&reason),
+                retry_after,
+            },
+            Error::RateLimited {
+                by,
+                reason,
+                retry_after,
+            } => Error::RateLimited {
+                by,
+                reason: f(&reason),
+                retry_after,
+            },
+            e => e,
         }
     }
 }
@@ -329,7 +428,7 @@ mod tests {
         };
         let s = e.to_string();
         assert!(
-            s.contains("Refresh token revoked") && s.contains("spotoken login"),
+            s.contains("Refresh token revoked") && s.contains("must log in again"),
             "{s}"
         );
         let e = Error::temporary("rate limited by Spotify", Some(Duration::from_secs(7980)));
@@ -339,6 +438,80 @@ mod tests {
             missing: vec!["playlist-read-private".into()],
         };
         assert!(e.to_string().contains("playlist-read-private"));
+    }
+
+    #[test]
+    fn library_messages_never_name_a_command_of_ours() {
+        // Inside someone else's app there is no `spotoken` command to run;
+        // the CLI adds its own hints (issue 13).
+        let errors = [
+            Error::AuthorizationNeeded {
+                account: "victim".into(),
+                reason: ReauthReason::NotLoggedIn,
+            },
+            Error::InsufficientScope {
+                endpoint: "GET /v1/me/playlists".into(),
+                missing: vec!["playlist-read-private".into(), "user-top-read".into()],
+            },
+            Error::InsufficientScope {
+                endpoint: "GET /v1/me/playlists".into(),
+                missing: vec![],
+            },
+            Error::temporary("network: timed out", Some(Duration::from_secs(3))),
+            Error::RateLimited {
+                by: RateLimiter::TokenEndpoint,
+                reason: "HTTP 429".into(),
+                retry_after: None,
+            },
+            Error::Configuration("no client id configured".into()),
+            Error::protocol(Some(500), "bad answer", b"{}"),
+            Error::Internal("broken".into()),
+        ];
+        for e in errors {
+            let s = e.to_string();
+            assert!(!s.contains("spotoken ") && !s.contains("--"), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_stored_reason_reads_back_as_the_typed_reason() {
+        let reasons = [
+            ReauthReason::NotLoggedIn,
+            ReauthReason::InvalidGrant {
+                description: String::new(),
+            },
+            ReauthReason::InvalidGrant {
+                description: "Refresh token revoked (by the user)".into(),
+            },
+            ReauthReason::RefreshTokenExpired,
+            ReauthReason::LostRotation {
+                description: String::new(),
+            },
+            ReauthReason::LostRotation {
+                description: "Invalid refresh token".into(),
+            },
+            ReauthReason::AccessDenied,
+            ReauthReason::DeviceCodeExpired,
+            ReauthReason::Flagged("the Web API rejected a freshly refreshed token".into()),
+        ];
+        for r in reasons {
+            assert_eq!(ReauthReason::from_stored(&r.to_string()), r);
+        }
+    }
+
+    #[test]
+    fn rate_limits_read_like_other_temporary_failures() {
+        let e = Error::RateLimited {
+            by: RateLimiter::WebApi,
+            reason: "HTTP 429".into(),
+            retry_after: Some(Duration::from_secs(7980)),
+        };
+        assert_eq!(e.kind(), ErrorKind::Temporary);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7980)));
+        assert_eq!(
+            e.to_string(),
+            "temporary failure: rate limited by the Web API: HTTP 429; try again in 2 h 13 min"
+        );
     }
 
     #[test]

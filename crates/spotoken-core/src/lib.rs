@@ -23,5 +23,5 @@ pub mod scope;
 pub mod secret;
 pub mod wait;
 
-pub use error::{Error, ErrorKind, ReauthReason};
+pub use error::{Error, ErrorKind, RateLimiter, ReauthReason};
 pub use redact::redact;

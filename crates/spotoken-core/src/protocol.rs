@@ -322,10 +322,11 @@ pub fn classify_token_error(answer: HttpAnswer<'_>, account: &str) -> Error {
                 .and_then(|v| v.as_str())
                 .map(|r| format!(", {}", crate::redact::redact(r)))
                 .unwrap_or_default();
-            Error::temporary(
-                format!("rate limited by the provider (HTTP 429{reason})"),
-                answer.retry_after,
-            )
+            Error::RateLimited {
+                by: crate::error::RateLimiter::TokenEndpoint,
+                reason: format!("HTTP 429{reason}"),
+                retry_after: answer.retry_after,
+            }
         }
         _ if status >= 500 || status == 408 => Error::temporary(
             format!("the provider failed (HTTP {status})"),

@@ -48,6 +48,39 @@ pub use model::{
 };
 pub use webapi::{ECHO_PREFIX, OWNER_PREMIUM_REQUIRED, USER_NOT_REGISTERED};
 
+/// [`Emulator::authorize`] did not redirect back: the status of what it
+/// answered instead (0 if the URL never reached it) and the page's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizeError {
+    /// The HTTP status of the page shown, or 0.
+    pub status: u16,
+    /// The page's text, or what went wrong.
+    pub body: String,
+}
+
+impl std::fmt::Display for AuthorizeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            0 => write!(f, "the authorize request failed: {}", self.body),
+            s => write!(
+                f,
+                "the authorize page answered HTTP {s} instead of redirecting: {}",
+                self.body
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AuthorizeError {}
+
+/// The key of a refresh token in [`Counters::refresh_token_uses`]: a hash,
+/// so that counters served over HTTP or printed never hold a live token.
+pub fn refresh_token_key(refresh_token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(refresh_token.as_bytes());
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
 /// Shared handle on the emulator's world.
 #[derive(Clone)]
 pub struct Shared(Arc<Mutex<World>>);
@@ -283,29 +316,49 @@ impl Emulator {
 
     /// Plays the browser on an authorize URL (with automatic consent): runs it
     /// through the emulator's routes in-process and returns the `Location` it
-    /// redirects to (the callback with `code` or `error`), or the text of the
-    /// page it showed instead.
-    pub async fn authorize(&self, authorize_url: &str) -> Result<String, String> {
+    /// redirects to (the callback with `code` or `error`), or, when it showed a
+    /// page instead, an error with that page's status and text.
+    pub async fn authorize(&self, authorize_url: &str) -> Result<String, AuthorizeError> {
         use tower::ServiceExt as _;
-        let u = url::Url::parse(authorize_url).map_err(|e| format!("not a URL: {e}"))?;
+        let failed = |body: String| AuthorizeError { status: 0, body };
+        let u = url::Url::parse(authorize_url).map_err(|e| failed(format!("not a URL: {e}")))?;
         let target = match u.query() {
             Some(q) => format!("{}?{q}", u.path()),
             None => u.path().to_owned(),
         };
         let req = axum::http::Request::get(target)
             .body(Body::empty())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string()))?;
         let resp = app(self.shared.clone())
             .oneshot(req)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string()))?;
+        let status = resp.status().as_u16();
         if let Some(loc) = resp.headers().get(axum::http::header::LOCATION) {
-            return loc.to_str().map(str::to_owned).map_err(|e| e.to_string());
+            return loc.to_str().map(str::to_owned).map_err(|e| AuthorizeError {
+                status,
+                body: format!("the Location header is not text: {e}"),
+            });
         }
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
-            .map_err(|e| e.to_string())?;
-        Err(String::from_utf8_lossy(&body).into_owned())
+            .map_err(|e| AuthorizeError {
+                status,
+                body: e.to_string(),
+            })?;
+        Err(AuthorizeError {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// Every refresh token issued so far (current, rotated away or revoked):
+    /// what a test searches logs and files for. [`Counters`] keys its
+    /// counts by [`refresh_token_key`] instead.
+    pub fn issued_refresh_tokens(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.shared.lock().refresh.keys().cloned().collect();
+        all.sort();
+        all
     }
 
     /// Stops the server and waits for the accept loop to end.

@@ -313,7 +313,8 @@ pub struct Failure {
     /// (a refresh rotates the token), then close without answering — a
     /// response lost on its way back.
     pub after_processing: bool,
-    /// How many requests it applies to.
+    /// How many matching requests it applies to; 0 means none (it is never
+    /// used, and is dropped when it comes up).
     pub times: u32,
 }
 
@@ -345,7 +346,8 @@ pub struct Counters {
     pub token_requests: BTreeMap<String, BTreeMap<String, u64>>,
     /// The most refresh requests that were in flight at once, per user id.
     pub peak_concurrent_refreshes: BTreeMap<String, u64>,
-    /// How many times each refresh token was presented.
+    /// How many times each refresh token was presented, keyed by
+    /// [`refresh_token_key`](crate::refresh_token_key) (never the token).
     pub refresh_token_uses: BTreeMap<String, u64>,
     /// Web API responses by status code.
     pub api_requests: BTreeMap<String, u64>,
@@ -378,6 +380,14 @@ impl Counters {
         self.token_requests
             .get(grant)
             .map_or(0, |m| m.values().sum())
+    }
+
+    /// How many times `refresh_token` was presented.
+    pub fn refresh_token_uses_of(&self, refresh_token: &str) -> u64 {
+        self.refresh_token_uses
+            .get(&crate::refresh_token_key(refresh_token))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Token requests with this grant type and outcome.
@@ -665,6 +675,10 @@ impl World {
                 && f.path.as_deref().is_none_or(|p| path.starts_with(p))
         })?;
         let f = self.failures.get_mut(idx)?;
+        if f.times == 0 {
+            self.failures.remove(idx);
+            return self.take_failure(endpoint, grant, path);
+        }
         let out = f.clone();
         f.times = f.times.saturating_sub(1);
         if f.times == 0 {

@@ -368,10 +368,11 @@ fn refresh(
         .get("refresh_token")
         .ok_or_else(|| TokenError::new("invalid_request", "refresh_token must be supplied"))?
         .clone();
-    if let Some(n) = w.counters.refresh_token_uses.get_mut(&token) {
+    let key = crate::refresh_token_key(&token);
+    if let Some(n) = w.counters.refresh_token_uses.get_mut(&key) {
         *n += 1;
     } else if w.refresh.contains_key(&token) {
-        w.counters.refresh_token_uses.insert(token.clone(), 1);
+        w.counters.refresh_token_uses.insert(key, 1);
     }
     let rec = w
         .refresh

@@ -189,6 +189,49 @@ fn error_of(v: &Value) -> (&str, &str) {
 }
 
 #[tokio::test]
+async fn counters_never_hold_a_refresh_token() {
+    let emu = Emulator::start().await.expect("start");
+    let (_, rt) = login(&emu).await;
+    let (s, _) = refresh(&emu, &rt).await;
+    assert_eq!(s, StatusCode::OK);
+    let served = http()
+        .get(format!("{}/_emulator/counters", emu.url()))
+        .send()
+        .await
+        .expect("counters")
+        .text()
+        .await
+        .expect("body");
+    assert!(!served.contains(&rt), "{served}");
+    assert_eq!(emu.counters().refresh_token_uses_of(&rt), 1);
+    assert!(emu.issued_refresh_tokens().contains(&rt));
+}
+
+#[tokio::test]
+async fn a_failure_for_zero_times_never_fires_and_clear_drops_the_rest() {
+    let emu = Emulator::start().await.expect("start");
+    let (_, rt) = login(&emu).await;
+    emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        status: 503,
+        times: 0,
+        ..Failure::default()
+    });
+    let (s, body) = refresh(&emu, &rt).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let rt = body["refresh_token"].as_str().unwrap_or(&rt).to_owned();
+    emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        status: 503,
+        times: 5,
+        ..Failure::default()
+    });
+    assert_eq!(refresh(&emu, &rt).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    emu.clear_failures();
+    assert_eq!(refresh(&emu, &rt).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn full_pkce_flow_then_me_then_refresh() {
     let emu = Emulator::start().await.expect("start");
     let q = authorize(&emu, &[]).await;
@@ -216,7 +259,7 @@ async fn full_pkce_flow_then_me_then_refresh() {
     let c = emu.counters();
     assert_eq!(c.token_outcome("authorization_code", "ok"), 1);
     assert_eq!(c.token_outcome("refresh_token", "ok"), 1);
-    assert_eq!(c.refresh_token_uses[rt], 1);
+    assert_eq!(c.refresh_token_uses_of(rt), 1);
     assert_eq!(c.api_status(200), 1);
 }
 
@@ -599,7 +642,7 @@ async fn reuse_detection_revokes_the_family_after_grace() {
         ("invalid_grant", "Refresh token revoked"),
         "the whole family is dead"
     );
-    assert_eq!(emu.counters().refresh_token_uses[&rt1], 3);
+    assert_eq!(emu.counters().refresh_token_uses_of(&rt1), 3);
 }
 
 #[tokio::test]
@@ -874,7 +917,7 @@ async fn peak_concurrent_refreshes_are_counted_per_user() {
     }
     let c = emu.counters();
     assert!(c.peak_concurrent_refreshes["alice"] >= 2, "{c:?}");
-    assert_eq!(c.refresh_token_uses[&rt], 4);
+    assert_eq!(c.refresh_token_uses_of(&rt), 4);
 }
 
 #[tokio::test]
@@ -977,7 +1020,9 @@ async fn authorize_in_process_answers_like_the_browser_flow() {
         .authorize(&url.replace(DEFAULT_CLIENT_ID, "nobody"))
         .await
         .expect_err("an error page, not a redirect");
-    assert!(page.contains("INVALID_CLIENT"), "{page}");
+    assert_eq!(page.status, 400, "{page}");
+    assert!(page.body.contains("INVALID_CLIENT"), "{page}");
+    assert!(page.to_string().contains("HTTP 400"), "{page}");
 }
 
 // ---- Spotify's 2026 answers, one test per row of docs/EMULATOR.md ----

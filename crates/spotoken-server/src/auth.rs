@@ -17,7 +17,7 @@ use rand::RngCore as _;
 use serde::Deserialize;
 use serde_json::json;
 use spotoken::store::sessions::hash;
-use spotoken::store::{PendingRecord, SessionRecord, unix_now};
+use spotoken::store::{PendingRecord, SessionRecord};
 
 use crate::cookies;
 use crate::error::AppError;
@@ -118,10 +118,11 @@ async fn login(
         }
         return r;
     }
-    let pending = match st
-        .tokens
-        .begin_login(&st.config.redirect_uri, &st.config.scopes, false)
-    {
+    let pending = match st.tokens.begin_login(
+        &st.config.redirect_uri,
+        &st.config.scopes,
+        Default::default(),
+    ) {
         Ok(p) => p,
         Err(e) => return AppError::from(e).into_response(),
     };
@@ -135,7 +136,7 @@ async fn login(
         binding_hash: hash(&binding),
         sealed,
         return_to,
-        expires_at: unix_now() + st.config.login_ttl.as_secs() as i64,
+        expires_at: st.tokens.now() + st.config.login_ttl.as_secs() as i64,
     };
     if let Err(e) = st.sessions.put_pending(record).await {
         return AppError::from(e).into_response();
@@ -146,7 +147,12 @@ async fn login(
     }
     r.headers_mut().append(
         header::SET_COOKIE,
-        cookies::set(cookies::LOGIN, &binding, st.config.login_ttl.as_secs()),
+        cookies::set(
+            cookies::LOGIN,
+            &binding,
+            st.config.login_ttl.as_secs(),
+            st.config.same_site,
+        ),
     );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -169,7 +175,7 @@ async fn callback(
     let Some(state) = q.get("state") else {
         return fail(StatusCode::BAD_REQUEST, "The callback has no state.");
     };
-    let now = unix_now();
+    let now = st.tokens.now();
     let pending = match st.sessions.take_pending(&hash(state), now).await {
         Ok(Some(p)) => p,
         Ok(None) => {
@@ -241,7 +247,9 @@ async fn callback(
         id_hash: hash(&id),
         account: outcome.account.clone(),
         created_at: now,
-        expires_at: now + st.config.session_ttl.as_secs() as i64,
+        expires_at: st
+            .session_end(now, now)
+            .unwrap_or(now + st.config.session_ttl.as_secs() as i64),
     };
     if let Err(e) = st.sessions.put_session(record).await {
         return AppError::from(e).into_response();
@@ -257,7 +265,12 @@ async fn callback(
     }
     r.headers_mut().append(
         header::SET_COOKIE,
-        cookies::set(cookies::SESSION, &id, st.config.session_ttl.as_secs()),
+        cookies::set(
+            cookies::SESSION,
+            &id,
+            st.config.session_ttl.as_secs(),
+            st.config.same_site,
+        ),
     );
     r.headers_mut()
         .append(header::SET_COOKIE, cookies::clear(cookies::LOGIN));
@@ -266,9 +279,20 @@ async fn callback(
     r
 }
 
-async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
+#[derive(Deserialize)]
+struct LogoutQuery {
+    everywhere: Option<String>,
+}
+
+async fn logout(
+    State(st): State<AppState>,
+    Query(q): Query<LogoutQuery>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
     check_csrf(&headers, &st.config)?;
+    let everywhere = matches!(q.everywhere.as_deref(), Some("1" | "true" | "yes"));
     let mut remove_access_at = None;
+    let mut ended = 0u64;
     if let Some(value) = cookies::get(&headers, cookies::SESSION) {
         let id_hash = hash(value);
         // Delete, then forget: a request arriving between the two would
@@ -277,14 +301,60 @@ async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
         st.forget(value);
         if let Some(s) = deleted? {
             st.metrics.session_ended();
+            ended += 1;
+            let user = match everywhere {
+                true => st.tokens.status(&s.account).await?.and_then(|a| a.user_id),
+                false => None,
+            };
             remove_access_at = st.tokens.logout(&s.account).await?.remove_access_at;
+            if let Some(user) = user {
+                ended += logout_everywhere(&st, &user).await?;
+            }
         }
     }
-    let mut r =
-        Json(json!({"logged_out": true, "remove_access_at": remove_access_at})).into_response();
+    let mut r = Json(json!({
+        "logged_out": true,
+        "sessions_ended": ended,
+        "remove_access_at": remove_access_at,
+    }))
+    .into_response();
     r.headers_mut()
         .append(header::SET_COOKIE, cookies::clear(cookies::SESSION));
     Ok(r)
+}
+
+/// Ends every session of the Spotify user `user` (each login made an
+/// account of its own) and deletes their tokens. Reads the token store's
+/// account list once: an explicit, CSRF-checked request of a logged-in
+/// user, never a scan an anonymous client can cause. Other instances drop
+/// their cached sessions through the store's logout notices; this one drops
+/// its own here.
+async fn logout_everywhere(st: &AppState, user: &str) -> Result<u64, AppError> {
+    let accounts: Vec<String> = st
+        .tokens
+        .store()
+        .list()
+        .await?
+        .into_iter()
+        .filter(|row| row.user_id.as_deref() == Some(user))
+        .map(|row| row.account)
+        .collect();
+    let mut ended = 0;
+    for account in &accounts {
+        let n = st.sessions.delete_account_sessions(account).await?;
+        for _ in 0..n {
+            st.metrics.session_ended();
+        }
+        ended += n;
+    }
+    st.forget_all();
+    for account in &accounts {
+        if let Err(e) = st.tokens.logout(account).await {
+            tracing::warn!(error = %e, "cannot delete the tokens of an ended session");
+        }
+    }
+    tracing::info!(sessions = ended, "logged out everywhere");
+    Ok(ended)
 }
 
 async fn session(State(st): State<AppState>, s: Session) -> Result<Response, AppError> {

@@ -38,6 +38,20 @@ pub struct ServerConfig {
     /// Serve `/metrics` on the main address (false when it has its own,
     /// `--metrics-bind`).
     pub metrics_on_main: bool,
+    /// The built app's files, served for every path that is not ours
+    /// (`--static DIR`).
+    pub static_dir: Option<std::path::PathBuf>,
+    /// The team's own server, reached for every path that is not ours
+    /// (`--app-upstream URL`).
+    pub app_upstream: Option<Url>,
+    /// A session unused for this long ends, whatever its TTL says
+    /// (`--session-idle`); `None`: only the TTL ends it.
+    pub session_idle: Option<Duration>,
+    /// The session cookie's `SameSite` attribute.
+    pub same_site: crate::cookies::SameSite,
+    /// Peers whose `X-Forwarded-For` names the client (a TLS-terminating
+    /// proxy in front, `--trusted-proxy`); from anyone else it is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl ServerConfig {
@@ -65,6 +79,11 @@ impl ServerConfig {
             demo: false,
             login_limits: crate::limits::LoginLimits::default(),
             metrics_on_main: true,
+            static_dir: None,
+            app_upstream: None,
+            session_idle: None,
+            same_site: crate::cookies::SameSite::Lax,
+            trusted_proxies: Vec::new(),
         })
     }
 

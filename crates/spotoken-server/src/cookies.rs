@@ -1,5 +1,6 @@
 //! The one cookie factory: no cookie leaves this server without `__Host-`,
-//! `Secure`, `HttpOnly`, `SameSite=Lax` and `Path=/`. (Browsers treat
+//! `Secure`, `HttpOnly`, a `SameSite` (`Lax`, or `Strict` for the session
+//! with `--same-site strict`) and `Path=/`. (Browsers treat
 //! `http://127.0.0.1` as a secure context, so this works in development too.)
 
 use axum::http::HeaderMap;
@@ -10,10 +11,51 @@ pub const SESSION: &str = "__Host-spotoken_session";
 /// The short-lived cookie binding a started login to the browser that started it.
 pub const LOGIN: &str = "__Host-spotoken_login";
 
-/// A `Set-Cookie` value; `max_age` 0 deletes the cookie.
-pub fn set(name: &str, value: &str, max_age_secs: u64) -> HeaderValue {
-    let v =
-        format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}");
+/// The `SameSite` attribute of a cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SameSite {
+    /// Sent on top-level navigations from other sites (a link to the app
+    /// opens logged in), not on their subrequests or cross-site POSTs.
+    #[default]
+    Lax,
+    /// Never sent on requests another site starts, navigations included.
+    Strict,
+}
+
+impl SameSite {
+    fn attribute(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
+}
+
+impl std::str::FromStr for SameSite {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "lax" => Ok(SameSite::Lax),
+            "strict" => Ok(SameSite::Strict),
+            _ => Err(format!("SameSite must be lax or strict, not {s:?}")),
+        }
+    }
+}
+
+/// A `Set-Cookie` value; `max_age` 0 deletes the cookie. The login binding
+/// is always `Lax`: it must come back on the provider's redirect, a
+/// navigation another site starts.
+pub fn set(name: &str, value: &str, max_age_secs: u64, same_site: SameSite) -> HeaderValue {
+    let same_site = if name == LOGIN {
+        SameSite::Lax
+    } else {
+        same_site
+    };
+    let v = format!(
+        "{name}={value}; Path=/; Secure; HttpOnly; SameSite={}; Max-Age={max_age_secs}",
+        same_site.attribute()
+    );
     HeaderValue::from_str(&v).unwrap_or_else(|_| {
         HeaderValue::from_static(
             "__Host-spotoken_invalid=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
@@ -23,7 +65,7 @@ pub fn set(name: &str, value: &str, max_age_secs: u64) -> HeaderValue {
 
 /// Deletes a cookie.
 pub fn clear(name: &str) -> HeaderValue {
-    set(name, "", 0)
+    set(name, "", 0, SameSite::Lax)
 }
 
 /// The value of a request cookie (the first of that name; values that are
@@ -48,7 +90,7 @@ mod tests {
 
     #[test]
     fn every_cookie_has_its_flags() {
-        let c = set(SESSION, "abc", 60);
+        let c = set(SESSION, "abc", 60, SameSite::Lax);
         let s = c.to_str().expect("ascii");
         for flag in [
             "__Host-",
@@ -61,6 +103,13 @@ mod tests {
             assert!(s.contains(flag), "{s} lacks {flag}");
         }
         assert!(!s.contains("Domain"), "__Host- cookies carry no Domain");
+        let strict = set(SESSION, "abc", 60, SameSite::Strict);
+        assert!(strict.to_str().expect("ascii").contains("SameSite=Strict"));
+        let login = set(LOGIN, "abc", 60, SameSite::Strict);
+        assert!(
+            login.to_str().expect("ascii").contains("SameSite=Lax"),
+            "the login binding must survive the provider's redirect"
+        );
     }
 
     #[test]

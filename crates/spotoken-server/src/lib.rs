@@ -18,7 +18,9 @@
 //! | `GET /auth/token` | CSRF-checked; a short-lived access token (Web Playback SDK) |
 //! | `ANY /api/{path}` | the Web API with the bearer injected; 401 → refresh once, retry once |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus |
+//! | anything else | the app: its files (`--static DIR`) or its server (`--app-upstream URL`) |
 
+pub mod app_proxy;
 pub mod auth;
 pub mod config;
 pub mod cookies;
@@ -30,6 +32,7 @@ pub mod ops;
 pub mod proxy;
 pub mod refresher;
 pub mod state;
+pub mod static_files;
 pub mod trace;
 pub mod upstream;
 
@@ -111,8 +114,12 @@ impl App {
             trace::traced(req, |req, _| proxy::handle(state, req)).await
         } else {
             let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut()
-                .insert(state::ClientAddr(self.peer.map(|p| p.ip())));
+            let client = state::client_addr(
+                self.peer.map(|p| p.ip()),
+                req.headers(),
+                &self.state.config.trusted_proxies,
+            );
+            req.extensions_mut().insert(state::ClientAddr(client));
             match tower::ServiceExt::oneshot(self.router, req).await {
                 Ok(resp) => resp,
                 Err(never) => match never {},
@@ -154,8 +161,31 @@ fn router(state: AppState) -> Router {
     if state.config.demo {
         r = r.route("/", get(demo));
     }
-    r.layer(axum::middleware::from_fn(trace::log_requests))
+    r.fallback(front)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(trace::log_requests))
         .with_state(state)
+}
+
+/// Every path that is not a route of ours: the app, when there is one.
+/// `/auth/…` stays ours whatever it names.
+async fn front(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let path = req.uri().path();
+    if path == "/auth" || path.starts_with("/auth/") {
+        return error::AppError::NotFound.into_response();
+    }
+    match &st.front {
+        state::Front::Static(files) => files.answer(&req.into_parts().0).await,
+        state::Front::App(app) => app.answer(&st, req).await,
+        state::Front::None => error::AppError::NotFound.into_response(),
+    }
+}
+
+async fn method_not_allowed() -> error::AppError {
+    error::AppError::MethodNotAllowed
 }
 
 async fn demo() -> impl IntoResponse {
@@ -229,7 +259,7 @@ pub async fn serve_on_threads(
     }
     let background = tokio::spawn(refresher::run(state.clone(), refresher));
     let logouts = tokio::spawn(state::watch_logouts(state));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let graceful = Graceful::new();
     let mut listener = listener;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -310,7 +340,7 @@ async fn serve_given(
     mut given: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, Open)>,
     app: App,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let graceful = Graceful::new();
     while let Some((tcp, open)) = given.recv().await {
         match tokio::net::TcpStream::from_std(tcp) {
             Ok(tcp) => serve_connection(&graceful, &app, tcp, open),
@@ -320,22 +350,17 @@ async fn serve_given(
     graceful.shutdown().await;
 }
 
+/// The largest request head (request line and headers) a connection reads;
+/// browsers send a few KiB, and proxies in front usually allow 8 to 32 KiB.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
 /// Serves one connection on this thread with hyper's HTTP/1 server; on
 /// shutdown, idle keep-alive connections close at once and in-flight
 /// requests finish. HTTP/1 only: browsers speak HTTP/2 only over TLS, which
 /// a TLS-terminating proxy in front of this server ends. Plain hyper rather
 /// than `axum::serve`, which adds protocol detection and a read-rewinding
 /// layer to every read, and boxes every request body (docs/BENCHMARKS.md).
-/// The largest request head (request line and headers) a connection reads;
-/// browsers send a few KiB, and proxies in front usually allow 8 to 32 KiB.
-pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
-
-fn serve_connection(
-    graceful: &hyper_util::server::graceful::GracefulShutdown,
-    app: &App,
-    tcp: tokio::net::TcpStream,
-    open: Open,
-) {
+fn serve_connection(graceful: &Graceful, app: &App, tcp: tokio::net::TcpStream, open: Open) {
     let _ = tcp.set_nodelay(true);
     let header_read_timeout = app.state.config.header_read_timeout;
     let mut app = app.clone();
@@ -361,14 +386,43 @@ fn serve_connection(
         .half_close(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
-    let conn = graceful.watch(conn);
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+        // WebSockets to the app's server (`--app-upstream`), such as a dev
+        // server's hot reload.
+        .with_upgrades();
+    let mut stop = graceful.0.subscribe();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let mut conn = std::pin::pin!(conn);
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
             tracing::trace!(error = %e, "connection ended with an error");
         }
+        drop(stop);
         drop(open);
     });
+}
+
+/// Graceful shutdown for connections that may be upgraded (hyper-util's
+/// `GracefulShutdown` does not take them): each connection holds a receiver;
+/// [`Graceful::shutdown`] tells them all to finish their request in flight
+/// and close, then waits until every one has.
+struct Graceful(tokio::sync::watch::Sender<()>);
+
+impl Graceful {
+    fn new() -> Self {
+        Self(tokio::sync::watch::Sender::new(()))
+    }
+
+    async fn shutdown(self) {
+        self.0.send_replace(());
+        self.0.closed().await;
+    }
 }
 
 /// The peer of an `axum::serve` connection, when it is a socket address.
@@ -380,6 +434,32 @@ fn peer_of<A: std::any::Any>(addr: &A) -> Option<std::net::SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::least_loaded;
+
+    #[test]
+    fn a_trusted_proxy_names_the_client_and_no_one_else_does() {
+        use axum::http::{HeaderMap, HeaderValue};
+        let proxy: std::net::IpAddr = [127, 0, 0, 1].into();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.7"),
+        );
+        let at =
+            |peer, trusted: &[std::net::IpAddr]| super::state::client_addr(Some(peer), &h, trusted);
+        assert_eq!(
+            at(proxy, &[proxy]),
+            Some([203, 0, 113, 7].into()),
+            "the entry the proxy added"
+        );
+        assert_eq!(at(proxy, &[]), Some(proxy), "not trusted: the peer");
+        let other: std::net::IpAddr = [198, 51, 100, 1].into();
+        assert_eq!(at(other, &[proxy]), Some(other));
+        assert_eq!(
+            super::state::client_addr(Some(proxy), &HeaderMap::new(), &[proxy]),
+            Some(proxy),
+            "no header: the peer"
+        );
+    }
 
     #[test]
     fn connections_go_to_the_least_loaded_loop() {

@@ -1,9 +1,11 @@
-//! `/healthz` (the process answers), `/readyz` (the store answers) and
-//! `/metrics` (Prometheus text).
+//! `/healthz` (the process answers), `/readyz` (the store answers; and,
+//! reported apart, whether the token endpoint can be reached and whether it
+//! asked us to wait) and `/metrics` (Prometheus text).
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
+use serde_json::json;
 
 use crate::state::AppState;
 
@@ -12,20 +14,41 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the token store and the session store answer.
+/// Readiness, as JSON: `store` (the token and session stores answer),
+/// `token_endpoint` (a TCP connection to it opens, checked at most every
+/// 10 s) and `rate_limit` (whether the token endpoint asked us to wait, and
+/// how much longer). The status is 503 only when the store fails: that is
+/// this instance's to fix, while an unreachable or rate-limiting token
+/// endpoint is the same for every instance, and taking them all out of
+/// rotation would also stop the app's pages and the sessions whose tokens
+/// are still fresh.
 pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
     let tokens = st.tokens.store().ping().await;
     let sessions = st.sessions.session_accounts(i64::MAX).await.map(|_| ());
-    match tokens.and(sessions) {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store unreachable\n".to_owned(),
-            )
-        }
+    let store = tokens.and(sessions);
+    if let Err(e) = &store {
+        tracing::warn!(error = %e, "not ready");
     }
+    let reachable = st.token_endpoint_reachable().await;
+    let wait = st.tokens.token_endpoint_wait();
+    let status = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": store.is_ok(),
+        "store": {"ok": store.is_ok()},
+        "token_endpoint": {"reachable": reachable},
+        "rate_limit": {
+            "limited": wait.is_some(),
+            "retry_after": wait.map(|w| w.as_secs()),
+        },
+    });
+    let mut r = (status, axum::Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// Prometheus metrics. Costs no store query: the gauges are kept as

@@ -33,7 +33,13 @@ use spotoken::core::secret::AccessToken;
 pub const MISSING_SCOPE: header::HeaderName =
     header::HeaderName::from_static("spotoken-missing-scope");
 
-/// Request headers never forwarded (names as `http` stores them: lowercase):
+/// On every answer that comes from an upstream (the Web API, or the app's
+/// server) rather than from spotoken itself: its status and body passed on
+/// unchanged. Without it, the answer is spotoken's own (JSON errors in the
+/// one documented format).
+pub const FROM_UPSTREAM: header::HeaderName = header::HeaderName::from_static("spotoken-upstream");
+
+/// Request headers never forwarded to the Web API (names as `http` stores them: lowercase):
 /// the browser's credentials and CSRF proof, framing (we frame the request),
 /// and every header an upstream or a proxy in front of it might read as a
 /// statement about the client, the method or the path, which only this
@@ -89,7 +95,7 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-fn hop_by_hop(name: &str) -> bool {
+pub(crate) fn hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
@@ -142,12 +148,12 @@ pub fn checked_path<'a>(raw: &'a str, allowed: &[String]) -> Result<&'a str, App
 }
 
 /// Methods that change nothing (RFC 9110 §9.2.1), and so need no CSRF proof.
-fn is_safe(method: &axum::http::Method) -> bool {
+pub(crate) fn is_safe(method: &axum::http::Method) -> bool {
     use axum::http::Method;
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+pub(crate) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -189,7 +195,7 @@ where
     }
     let view = match st.view(cookie).await {
         Ok(Some(v)) => v,
-        Ok(None) => return AppError::Unauthenticated.into_response(),
+        Ok(None) => return AppError::SessionExpired.into_response(),
         Err(e) => return e.into_response(),
     };
     forward(&st, cookie, view, &parts, body)
@@ -318,9 +324,23 @@ where
     for name in upstream_listed {
         parts.headers.remove(name.as_str());
     }
+    // The Web API allows any origin (`Access-Control-Allow-Origin: *`); the
+    // proxy is for this origin alone, and says nothing to others.
+    let cors: Vec<header::HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in cors {
+        parts.headers.remove(name);
+    }
     if let Some(missing) = missing {
         parts.headers.insert(MISSING_SCOPE, missing);
     }
+    parts
+        .headers
+        .insert(FROM_UPSTREAM, HeaderValue::from_static("1"));
     st.metrics.proxied(status.as_u16(), started.elapsed());
     Ok(Response::from_parts(parts, Body::new(upstream_body)))
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spotoken::ErrorKind;
-use spotoken::store::unix_now;
 use tokio::sync::Semaphore;
 
 use crate::state::AppState;
@@ -35,7 +34,7 @@ impl Default for RefresherConfig {
 
 /// One pass; returns how long to pause if the app is rate-limited.
 pub async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration> {
-    let now = unix_now();
+    let now = st.tokens.now();
     match st.sessions.purge_expired(now).await {
         Ok(ended) => {
             for account in ended {

@@ -17,7 +17,7 @@ use thread_local::ThreadLocal;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use spotoken::Tokens;
-use spotoken::store::{SessionRecord, SessionStore, sessions::hash, unix_now};
+use spotoken::store::{SessionRecord, SessionStore, sessions::hash};
 
 use crate::config::ServerConfig;
 use crate::cookies;
@@ -56,7 +56,13 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Bounds on started logins.
     pub logins: crate::limits::LoginLimiter,
+    /// What answers the paths that are not spotoken's own.
+    pub front: Front,
     cache: Mutex<SessionCache>,
+    identities: Mutex<HashMap<String, (Arc<Identity>, Instant)>>,
+    /// The last token endpoint probe for `/readyz`: when, and whether it
+    /// connected.
+    probe: tokio::sync::Mutex<Option<(Instant, bool)>>,
     views: ThreadLocal<RefCell<Views>>,
     /// Bumped at every logout on this instance: views made before are dropped.
     generation: AtomicU64,
@@ -123,14 +129,32 @@ impl AppState {
     ) -> Result<Self, spotoken::Error> {
         let upstream = crate::upstream::Upstream::new(tokens.api_base())?
             .stall_timeout(config.upstream_timeout);
+        let front = match (&config.static_dir, &config.app_upstream) {
+            (Some(_), Some(_)) => {
+                return Err(spotoken::Error::Configuration(
+                    "--static and --app-upstream exclude each other: serve the app's files \
+                     or send its paths to its server"
+                        .into(),
+                ));
+            }
+            (Some(dir), None) => Front::Static(crate::static_files::StaticFiles::new(dir)?),
+            (None, Some(url)) => Front::App(Box::new(crate::app_proxy::AppUpstream::new(
+                url,
+                config.upstream_timeout,
+            )?)),
+            (None, None) => Front::None,
+        };
         Ok(Self(Arc::new(Shared {
             tokens,
             sessions,
             logins: crate::limits::LoginLimiter::new(config.login_limits),
+            front,
             config: Arc::new(config),
             upstream,
             metrics,
             cache: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
+            probe: tokio::sync::Mutex::new(None),
             views: ThreadLocal::new(),
             generation: AtomicU64::new(0),
         })))
@@ -159,7 +183,7 @@ impl Shared {
         cookie_value: &str,
         generation: u64,
     ) -> Result<Option<(Arc<SessionRecord>, Instant)>, AppError> {
-        let now = unix_now();
+        let now = self.tokens.now();
         let ttl = self.config.session_cache_ttl;
         if let Some((s, at)) = self
             .cache
@@ -171,11 +195,12 @@ impl Shared {
         {
             return Ok(Some((s.clone(), *at)));
         }
-        let found = self
-            .sessions
-            .get_session(&hash(cookie_value), now)
-            .await?
-            .map(Arc::new);
+        let id_hash = hash(cookie_value);
+        let mut found = self.sessions.get_session(&id_hash, now).await?;
+        if let Some(s) = &mut found {
+            self.touch(&id_hash, s, now).await?;
+        }
+        let found = found.map(Arc::new);
         let read_at = Instant::now();
         let mut cache = self
             .cache
@@ -195,6 +220,101 @@ impl Shared {
             }
         }
         Ok(found.map(|s| (s, read_at)))
+    }
+
+    /// With an idle timeout: moves the session's end to `now + idle` (never
+    /// past its absolute end), at most once a minute per session, so an
+    /// active session costs a write a minute rather than one per request.
+    /// The end is within a minute of `idle` after the last use.
+    async fn touch(&self, id_hash: &[u8], s: &mut SessionRecord, now: i64) -> Result<(), AppError> {
+        let Some(end) = self.session_end(s.created_at, now) else {
+            return Ok(());
+        };
+        if end - s.expires_at >= TOUCH_EVERY_SECS
+            && self.sessions.touch_session(id_hash, end, now).await?
+        {
+            s.expires_at = end;
+        }
+        Ok(())
+    }
+
+    /// When a session created at `created_at` and used at `now` ends: its
+    /// absolute end, or `now + idle` if sooner. `None` without an idle
+    /// timeout (the end never moves).
+    pub fn session_end(&self, created_at: i64, now: i64) -> Option<i64> {
+        let idle = self.config.session_idle?;
+        let absolute = created_at.saturating_add(secs(self.config.session_ttl));
+        Some(absolute.min(now.saturating_add(secs(idle))))
+    }
+
+    /// Whether a TCP connection to the token endpoint opens (within 3 s),
+    /// probed at most every 10 s whatever the rate of `/readyz` calls.
+    pub async fn token_endpoint_reachable(&self) -> bool {
+        let mut probe = self.probe.lock().await;
+        if let Some((at, ok)) = *probe
+            && at.elapsed() < Duration::from_secs(10)
+        {
+            return ok;
+        }
+        // A provider named by its issuer is discovered first (cached after).
+        let url = match self.tokens.discover_provider().await {
+            Ok(p) => p.token_url,
+            Err(e) => {
+                tracing::warn!(error = %e, "the token endpoint is unknown");
+                *probe = Some((Instant::now(), false));
+                return false;
+            }
+        };
+        let ok = match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                matches!(
+                    tokio::time::timeout(
+                        Duration::from_secs(3),
+                        tokio::net::TcpStream::connect((host, port))
+                    )
+                    .await,
+                    Ok(Ok(_))
+                )
+            }
+            _ => false,
+        };
+        *probe = Some((Instant::now(), ok));
+        ok
+    }
+
+    /// Who a session's account is, for the app's server: the Spotify user
+    /// and the granted scopes, cached as long as sessions are.
+    pub async fn identity(&self, account: &str) -> Result<Option<Arc<Identity>>, AppError> {
+        let ttl = self.config.session_cache_ttl;
+        if let Some((id, at)) = self
+            .identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(account)
+            && at.elapsed() < ttl
+        {
+            return Ok(Some(id.clone()));
+        }
+        let Some(status) = self.tokens.status(account).await? else {
+            return Ok(None);
+        };
+        if status.needs_reauth() {
+            return Ok(None);
+        }
+        let id = Arc::new(Identity {
+            user: status.user_id.and_then(|u| HeaderValue::from_str(&u).ok()),
+            scopes: HeaderValue::from_str(&status.scopes.to_wire()).ok(),
+        });
+        let mut ids = self
+            .identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ids.len() > 100_000 {
+            ids.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+        ids.insert(account.to_owned(), (id.clone(), Instant::now()));
+        Ok(Some(id))
     }
 
     /// What a proxied request needs, through this thread's views (see
@@ -218,7 +338,8 @@ impl Shared {
             return Ok(None);
         };
         let (token, fresh_for) = self.tokens.access_token_fresh_for(&record.account).await?;
-        let session_left = u64::try_from(record.expires_at.saturating_sub(unix_now())).unwrap_or(0);
+        let session_left =
+            u64::try_from(record.expires_at.saturating_sub(self.tokens.now())).unwrap_or(0);
         let until = (read_at + self.config.session_cache_ttl)
             .min(now + fresh_for)
             .min(now + Duration::from_secs(session_left));
@@ -244,6 +365,10 @@ impl Shared {
     /// Forgets every cached session, on every thread: another instance
     /// deleted a session, and only its hash is known here.
     pub fn forget_all(&self) {
+        self.identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         let mut cache = self
             .cache
             .lock()
@@ -277,10 +402,62 @@ impl Shared {
     }
 }
 
-/// The client's address as the connection shows it (a front proxy's, when
-/// there is one), for bounds on unauthenticated work; `None` when unknown.
+/// What answers the paths that are not spotoken's own (`/auth/*`, `/api/*`,
+/// the operations routes).
+#[derive(Debug)]
+pub enum Front {
+    /// Nothing: a JSON 404 (and `/` is the demo page with `--demo`).
+    None,
+    /// The app's built files (`--static`).
+    Static(crate::static_files::StaticFiles),
+    /// The app's own server (`--app-upstream`).
+    App(Box<crate::app_proxy::AppUpstream>),
+}
+
+/// A session is moved forward at most this often (see [`Shared::touch`]).
+const TOUCH_EVERY_SECS: i64 = 60;
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// A session's user as the app's server sees it (`Spotoken-User`,
+/// `Spotoken-Scopes`); a field that is not a valid header value is left out.
+#[derive(Debug)]
+pub struct Identity {
+    /// The Spotify user id.
+    pub user: Option<HeaderValue>,
+    /// The granted scopes, space-separated.
+    pub scopes: Option<HeaderValue>,
+}
+
+/// The client's address, for bounds on unauthenticated work and for the
+/// app's server: the connection's peer, or what a trusted proxy says (see
+/// [`client_addr`]); `None` when unknown.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+/// The client's address: the connection's `peer`, unless the peer is one of
+/// the `trusted` proxies, in which case the last `X-Forwarded-For` entry (the
+/// one that proxy added: entries before it are the client's own claims).
+pub fn client_addr(
+    peer: Option<std::net::IpAddr>,
+    headers: &axum::http::HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> Option<std::net::IpAddr> {
+    let peer = peer?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let said = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    Some(said.unwrap_or(peer))
+}
 
 /// The logged-in session of a request (401 if there is none).
 pub struct Session {
@@ -297,10 +474,12 @@ impl FromRequestParts<AppState> for Session {
     ) -> Result<Self, Self::Rejection> {
         let value =
             cookies::get(&parts.headers, cookies::SESSION).ok_or(AppError::Unauthenticated)?;
+        // A cookie naming no live session: it ended (timed out, or a logout
+        // elsewhere); told apart from a browser that never logged in.
         let record = state
             .session_for(value)
             .await?
-            .ok_or(AppError::Unauthenticated)?;
+            .ok_or(AppError::SessionExpired)?;
         Ok(Session { record })
     }
 }

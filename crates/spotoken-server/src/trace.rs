@@ -2,7 +2,8 @@
 //!
 //! The id is taken from an incoming `X-Request-Id` when it is short and plain
 //! (so a front proxy's id carries through), otherwise generated, and returned
-//! in the response. The line carries method, path (never the query string,
+//! in the response, and in the body of every error this server answers
+//! (`request_id`). The line carries method, path (never the query string,
 //! which could carry a code), status and latency; no headers, so no cookie or
 //! token can reach the log.
 
@@ -72,6 +73,12 @@ where
     let started = Instant::now();
     let mut resp = inner(req, &id).instrument(span.clone()).await;
     let status = resp.status().as_u16();
+    if let Some(crate::error::ErrorBody(mut body)) = resp.extensions_mut().remove() {
+        body["request_id"] = serde_json::Value::from(id.to_str().unwrap_or("-"));
+        let (mut parts, _) = resp.into_parts();
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        resp = Response::from_parts(parts, axum::body::Body::from(body.to_string()));
+    }
     span.in_scope(|| {
         tracing::info!(
             status,

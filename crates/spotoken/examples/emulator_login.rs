@@ -19,16 +19,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .client_id(DEFAULT_CLIENT_ID)
         .provider(Provider::spotify_like(&emu.url(), &emu.url())?)
         .store(store::Sqlite::open(home.path().join("tokens.db"))?)
-        .keys(crypto::load_key_ring(
-            &home.path().join("master.key"),
-            None,
-        )?)
+        .keys(crypto::load_key_file(&home.path().join("master.key"))?)
         .build()?;
 
     let pending = tokens.begin_login(
         "http://127.0.0.1:8888/callback",
         &Scopes::parse("user-read-private"),
-        false,
+        spotoken::LoginOptions::default(),
     )?;
     println!("a person would open: {}", pending.url);
     // Play the browser: the emulator approves at once and redirects back.

@@ -68,6 +68,34 @@ pub struct LoginOutcome {
     pub warnings: Vec<String>,
 }
 
+/// Options for [`Tokens::begin_login`]; `LoginOptions::default()` for none.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct LoginOptions {
+    /// Show the consent screen even to a user who approved before (Spotify's
+    /// `show_dialog`), for example to switch Spotify users.
+    pub show_dialog: bool,
+}
+
+impl LoginOptions {
+    /// Sets [`show_dialog`](Self::show_dialog).
+    pub fn show_dialog(mut self, show: bool) -> Self {
+        self.show_dialog = show;
+        self
+    }
+}
+
+/// Whether an account's tokens can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LoginState {
+    /// Logged in; refreshes as needed.
+    Active,
+    /// Flagged: a new login is needed (see [`AccountStatus::reauth_reason`]).
+    ReauthRequired,
+}
+
 /// One account's state, without any secret.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountStatus {
@@ -89,8 +117,8 @@ pub struct AccountStatus {
     pub access_expires_at: i64,
     /// Last refresh (unix seconds).
     pub last_refresh: Option<i64>,
-    /// `active` or `reauth_required`.
-    pub state: String,
+    /// Active or flagged (serialized as `active` / `reauth_required`).
+    pub state: LoginState,
     /// Why re-authorization is required.
     pub reauth_reason: Option<String>,
     /// Seconds left before the refresh token's six-month lifetime ends (negative: past).
@@ -100,9 +128,10 @@ pub struct AccountStatus {
 }
 
 impl AccountStatus {
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// The status of a stored row at `now`.
     pub fn from_row(r: &Row, now: i64) -> Self {
-        let (state, reason) = r.state_columns();
+        let (_, reason) = r.state_columns();
         let end = r.authorized_at + REFRESH_TOKEN_LIFETIME.as_secs() as i64;
         Self {
             account: r.account.clone(),
@@ -118,7 +147,10 @@ impl AccountStatus {
                 0
             },
             last_refresh: r.last_refresh,
-            state: state.to_owned(),
+            state: match r.state {
+                AccountState::Active => LoginState::Active,
+                AccountState::ReauthRequired(_) => LoginState::ReauthRequired,
+            },
             reauth_reason: reason.map(str::to_owned),
             refresh_token_seconds_left: end - now,
             refresh_token_ending_soon: matches!(
@@ -130,7 +162,7 @@ impl AccountStatus {
 
     /// Whether the user must log in again.
     pub fn needs_reauth(&self) -> bool {
-        self.state != "active" || self.refresh_token_seconds_left <= 0
+        self.state != LoginState::Active || self.refresh_token_seconds_left <= 0
     }
 }
 
@@ -157,6 +189,7 @@ struct PendingParts {
 }
 
 impl Tokens {
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// Seals a pending login for storage between the redirect and the callback
     /// (a server keeps it in its database so any instance can finish it). The
     /// ciphertext is bound to the login's `state`.
@@ -175,6 +208,7 @@ impl Tokens {
         self.inner.keys.seal(&p.state, Field::PendingLogin, &json)
     }
 
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// Opens a pending login sealed by [`seal_pending`](Self::seal_pending) for `state`.
     pub fn open_pending(&self, state: &str, sealed: &[u8]) -> Result<PendingLogin, Error> {
         let json = self.inner.keys.open(state, Field::PendingLogin, sealed)?;
@@ -194,8 +228,9 @@ impl Tokens {
         &self,
         redirect_uri: &str,
         scopes: &Scopes,
-        show_dialog: bool,
+        options: LoginOptions,
     ) -> Result<PendingLogin, Error> {
+        let show_dialog = options.show_dialog;
         check_redirect_uri(redirect_uri)?;
         let provider = self.known_provider()?;
         let unknown = scopes.unknown();
@@ -249,18 +284,21 @@ impl Tokens {
             &pending.redirect_uri,
             &pending.verifier,
         );
+        self.token_endpoint_open()?;
         let answer = http::send_form(&self.inner.http, &req).await?;
-        let set = protocol::parse_token_answer(answer.as_core(), account).map_err(|e| match e {
-            // The refresh token's wording does not fit a code.
-            Error::AuthorizationNeeded {
-                account,
-                reason: ReauthReason::InvalidGrant { description },
-            } => Error::AuthorizationNeeded {
-                account,
-                reason: ReauthReason::CodeRejected { description },
-            },
-            e => e,
-        })?;
+        let set = protocol::parse_token_answer(answer.as_core(), account)
+            .inspect_err(|e| self.note_token_endpoint_answer(e))
+            .map_err(|e| match e {
+                // The refresh token's wording does not fit a code.
+                Error::AuthorizationNeeded {
+                    account,
+                    reason: ReauthReason::InvalidGrant { description },
+                } => Error::AuthorizationNeeded {
+                    account,
+                    reason: ReauthReason::CodeRejected { description },
+                },
+                e => e,
+            })?;
         self.store_login(account, &provider, set, &pending.requested, answer.status)
             .await
     }
@@ -518,6 +556,7 @@ impl Tokens {
     }
 }
 
+#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 /// Account names go into file names, URLs and log lines: keep them plain.
 pub fn validate_account_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()

@@ -16,7 +16,6 @@ use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use spotoken_core::scope::{self, Scopes};
-use spotoken_core::wait::human_duration;
 
 use crate::http::{self, Answer};
 use crate::{Error, Tokens};
@@ -43,7 +42,26 @@ pub struct ApiResponse {
     pub body: Bytes,
 }
 
+fn to_json<B: serde::Serialize + ?Sized>(body: &B) -> Result<Bytes, Error> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| Error::Internal(format!("cannot serialize the request body: {e}")))
+}
+
 impl ApiResponse {
+    /// This response if its status is 2xx, else a protocol error naming it.
+    fn success(self, path: &str) -> Result<Self, Error> {
+        if (200..300).contains(&self.status) {
+            Ok(self)
+        } else {
+            Err(Error::protocol(
+                Some(self.status),
+                format!("{path} answered HTTP {}", self.status),
+                &self.body,
+            ))
+        }
+    }
+
     /// Deserializes the JSON body.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.body).map_err(|e| {
@@ -100,6 +118,37 @@ impl Api {
     /// `PUT path` with a JSON body.
     pub async fn put(&self, path: &str, body: Bytes) -> Result<ApiResponse, Error> {
         self.request(Method::PUT, path, Some(body), &[]).await
+    }
+
+    /// `GET path`, its JSON body deserialized; any answer but 2xx is an error.
+    ///
+    /// ```no_run
+    /// # async fn demo(tokens: spotoken::Tokens) -> Result<(), spotoken::Error> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Me { id: String }
+    /// let me: Me = tokens.api("default").get_json("/v1/me").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.get(path).await?.success(path)?.json()
+    }
+
+    /// `POST path` with `body` serialized as JSON.
+    pub async fn post_json<B: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<ApiResponse, Error> {
+        self.post(path, to_json(body)?).await
+    }
+
+    /// `PUT path` with `body` serialized as JSON.
+    pub async fn put_json<B: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<ApiResponse, Error> {
+        self.put(path, to_json(body)?).await
     }
 
     /// `DELETE path`.
@@ -227,6 +276,7 @@ fn naming(account: &str, mut e: Error) -> Error {
     e
 }
 
+#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 /// Turns the Web API's 401/403/429 into the taxonomy.
 pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &Scopes) -> Error {
     let json = serde_json::from_slice::<serde_json::Value>(&answer.body).ok();
@@ -278,14 +328,11 @@ pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &S
             } else {
                 format!(", {reason}")
             };
-            let wait = answer
-                .retry_after
-                .map(|d| format!(" for {}", human_duration(d)))
-                .unwrap_or_default();
-            Error::temporary(
-                format!("rate limited by Spotify{wait} (HTTP 429{reason})"),
-                answer.retry_after,
-            )
+            Error::RateLimited {
+                by: spotoken_core::RateLimiter::WebApi,
+                reason: format!("HTTP 429{reason}"),
+                retry_after: answer.retry_after,
+            }
         }
         s => Error::protocol(Some(s), format!("{endpoint} failed"), &answer.body),
     }

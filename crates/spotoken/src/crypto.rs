@@ -1,4 +1,4 @@
-//! Encryption at rest (invariant 4).
+//! Encryption at rest (invariant 4 in docs/ARCHITECTURE.md).
 //!
 //! Every secret the store keeps is sealed with XChaCha20-Poly1305 into an
 //! envelope `version ‖ key id ‖ nonce ‖ ciphertext+tag`. The associated data
@@ -334,10 +334,17 @@ pub fn encode_key(key: &Key32) -> zeroize::Zeroizing<String> {
     zeroize::Zeroizing::new(STANDARD.encode(key.expose()))
 }
 
-/// Loads the key ring: `SPOTOKEN_MASTER_KEY` if set, else the key file at
-/// `key_file`, created with a fresh key (mode 0600) if it does not exist.
-pub fn load_key_ring(key_file: &Path, env_value: Option<&str>) -> Result<KeyRing, Error> {
-    if let Some(v) = env_value {
+/// Loads the key ring from the key file at `key_file`, created with a fresh
+/// key (mode 0600) if it does not exist.
+pub fn load_key_file(key_file: &Path) -> Result<KeyRing, Error> {
+    load_key_ring(key_file, None)
+}
+
+/// Loads the key ring: from `master_key_env` if given (the value of
+/// `SPOTOKEN_MASTER_KEY`, base64 keys separated by commas, the first one
+/// active), else as [`load_key_file`] does.
+pub fn load_key_ring(key_file: &Path, master_key_env: Option<&str>) -> Result<KeyRing, Error> {
+    if let Some(v) = master_key_env {
         return KeyRing::new(parse_keys(v, MASTER_KEY_ENV)?);
     }
     match read_key_file(key_file) {

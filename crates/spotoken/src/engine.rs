@@ -110,6 +110,9 @@ pub(crate) struct Inner {
     clock: Clock,
     cache: Mutex<HashMap<String, Cached>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Until when (unix seconds, by `clock`) the token endpoint asked us to
+    /// wait with `Retry-After` (a 429): no token request is sent before.
+    token_endpoint_closed_until: std::sync::atomic::AtomicI64,
 }
 
 /// Fresh tokens for every account in a store. Cheap to clone; share one per process.
@@ -139,12 +142,14 @@ pub struct TokensBuilder {
     margin: Option<Duration>,
     backoff: Option<Backoff>,
     timeout: Option<Duration>,
+    http_client: Option<reqwest::Client>,
     on_reauth: Option<ReauthHook>,
     on_refresh: Option<RefreshHook>,
     clock: Option<Clock>,
 }
 
 impl TokensBuilder {
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// Replaces the clock (unix seconds). For tests that move time.
     pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.clock = Some(Arc::new(clock));
@@ -214,6 +219,15 @@ impl TokensBuilder {
         self
     }
 
+    /// The HTTP client for the token endpoint and the Web API, instead of the
+    /// one spotoken builds (no redirects, 10 s connect and [`timeout`](Self::timeout)
+    /// total timeouts). Give one that does not follow redirects and has
+    /// timeouts; plain `http://` is refused except to loopback either way.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
     /// Called once each time an account needs re-authorization.
     pub fn on_reauth(mut self, hook: impl Fn(&ReauthEvent) + Send + Sync + 'static) -> Self {
         self.on_reauth = Some(Arc::new(hook));
@@ -232,7 +246,7 @@ impl TokensBuilder {
     /// Checks the configuration and builds.
     pub fn build(self) -> Result<Tokens, Error> {
         let client_id = self.client_id.filter(|c| !c.is_empty()).ok_or_else(|| {
-            Error::Configuration("no client id: pass --client-id or set SPOTOKEN_CLIENT_ID".into())
+            Error::Configuration("no client id configured (TokensBuilder::client_id)".into())
         })?;
         let source = match (self.issuer, self.provider) {
             (Some((issuer, api)), _) => {
@@ -260,7 +274,10 @@ impl TokensBuilder {
                 providers: crate::discovery::Providers::new(source),
                 store,
                 keys,
-                http: http::client(self.timeout.unwrap_or(Duration::from_secs(30)))?,
+                http: match self.http_client {
+                    Some(c) => c,
+                    None => http::client(self.timeout.unwrap_or(Duration::from_secs(30)))?,
+                },
                 margin: self.margin.unwrap_or(freshness::DEFAULT_MARGIN),
                 backoff: self.backoff.unwrap_or_default(),
                 on_reauth: self.on_reauth,
@@ -268,6 +285,7 @@ impl TokensBuilder {
                 clock: self.clock.unwrap_or_else(|| Arc::new(unix_now)),
                 cache: Mutex::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
+                token_endpoint_closed_until: std::sync::atomic::AtomicI64::new(0),
             }),
         })
     }
@@ -291,6 +309,50 @@ impl Tokens {
     /// Now, in unix seconds, by the engine's clock.
     pub fn now(&self) -> i64 {
         (self.inner.clock)()
+    }
+
+    /// How much longer the token endpoint asked us to wait (its last
+    /// `Retry-After`), if that wait has not elapsed. Meanwhile no token
+    /// request is sent: refreshes and logins fail at once with a temporary
+    /// error carrying the rest of the wait.
+    pub fn token_endpoint_wait(&self) -> Option<Duration> {
+        let until = self
+            .inner
+            .token_endpoint_closed_until
+            .load(std::sync::atomic::Ordering::Acquire);
+        let left = until - self.now();
+        (left > 0).then(|| Duration::from_secs(left as u64))
+    }
+
+    /// Refuses to send a token request while the endpoint's wait runs.
+    pub(crate) fn token_endpoint_open(&self) -> Result<(), Error> {
+        match self.token_endpoint_wait() {
+            Some(wait) => Err(Error::RateLimited {
+                by: spotoken_core::error::RateLimiter::TokenEndpoint,
+                reason: "still waiting as it asked; no request sent".into(),
+                retry_after: Some(wait),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Remembers a wait the token endpoint asked for (`Retry-After` on a 429
+    /// or 503), for every account: the limit is the app's, not the user's.
+    pub(crate) fn note_token_endpoint_answer(&self, e: &Error) {
+        if e.kind() == crate::ErrorKind::Temporary
+            && let Some(wait) = e.retry_after()
+        {
+            let until = self
+                .now()
+                .saturating_add(i64::try_from(wait.as_secs().max(1)).unwrap_or(i64::MAX));
+            self.inner
+                .token_endpoint_closed_until
+                .fetch_max(until, std::sync::atomic::Ordering::AcqRel);
+            tracing::warn!(
+                wait_s = wait.as_secs(),
+                "the token endpoint asked us to wait; no token request before then"
+            );
+        }
     }
 
     /// The store.
@@ -575,7 +637,7 @@ impl Tokens {
             AccountState::Active => Ok(()),
             AccountState::ReauthRequired(reason) => Err(Error::AuthorizationNeeded {
                 account: row.account.clone(),
-                reason: ReauthReason::Flagged(reason.clone()),
+                reason: ReauthReason::from_stored(reason),
             }),
         }
     }
@@ -792,6 +854,8 @@ impl Tokens {
         let started = Instant::now();
         let mut attempt = 1;
         let mut lost = false;
+        // Checked once: a retry below has waited the Retry-After itself.
+        self.token_endpoint_open()?;
         crate::crash::point("before-token-request");
         loop {
             let outcome = match http::send_form_tracked(&self.inner.http, &req).await {
@@ -813,6 +877,7 @@ impl Tokens {
                 },
                 Err(e) => e,
             };
+            self.note_token_endpoint_answer(&err);
             match self
                 .inner
                 .backoff

@@ -44,7 +44,13 @@ impl Answer {
     }
 }
 
-/// Installs rustls' ring provider once per process (reqwest is built without one).
+/// Installs rustls' ring provider as the process-wide default, once, unless
+/// one is installed already.
+///
+/// Only builds without the `default-tls` feature need it: reqwest then has no
+/// provider of its own, and any `reqwest::Client` built before one is
+/// installed panics. spotoken calls it before building its own client; an app
+/// built that way that makes its own client first calls it at start-up.
 pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -55,6 +61,9 @@ pub fn install_crypto_provider() {
 /// Builds the client: no redirects, connect and total timeouts, pooled
 /// keep-alive connections, a recognizable user agent.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, Error> {
+    // With `default-tls` reqwest falls back to its own aws-lc provider, and a
+    // library must not claim the process-wide default the app may want to set.
+    #[cfg(not(feature = "default-tls"))]
     install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

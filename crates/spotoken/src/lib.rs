@@ -18,12 +18,13 @@
 //! let tokens = Tokens::builder()
 //!     .client_id("your-spotify-client-id")                       // a public PKCE client
 //!     .store(store::Sqlite::open(home.join("tokens.db"))?)
-//!     .keys(crypto::load_key_ring(&home.join("master.key"), None)?)
+//!     .keys(crypto::load_key_file(&home.join("master.key"))?)
 //!     .build()?;
 //!
 //! // Once: log in (the `spotoken login` command does this with a browser).
-//! let scopes = spotoken::core::scope::Scopes::parse("user-read-private");
-//! let pending = tokens.begin_login("http://127.0.0.1:8888/callback", &scopes, false)?;
+//! let scopes = spotoken::Scopes::parse("user-read-private");
+//! let options = spotoken::LoginOptions::default();
+//! let pending = tokens.begin_login("http://127.0.0.1:8888/callback", &scopes, options)?;
 //! println!("open {}", pending.url);
 //! # let redirected_to = "";
 //! tokens.complete_login("default", &pending, redirected_to).await?;
@@ -36,7 +37,35 @@
 //!
 //! Errors are one [`Error`] whose [`kind`](Error::kind) says what to do:
 //! authorization needed, temporary (with the wait), configuration, insufficient
-//! scope (naming the scope), protocol, internal.
+//! scope (naming the scope), protocol, internal. Match the variants for more:
+//! [`Error::RateLimited`] names the server that limited you and the wait;
+//! [`Error::AuthorizationNeeded`] carries a typed [`ReauthReason`], also for
+//! an account flagged earlier. Messages say what happened and what the app
+//! must do, never which command to run: that is the app's to say.
+//!
+//! ## Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `default-tls` | yes | reqwest's own TLS: rustls with the aws-lc-rs provider compiled in, so every reqwest client in the program works, the app's own included. Without it spotoken uses ring only (no C build of aws-lc) and installs ring as rustls' process-wide provider when it builds its HTTP client; an app built so that makes its own reqwest client earlier calls [`install_crypto_provider`] first |
+//! | `middleware` | yes | [`Tokens::middleware`], a `reqwest-middleware` layer for apps with their own client |
+//! | `postgres` | no | `store::Postgres`, for several server instances sharing accounts (adds tokio-postgres and its dependencies) |
+//! | `keyring` | no | the OS keyring (Secret Service, Keychain, Credential Manager) as a master-key source |
+//! | `crash-points` | no | test builds only: stops at `SPOTOKEN_CRASH_AT` to be killed there; never in a build people use |
+//!
+//! Your own reqwest client can carry spotoken's requests too:
+//! [`TokensBuilder::http_client`].
+//!
+//! ## Platforms
+//!
+//! Unix only (Linux, macOS, the BSDs): the SQLite store locks accounts across
+//! processes with `flock`, and key and store files are checked and created
+//! with Unix permissions. Windows is not supported.
+//!
+//! ## How it works
+//!
+//! The repository's `docs/ARCHITECTURE.md` describes the layers, the
+//! invariants (each with the test that guards it) and a refresh step by step.
 
 pub mod account;
 pub mod api;
@@ -45,16 +74,27 @@ pub mod crypto;
 mod device;
 mod discovery;
 pub mod engine;
+#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 pub mod fs;
+#[doc(hidden)] // for spotoken's own CLI, server and bench; not a promise to users
 pub mod http;
 #[cfg(feature = "middleware")]
 pub mod middleware;
 pub mod store;
 
-pub use account::{AccountStatus, LoginOutcome, LogoutOutcome, PendingLogin};
+pub use account::{
+    AccountStatus, LoginOptions, LoginOutcome, LoginState, LogoutOutcome, PendingLogin,
+};
 pub use api::{Api, ApiResponse};
+pub use crypto::KeyRing;
 pub use device::DeviceLogin;
 pub use discovery::discover;
 pub use engine::{ReauthEvent, RefreshOutcome, Tokens, TokensBuilder};
+pub use http::install_crypto_provider;
+pub use reqwest::Method;
 pub use spotoken_core as core;
-pub use spotoken_core::{Error, ErrorKind, ReauthReason};
+pub use spotoken_core::endpoint::Provider;
+pub use spotoken_core::scope::Scopes;
+pub use spotoken_core::secret::AccessToken;
+pub use spotoken_core::{Error, ErrorKind, RateLimiter, ReauthReason};
+pub use store::{Sqlite, TokenStore};

@@ -74,7 +74,7 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
     let pending = tokens.begin_login(
         "http://127.0.0.1:8888/callback",
         &Scopes::parse("user-read-private user-read-email"),
-        false,
+        spotoken::LoginOptions::default(),
     )?;
     say(&format!(
         "authorize URL: {}…",
@@ -160,12 +160,11 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
             )));
         }
     }
-    let status = tokens
-        .status("default")
-        .await?
-        .map(|s| s.state)
-        .unwrap_or_default();
-    check(status == "reauth_required", "the account is flagged")?;
+    let status = tokens.status("default").await?.map(|s| s.state);
+    check(
+        status == Some(spotoken::LoginState::ReauthRequired),
+        "the account is flagged",
+    )?;
 
     crate::output::line(
         "\nDone. With a real Spotify app: spotoken login --client-id YOUR_ID, then spotoken token.",

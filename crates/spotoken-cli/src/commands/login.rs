@@ -77,7 +77,11 @@ pub async fn exec(cfg: &Resolved, args: LoginArgs) -> Result<u8, Error> {
         .or_else(|| cfg.redirect_uri.clone());
     let outcome = if args.paste {
         let redirect_uri = redirect.unwrap_or_else(|| "http://127.0.0.1:8888/callback".to_owned());
-        let pending = tokens.begin_login(&redirect_uri, &scopes, args.show_dialog)?;
+        let pending = tokens.begin_login(
+            &redirect_uri,
+            &scopes,
+            spotoken::LoginOptions::default().show_dialog(args.show_dialog),
+        )?;
         eprintln!("Open this URL in a browser on any machine and approve:");
         eprintln!("{}", pending.url);
         eprintln!(
@@ -143,7 +147,11 @@ async fn listen_and_login(
         .map_err(|e| Error::Internal(e.to_string()))?
         .port();
     let redirect_uri = fixed.unwrap_or_else(|| format!("http://127.0.0.1:{port}{path}"));
-    let pending = tokens.begin_login(&redirect_uri, scopes, args.show_dialog)?;
+    let pending = tokens.begin_login(
+        &redirect_uri,
+        scopes,
+        spotoken::LoginOptions::default().show_dialog(args.show_dialog),
+    )?;
 
     let (tx, mut rx) = mpsc::channel::<Callback>(1);
     let app = axum::Router::new()

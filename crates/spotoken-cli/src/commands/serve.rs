@@ -8,6 +8,7 @@ use std::time::Duration;
 use spotoken::Error;
 use spotoken::core::scope::Scopes;
 use spotoken::store::{SessionStore, TokenStore};
+use spotoken_server::cookies::SameSite;
 use spotoken_server::{AppState, Metrics, ServerConfig, refresher::RefresherConfig};
 
 use crate::cli::Output;
@@ -49,6 +50,38 @@ pub struct ServeArgs {
     /// Serve /metrics on this address only, not where browsers connect [default: the main address]
     #[arg(long, value_name = "ADDR", env = "SPOTOKEN_METRICS_BIND")]
     pub metrics_bind: Option<String>,
+    /// Serve the app's built files from DIR for every path that is not /auth, /api or an
+    /// operations route; a GET for HTML that names no file gets DIR/index.html
+    #[arg(long = "static", value_name = "DIR", env = "SPOTOKEN_STATIC_DIR", conflicts_with_all = ["app_upstream", "demo"])]
+    pub static_dir: Option<String>,
+    /// Send every path that is not /auth, /api or an operations route to the app's own
+    /// server (WebSockets included), with Spotoken-User and Spotoken-Scopes set
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SPOTOKEN_APP_UPSTREAM",
+        conflicts_with = "demo"
+    )]
+    pub app_upstream: Option<String>,
+    /// End a session unused for this long (e.g. 2h), besides --session-ttl [default: none]
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub session_idle: Option<Duration>,
+    /// The session cookie's SameSite attribute: lax or strict [default: lax]
+    #[arg(long, value_name = "lax|strict")]
+    pub same_site: Option<SameSite>,
+    /// A TLS-terminating proxy in front (its address as the server sees it; repeatable):
+    /// its X-Forwarded-For names the client, for bounds on logins and for the app
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "IP",
+        env = "SPOTOKEN_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Development: start the built-in Spotify emulator and log in through it (its consent
+    /// page; no Spotify app, no client id); sessions go to serve-emulator.db in the home
+    #[arg(long)]
+    pub emulator: bool,
 }
 
 /// What the server runs with: flags and environment, then `[serve]` in
@@ -76,6 +109,16 @@ pub struct Settings {
     pub demo: bool,
     /// A separate address for `/metrics`; `None`: the main one.
     pub metrics_bind: Option<String>,
+    /// The app's built files.
+    pub static_dir: Option<std::path::PathBuf>,
+    /// The app's own server.
+    pub app_upstream: Option<String>,
+    /// The idle timeout of sessions; `None`: only the TTL.
+    pub session_idle: Option<Duration>,
+    /// The session cookie's SameSite.
+    pub same_site: SameSite,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Settings {
@@ -92,6 +135,50 @@ impl Settings {
             })?,
             (None, None) => Duration::from_secs(30 * 24 * 3600),
         };
+        let in_file = |key: &str, e: String| {
+            Error::Configuration(format!(
+                "[serve] {key} in {}: {e}",
+                cfg.config_path.display()
+            ))
+        };
+        let session_idle = match (args.session_idle, &file.session_idle) {
+            (Some(d), _) => Some(d),
+            (None, Some(s)) => Some(parse_duration_arg(s).map_err(|e| in_file("session_idle", e))?),
+            (None, None) => None,
+        };
+        let same_site = match (args.same_site, &file.same_site) {
+            (Some(s), _) => s,
+            (None, Some(s)) => s.parse().map_err(|e| in_file("same_site", e))?,
+            (None, None) => SameSite::Lax,
+        };
+        let trusted_proxies = if args.trusted_proxies.is_empty() {
+            file.trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    p.parse().map_err(|_| {
+                        in_file("trusted_proxies", format!("{p:?} is not an IP address"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            args.trusted_proxies.clone()
+        };
+        let static_dir = args.static_dir.clone().or(file.static_dir);
+        let app_upstream = args.app_upstream.clone().or(file.app_upstream);
+        let demo = args.demo || file.demo.unwrap_or(false);
+        if static_dir.is_some() && app_upstream.is_some() {
+            return Err(Error::Configuration(
+                "static_dir and app_upstream exclude each other: serve the app's files or \
+                 send its paths to its server"
+                    .into(),
+            ));
+        }
+        if demo && (static_dir.is_some() || app_upstream.is_some()) {
+            return Err(Error::Configuration(
+                "the demo page takes /: use it without static_dir or app_upstream".into(),
+            ));
+        }
         let allow_prefixes = if args.allow_prefixes.is_empty() {
             file.allow_prefixes
                 .unwrap_or_else(|| vec!["v1/".to_owned()])
@@ -122,15 +209,46 @@ impl Settings {
                 .collect(),
             session_ttl,
             threads: args.threads.or(file.threads),
-            demo: args.demo || file.demo.unwrap_or(false),
+            demo,
             metrics_bind: args.metrics_bind.clone().or(file.metrics_bind),
+            static_dir: static_dir.map(std::path::PathBuf::from),
+            app_upstream,
+            session_idle,
+            same_site,
+            trusted_proxies,
         })
     }
 }
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
-    let settings = Settings::resolve(&args, cfg)?;
+    let mut settings = Settings::resolve(&args, cfg)?;
+    let mut cfg = cfg.clone();
+    // Kept alive as long as the server runs.
+    let emulator = if args.emulator {
+        let emu = spotoken_emulator::Emulator::start()
+            .await
+            .map_err(|e| Error::Internal(format!("cannot start the emulator: {e}")))?;
+        emu.update(|s| s.consent = spotoken_emulator::Consent::Page);
+        cfg.accounts_url = emu.url();
+        cfg.api_url = emu.url();
+        cfg.client_id = Some(spotoken_emulator::DEFAULT_CLIENT_ID.to_owned());
+        cfg.client_secret = None;
+        if settings.database_url.is_none() {
+            let db = cfg.store_path.with_file_name("serve-emulator.db");
+            settings.database_url = Some(db.display().to_string());
+        }
+        if cfg.output == Output::Text {
+            eprintln!(
+                "emulator: {} (Spotify's stand-in: user alice, consent page on)",
+                emu.url()
+            );
+        }
+        Some(emu)
+    } else {
+        None
+    };
+    let cfg = &cfg;
     let listener = tokio::net::TcpListener::bind(&settings.bind)
         .await
         .map_err(|e| Error::Configuration(format!("cannot listen on {}: {e}", settings.bind)))?;
@@ -151,6 +269,17 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     sc.session_ttl = settings.session_ttl;
     sc.demo = settings.demo;
     sc.metrics_on_main = settings.metrics_bind.is_none();
+    sc.static_dir = settings.static_dir.clone();
+    sc.app_upstream =
+        match &settings.app_upstream {
+            Some(u) => Some(url::Url::parse(u).map_err(|e| {
+                Error::Configuration(format!("--app-upstream {u}: not a URL ({e})"))
+            })?),
+            None => None,
+        };
+    sc.session_idle = settings.session_idle;
+    sc.same_site = settings.same_site;
+    sc.trusted_proxies = settings.trusted_proxies.clone();
 
     let (tokens_store, sessions): (Arc<dyn TokenStore>, Arc<dyn SessionStore>) =
         match settings.database_url.as_deref() {
@@ -179,6 +308,13 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
         .client_id(client_id)
         .shared_store(tokens_store)
         .keys(cfg.key_ring()?)
+        // A browser waits on every refresh: a Retry-After is answered at
+        // once (503 with Retry-After), never sat through, and no token
+        // request is sent before it elapses.
+        .backoff(spotoken::core::backoff::Backoff {
+            max_wait: Duration::ZERO,
+            ..Default::default()
+        })
         .on_refresh(move |_, outcome| m.refresh(outcome.as_str()));
     if let Some(s) = &cfg.client_secret {
         b = b.client_secret(s.clone());
@@ -217,6 +353,7 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
             "threads": threads,
             "demo": demo,
             "metrics": metrics_addr,
+            "emulator": emulator.as_ref().map(spotoken_emulator::Emulator::url),
         }));
     } else {
         eprintln!(
@@ -224,6 +361,12 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
         );
         if let Some(page) = &demo {
             eprintln!("demo page: {page}");
+        }
+        if let Some(dir) = &settings.static_dir {
+            eprintln!("serving the app from {}", dir.display());
+        }
+        if let Some(app) = &settings.app_upstream {
+            eprintln!("the app's server: {app}");
         }
         if let Some(m) = &metrics_addr {
             eprintln!("metrics: {m}");
@@ -294,6 +437,11 @@ mod tests {
             threads: Some(3),
             demo: Some(true),
             metrics_bind: Some("127.0.0.1:9100".into()),
+            static_dir: None,
+            app_upstream: None,
+            session_idle: Some("2h".into()),
+            same_site: Some("strict".into()),
+            trusted_proxies: Some(vec!["127.0.0.1".into()]),
         };
         let s = Settings::resolve(
             &ServeArgs::default(),
@@ -315,6 +463,9 @@ mod tests {
         assert_eq!(s.session_ttl, Duration::from_secs(12 * 3600));
         assert_eq!((s.threads, s.demo), (Some(3), true));
         assert_eq!(s.metrics_bind.as_deref(), Some("127.0.0.1:9100"));
+        assert_eq!(s.session_idle, Some(Duration::from_secs(7200)));
+        assert_eq!(s.same_site, SameSite::Strict);
+        assert_eq!(s.trusted_proxies, [std::net::IpAddr::from([127, 0, 0, 1])]);
 
         let flags = ServeArgs {
             bind: Some("127.0.0.1:0".into()),
@@ -338,6 +489,32 @@ mod tests {
     fn top_level_scopes_apply_when_the_serve_table_has_none() {
         let s = Settings::resolve(&ServeArgs::default(), &resolved(None, Some("a b"))).expect("ok");
         assert_eq!(s.scopes, Scopes::parse("a b"));
+    }
+
+    #[test]
+    fn the_app_is_served_one_way_only() {
+        let both = ServeFile {
+            static_dir: Some("dist".into()),
+            app_upstream: Some("http://127.0.0.1:5173".into()),
+            ..ServeFile::default()
+        };
+        let e = Settings::resolve(&ServeArgs::default(), &resolved(Some(both), None))
+            .expect_err("refused");
+        assert!(e.to_string().contains("exclude each other"), "{e}");
+        let with_demo = ServeArgs {
+            demo: true,
+            static_dir: Some("dist".into()),
+            ..ServeArgs::default()
+        };
+        assert!(Settings::resolve(&with_demo, &resolved(None, None)).is_err());
+        let file = ServeFile {
+            static_dir: Some("dist".into()),
+            same_site: Some("none".into()),
+            ..ServeFile::default()
+        };
+        let e = Settings::resolve(&ServeArgs::default(), &resolved(Some(file), None))
+            .expect_err("refused");
+        assert!(e.to_string().contains("[serve] same_site"), "{e}");
     }
 
     #[test]

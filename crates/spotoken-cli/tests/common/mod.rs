@@ -235,7 +235,7 @@ pub async fn backdate_token(env: &Env, ago: i64, left: Option<i64>) {
 }
 
 pub fn refresh_tokens_seen(emu: &Emulator) -> Vec<String> {
-    emu.counters().refresh_token_uses.keys().cloned().collect()
+    emu.issued_refresh_tokens()
 }
 
 /// Reads `spotoken serve`'s stderr up to its "listening on" line; returns

@@ -12,6 +12,7 @@
 //! durably before releasing. SQLite implements it with a per-account file lock,
 //! PostgreSQL with a transaction-scoped advisory lock.
 
+#[doc(hidden)] // the server's session store; not a promise to users
 pub mod sessions;
 pub mod sqlite;
 
@@ -25,6 +26,7 @@ use spotoken_core::scope::Scopes;
 
 use crate::Error;
 
+#[doc(hidden)]
 pub use sessions::{PendingRecord, SessionRecord, SessionStore};
 pub use sqlite::Sqlite;
 
@@ -114,6 +116,7 @@ impl Row {
         Ok(())
     }
 
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// The state as stored: `active` or `reauth_required`, and the reason.
     pub fn state_columns(&self) -> (&'static str, Option<&str>) {
         match &self.state {
@@ -181,6 +184,7 @@ pub(crate) fn next_version(version: i64) -> i64 {
     }
 }
 
+#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 /// A version for a newly logged-in row that no earlier row of the account
 /// had: the time in microseconds. Versions grow by one per write, far
 /// slower than the clock, so a row deleted at a logout never had it.
@@ -191,6 +195,7 @@ pub fn fresh_version() -> i64 {
         .max(1)
 }
 
+#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 /// Unix time now, in seconds.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()

@@ -468,6 +468,39 @@ impl super::sessions::SessionStore for Postgres {
             .map(session_from_pg))
     }
 
+    async fn touch_session(
+        &self,
+        id_hash: &[u8],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE spotoken_sessions SET expires_at = $2 WHERE id_hash = $1 AND expires_at > $3",
+                &[&id_hash, &expires_at, &now],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n > 0)
+    }
+
+    async fn delete_account_sessions(&self, account: &str) -> Result<u64, Error> {
+        let client = self.client().await?;
+        // As in `delete_session`: the notice goes with the deletion.
+        let row = client
+            .query_opt(
+                "WITH gone AS (DELETE FROM spotoken_sessions WHERE account = $1 RETURNING 1),
+                      counted AS (SELECT count(*) AS n FROM gone)
+                 SELECT n, pg_notify($2, '') FROM counted WHERE n > 0",
+                &[&account, &self.channel],
+            )
+            .await
+            .map_err(pg_err)?;
+        let n: i64 = row.map_or(0, |r| r.get(0));
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn put_pending(&self, p: super::sessions::PendingRecord) -> Result<(), Error> {
         let client = self.client().await?;
         client

@@ -61,6 +61,14 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn get_session(&self, id_hash: &[u8], now: i64) -> Result<Option<SessionRecord>, Error>;
     /// Deletes a session; returns it if it existed.
     async fn delete_session(&self, id_hash: &[u8]) -> Result<Option<SessionRecord>, Error>;
+    /// Moves the end of a session that has not ended at `now` to
+    /// `expires_at` (an idle timeout's sliding end); false if it has ended
+    /// or is gone.
+    async fn touch_session(&self, id_hash: &[u8], expires_at: i64, now: i64)
+    -> Result<bool, Error>;
+    /// Deletes every session of `account` ("log out everywhere"); returns
+    /// how many went. Reported to other instances like [`Self::delete_session`].
+    async fn delete_account_sessions(&self, account: &str) -> Result<u64, Error>;
     /// Stores a pending login.
     async fn put_pending(&self, p: PendingRecord) -> Result<(), Error>;
     /// Removes and returns a pending login (single use), if it has not ended.
@@ -117,6 +125,35 @@ pub(crate) mod suite {
             store.session_accounts(now).await.expect("list"),
             vec!["web-abc".to_owned()]
         );
+        assert!(
+            store
+                .touch_session(&s.id_hash, now + 50, now)
+                .await
+                .expect("touch")
+        );
+        assert_eq!(
+            store
+                .get_session(&s.id_hash, now)
+                .await
+                .expect("get")
+                .map(|r| r.expires_at),
+            Some(now + 50),
+            "touched"
+        );
+        assert!(
+            !store
+                .touch_session(&s.id_hash, now + 500, now + 60)
+                .await
+                .expect("touch"),
+            "an ended session cannot be revived"
+        );
+        store
+            .put_session(SessionRecord {
+                expires_at: now + 100,
+                ..s.clone()
+            })
+            .await
+            .expect("put");
         assert_eq!(
             store.delete_session(&s.id_hash).await.expect("delete"),
             Some(s.clone())
@@ -165,5 +202,35 @@ pub(crate) mod suite {
             vec!["web-abc".to_owned()]
         );
         assert!(store.session_accounts(now).await.expect("list").is_empty());
+
+        for (cookie, account) in [("a1", "web-a"), ("a2", "web-a"), ("b1", "web-b")] {
+            store
+                .put_session(SessionRecord {
+                    id_hash: hash(cookie),
+                    account: account.into(),
+                    created_at: now,
+                    expires_at: now + 100,
+                })
+                .await
+                .expect("put");
+        }
+        assert_eq!(
+            store
+                .delete_account_sessions("web-a")
+                .await
+                .expect("delete"),
+            2
+        );
+        assert_eq!(
+            store.get_session(&hash("a2"), now).await.expect("get"),
+            None
+        );
+        assert!(
+            store
+                .get_session(&hash("b1"), now)
+                .await
+                .expect("get")
+                .is_some()
+        );
     }
 }

@@ -40,6 +40,7 @@ use crate::Error;
 /// process committing) before failing with "database is locked".
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 /// Schema version this code writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 3;
 
@@ -141,6 +142,7 @@ impl Sqlite {
         &self.inner.path
     }
 
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// The fast path for `spotoken token`: reads one row without starting a
     /// writer, without migrations, without a runtime. `Ok(None)` if the store
     /// or the account does not exist, or the schema is older than this code.
@@ -189,6 +191,7 @@ impl Sqlite {
         .map_err(|e| Error::Internal(format!("SQLite reader task failed: {e}")))?
     }
 
+    #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
     /// Runs `f` in the writer's next group commit; returns once it is durable.
     pub async fn write<T: Send + 'static>(
         &self,
@@ -576,6 +579,36 @@ impl super::sessions::SessionStore for Sqlite {
             c.execute("DELETE FROM sessions WHERE id_hash = ?1", [&id_hash])
                 .map_err(db_err(&path))?;
             Ok(found)
+        })
+        .await
+    }
+
+    async fn touch_session(
+        &self,
+        id_hash: &[u8],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let id_hash = id_hash.to_vec();
+        let path = self.inner.path.clone();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE sessions SET expires_at = ?2 WHERE id_hash = ?1 AND expires_at > ?3",
+                params![id_hash, expires_at, now],
+            )
+            .map(|n| n > 0)
+            .map_err(db_err(&path))
+        })
+        .await
+    }
+
+    async fn delete_account_sessions(&self, account: &str) -> Result<u64, Error> {
+        let account = account.to_owned();
+        let path = self.inner.path.clone();
+        self.write(move |c| {
+            c.execute("DELETE FROM sessions WHERE account = ?1", [&account])
+                .map(|n| n as u64)
+                .map_err(db_err(&path))
         })
         .await
     }
