@@ -342,9 +342,13 @@ impl Tokens {
         if e.kind() == crate::ErrorKind::Temporary
             && let Some(wait) = e.retry_after()
         {
+            // The clock counts whole seconds: `now` may be up to a second
+            // behind the moment the answer came, so one more second keeps
+            // the next request from going out before the wait is over.
             let until = self
                 .now()
-                .saturating_add(i64::try_from(wait.as_secs().max(1)).unwrap_or(i64::MAX));
+                .saturating_add(i64::try_from(wait.as_secs().max(1)).unwrap_or(i64::MAX))
+                .saturating_add(1);
             self.inner
                 .token_endpoint_closed_until
                 .fetch_max(until, std::sync::atomic::Ordering::AcqRel);
