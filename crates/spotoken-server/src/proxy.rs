@@ -318,8 +318,16 @@ where
     };
     let (mut parts, upstream_body) = upstream.into_parts();
     let upstream_listed = connection_listed(&parts.headers);
-    for name in HOP_BY_HOP.into_iter().chain(NEVER_RETURNED) {
-        parts.headers.remove(name);
+    // One pass over the (few) fields the answer has, rather than a lookup
+    // for each of the fourteen names on every proxied request.
+    let unwanted = |k: &header::HeaderName| {
+        let n = k.as_str();
+        hop_by_hop(n) || NEVER_RETURNED.contains(&n)
+    };
+    if parts.headers.keys().any(unwanted) {
+        for name in HOP_BY_HOP.into_iter().chain(NEVER_RETURNED) {
+            parts.headers.remove(name);
+        }
     }
     for name in upstream_listed {
         parts.headers.remove(name.as_str());
