@@ -93,7 +93,7 @@ pub enum Command {
     /// A guided tour against a built-in Spotify emulator: no setup, no network.
     Demo,
     /// Run the backend-for-frontend: browsers get a session cookie, never a refresh token.
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
     /// Run the Spotify emulator (Accounts service + Web API) on a loopback port.
     Emulate(commands::emulate::EmulateArgs),
     /// Re-encrypt the store under a new master key (the old one is kept for reading).

@@ -85,6 +85,10 @@ pub struct ServeFile {
     pub same_site: Option<String>,
     /// Proxies in front whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Option<Vec<String>>,
+    /// Token-endpoint requests allowed to the whole fleet (`10/s`, `600/m`).
+    pub token_budget: Option<String>,
+    /// Web API requests through the proxy allowed to the whole fleet.
+    pub api_budget: Option<String>,
 }
 
 /// Where the key comes from.

@@ -372,6 +372,13 @@ pub struct Counters {
     /// Refresh requests that arrived after such a 429 once its time was up.
     #[serde(default)]
     pub refreshes_after_retry_after: u64,
+    /// The most token requests (any grant, any outcome) that arrived within
+    /// one second of the emulator's clock: what a per-app rate limit counts.
+    #[serde(default)]
+    pub peak_token_requests_per_second: u64,
+    /// The second (emulator clock) being counted, and its count so far.
+    #[serde(skip)]
+    token_second: (i64, u64),
 }
 
 impl Counters {
@@ -752,6 +759,18 @@ impl World {
         None
     }
 
+    /// Counts a token request's arrival in its second of the emulator's
+    /// clock (which only moves forward), for the per-second peak.
+    pub fn count_token_arrival(&mut self) {
+        let second = self.now_ms().div_euclid(1000);
+        let c = &mut self.counters;
+        c.token_second = match c.token_second {
+            (s, n) if s == second => (s, n + 1),
+            _ => (second, 1),
+        };
+        c.peak_token_requests_per_second = c.peak_token_requests_per_second.max(c.token_second.1);
+    }
+
     /// Records one token request's outcome.
     pub fn count_token(&mut self, grant: &str, outcome: &str) {
         *self
@@ -930,6 +949,18 @@ mod tests {
             w.take_failure(Endpoint::Token, Some("refresh_token"), "/api/token")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_token_peak_is_the_busiest_second_of_the_clock() {
+        let mut w = World::new(None);
+        w.offset_ms = 1000 - w.now_ms().rem_euclid(1000) + 10_000;
+        for _ in 0..3 {
+            w.count_token_arrival();
+        }
+        w.offset_ms += 5_000;
+        w.count_token_arrival();
+        assert_eq!(w.counters.peak_token_requests_per_second, 3);
     }
 
     #[test]

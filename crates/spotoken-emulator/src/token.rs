@@ -39,6 +39,7 @@ pub async fn token(
 
     let (failure, lose_answer, latency, limited) = {
         let mut w = shared.lock();
+        w.count_token_arrival();
         let mut failure = w.take_failure(Endpoint::Token, Some(&grant), "/api/token");
         // The grant a refresh is for: for the Retry-After bookkeeping.
         let refresh_grant = (grant == "refresh_token")

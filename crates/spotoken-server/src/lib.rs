@@ -22,6 +22,7 @@
 
 pub mod app_proxy;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod cookies;
 pub mod error;

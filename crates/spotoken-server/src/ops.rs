@@ -1,6 +1,6 @@
 //! `/healthz` (the process answers), `/readyz` (the store answers; and,
 //! reported apart, whether the token endpoint can be reached and whether it
-//! asked us to wait) and `/metrics` (Prometheus text).
+//! asked the app to wait) and `/metrics` (Prometheus text).
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -16,12 +16,14 @@ pub async fn healthz() -> &'static str {
 
 /// Readiness, as JSON: `store` (the token and session stores answer),
 /// `token_endpoint` (a TCP connection to it opens, checked at most every
-/// 10 s) and `rate_limit` (whether the token endpoint asked us to wait, and
-/// how much longer). The status is 503 only when the store fails: that is
-/// this instance's to fix, while an unreachable or rate-limiting token
-/// endpoint is the same for every instance, and taking them all out of
-/// rotation would also stop the app's pages and the sessions whose tokens
-/// are still fresh.
+/// 10 s), `rate_limit` (whether the token endpoint asked this instance or,
+/// through the shared budget, any instance to wait, and how much longer),
+/// `budget` (each budget set, and whether it is paused) and `degraded`
+/// (any of those pauses). The status is 503 only when the store fails: that
+/// is this instance's to fix, while an unreachable or rate-limiting
+/// provider is the same for every instance (a shared pause is seen by all
+/// of them at once), and taking them all out of rotation would also stop
+/// the app's pages and the sessions whose tokens are still fresh.
 pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
     let tokens = st.tokens.store().ping().await;
     let sessions = st.sessions.session_accounts(i64::MAX).await.map(|_| ());
@@ -30,7 +32,16 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
         tracing::warn!(error = %e, "not ready");
     }
     let reachable = st.token_endpoint_reachable().await;
-    let wait = st.tokens.token_endpoint_wait();
+    // This instance's own wait, or one another instance was told.
+    let wait = st
+        .tokens
+        .token_endpoint_wait()
+        .max(st.budgets.token_pause().await);
+    let budgets = st.budgets.readiness().await;
+    let degraded = wait.is_some()
+        || budgets
+            .as_object()
+            .is_some_and(|m| m.values().any(|b| b["paused"] == true));
     let status = if store.is_ok() {
         StatusCode::OK
     } else {
@@ -38,12 +49,14 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
     };
     let body = json!({
         "ready": store.is_ok(),
+        "degraded": degraded,
         "store": {"ok": store.is_ok()},
         "token_endpoint": {"reachable": reachable},
         "rate_limit": {
             "limited": wait.is_some(),
             "retry_after": wait.map(|w| w.as_secs()),
         },
+        "budget": budgets,
     });
     let mut r = (status, axum::Json(body)).into_response();
     r.headers_mut()
@@ -56,8 +69,7 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
 /// every session.
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let (active, reauth) = st.metrics.gauges();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(active, reauth),
-    )
+    let mut body = st.metrics.render(active, reauth);
+    body.push_str(&st.budgets.render(st.tokens.token_endpoint_wait()));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

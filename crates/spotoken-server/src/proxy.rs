@@ -256,6 +256,7 @@ where
     let mut retried = false;
     let mut on_new = false;
     let upstream = loop {
+        st.budgets.spend_api().await?;
         let sent = st
             .upstream
             .send(&parts.method, &target, &headers, &body, on_new);
@@ -311,6 +312,9 @@ where
         break resp;
     };
     let status = upstream.status();
+    st.budgets
+        .note_api_answer(status, upstream.headers(), st.tokens.now())
+        .await;
     let missing = if status == StatusCode::FORBIDDEN {
         missing_scopes(st, &view.record.account, parts.method.as_str(), path).await
     } else {

@@ -58,6 +58,8 @@ pub struct Shared {
     pub logins: crate::limits::LoginLimiter,
     /// What answers the paths that are not spotoken's own.
     pub front: Front,
+    /// The app's request budgets, shared with the other instances.
+    pub budgets: crate::budget::Budgets,
     cache: Mutex<SessionCache>,
     identities: Mutex<HashMap<String, (Arc<Identity>, Instant)>>,
     /// The last token endpoint probe for `/readyz`: when, and whether it
@@ -127,6 +129,18 @@ impl AppState {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, spotoken::Error> {
+        Self::with_budgets(tokens, sessions, config, metrics, Default::default())
+    }
+
+    /// Builds the state with the app's request budgets (the token budget is
+    /// also `tokens`' own hook: see [`crate::budget`]).
+    pub fn with_budgets(
+        tokens: Tokens,
+        sessions: Arc<dyn SessionStore>,
+        config: ServerConfig,
+        metrics: Arc<Metrics>,
+        budgets: crate::budget::Budgets,
+    ) -> Result<Self, spotoken::Error> {
         let upstream = crate::upstream::Upstream::new(tokens.api_base())?
             .stall_timeout(config.upstream_timeout);
         let front = match (&config.static_dir, &config.app_upstream) {
@@ -149,6 +163,7 @@ impl AppState {
             sessions,
             logins: crate::limits::LoginLimiter::new(config.login_limits),
             front,
+            budgets,
             config: Arc::new(config),
             upstream,
             metrics,

@@ -65,6 +65,50 @@ async fn start_with_margin(
     margin: Option<std::time::Duration>,
     tweak: impl FnOnce(&mut ServerConfig),
 ) -> Server {
+    let engine = Engine {
+        margin,
+        ..Engine::default()
+    };
+    start_engine(emu, api, tokens_store, sessions, keys, engine, tweak).await
+}
+
+/// How a test server's engine differs from `spotoken serve`'s defaults.
+#[derive(Default)]
+struct Engine {
+    /// How long before expiry a token is refreshed.
+    margin: Option<std::time::Duration>,
+    /// A clock standing at this time, moved only by [`Server::advance`]
+    /// (else the wall clock plus the advances).
+    frozen_at: Option<i64>,
+    /// Request budgets in this ledger: the token endpoint's, then the Web
+    /// API's, and how long a browser waits for budget.
+    budgets: Option<BudgetSetup>,
+}
+
+/// A ledger, the token endpoint's and the Web API's budgets, and how long a
+/// browser waits for budget.
+type BudgetSetup = (
+    Arc<dyn spotoken::budget::SharedLedger>,
+    Option<spotoken::budget::Rate>,
+    Option<spotoken::budget::Rate>,
+    std::time::Duration,
+);
+
+/// [`start`] with the engine set up as `engine` says.
+async fn start_engine(
+    emu: &Emulator,
+    api: &str,
+    tokens_store: Arc<dyn TokenStore>,
+    sessions: Arc<dyn SessionStore>,
+    keys: KeyRing,
+    engine: Engine,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> Server {
+    let Engine {
+        margin,
+        frozen_at,
+        budgets,
+    } = engine;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -78,14 +122,30 @@ async fn start_with_margin(
     let m = metrics.clone();
     let clock_offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let offset = clock_offset.clone();
+    let clock: spotoken::engine::Clock = Arc::new(move || {
+        frozen_at.unwrap_or_else(spotoken::store::unix_now)
+            + offset.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    let budgets = match budgets {
+        Some((ledger, token, api, wait)) => spotoken_server::budget::Budgets::new(
+            DEFAULT_CLIENT_ID,
+            token,
+            api,
+            ledger,
+            clock.clone(),
+            wait,
+        ),
+        None => spotoken_server::budget::Budgets::default(),
+    };
     let mut builder = Tokens::builder();
     if let Some(margin) = margin {
         builder = builder.margin(margin);
     }
+    if let Some(b) = &budgets.token {
+        builder = builder.request_budget(b.clone());
+    }
     let tokens = builder
-        .clock(move || {
-            spotoken::store::unix_now() + offset.load(std::sync::atomic::Ordering::SeqCst)
-        })
+        .clock(move || clock())
         .client_id(DEFAULT_CLIENT_ID)
         .provider(Provider::spotify_like(&emu.url(), api).expect("provider"))
         .shared_store(tokens_store)
@@ -98,7 +158,7 @@ async fn start_with_margin(
         .on_refresh(move |_, o| m.refresh(o.as_str()))
         .build()
         .expect("tokens");
-    let state = AppState::new(tokens, sessions, cfg, metrics).expect("state");
+    let state = AppState::with_budgets(tokens, sessions, cfg, metrics, budgets).expect("state");
     let s = state.clone();
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app(s)).await;
@@ -2950,4 +3010,278 @@ fn documented_statuses(code: &str) -> &'static [u16] {
         "upstream_timeout" => &[504],
         _ => &[],
     }
+}
+
+// ---- Issue 15: the app's request budget and the shared pause -------------
+
+/// `n` instances on one PostgreSQL schema sharing request budgets, each
+/// with a clock frozen at `at` (moved by [`Server::advance`]).
+async fn pg_budgeted_instances(
+    url: &str,
+    emu: &Emulator,
+    n: usize,
+    at: Option<i64>,
+    token: &str,
+    wait: std::time::Duration,
+) -> (Vec<Server>, PgSchema) {
+    let schema = format!(
+        "spotoken_test_budget_{}_{}_{}",
+        std::process::id(),
+        spotoken::store::unix_now(),
+        rand_suffix()
+    );
+    let keys = KeyRing::generate();
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let pg = Arc::new(
+            spotoken::store::Postgres::connect_in_schema(url, Some(&schema))
+                .await
+                .expect("postgres"),
+        );
+        let ledger = Arc::new(pg.budget_ledger().await.expect("ledger"));
+        let engine = Engine {
+            frozen_at: at,
+            budgets: Some((ledger, Some(token.parse().expect("rate")), None, wait)),
+            ..Engine::default()
+        };
+        let api = emu.url();
+        // Two hundred browsers log in from one address.
+        let tweak = |c: &mut ServerConfig| c.login_limits.per_client = 1000;
+        servers.push(start_engine(emu, &api, pg.clone(), pg, keys.clone(), engine, tweak).await);
+    }
+    (
+        servers,
+        PgSchema {
+            url: url.to_owned(),
+            name: schema,
+        },
+    )
+}
+
+/// Two instances on one PostgreSQL with a token budget of 10/s and clocks
+/// that move only when the test says: 200 browsers log in (ten logins per
+/// second of the clock), then all need a refresh at once, half through each
+/// instance. Each second of the clock lets ten through and answers the rest
+/// 503 with Retry-After at once; the emulator never sees more than ten
+/// token requests in one of its seconds, and each account is refreshed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_budget_holds_under_a_burst() {
+    let Ok(url) = std::env::var("SPOTOKEN_TEST_DATABASE_URL") else {
+        eprintln!(
+            "SKIPPED: SPOTOKEN_TEST_DATABASE_URL is unset; the budget burst test did not run"
+        );
+        return;
+    };
+    let emu = Emulator::start().await.expect("emulator");
+    let (servers, schema) = pg_budgeted_instances(
+        &url,
+        &emu,
+        2,
+        Some(spotoken::store::unix_now()),
+        "10/s",
+        std::time::Duration::ZERO,
+    )
+    .await;
+    // The next second on every clock; the emulator's jumps far enough that
+    // one of its seconds never holds requests of two of ours.
+    let tick = || {
+        for s in &servers {
+            s.advance(1);
+        }
+        emu.advance(std::time::Duration::from_secs(30));
+    };
+    let mut browsers = Vec::new();
+    for i in 0..200 {
+        if i % 10 == 0 {
+            tick();
+        }
+        let mut b = Browser::default();
+        b.login(&servers[i % 2].url).await;
+        assert!(b.session().is_some(), "login {i}");
+        browsers.push(b);
+    }
+    emu.expire_access_tokens();
+    for s in &servers {
+        s.advance(2 * 3600);
+    }
+    let mut pending: Vec<usize> = (0..200).collect();
+    let mut seconds = 0;
+    while !pending.is_empty() {
+        tick();
+        seconds += 1;
+        assert!(seconds <= 40, "no progress: {} left", pending.len());
+        let mut tasks = Vec::new();
+        for &i in &pending {
+            let mut b = browsers[i].clone();
+            let me = format!("{}/api/v1/me", servers[i % 2].url);
+            tasks.push(tokio::spawn(async move { (i, b.get(&me).await) }));
+        }
+        let mut left = Vec::new();
+        for t in tasks {
+            let (i, r) = t.await.expect("join");
+            match r.status {
+                StatusCode::OK => {}
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert_eq!(r.json()["error"], "rate_limited", "{}", r.body);
+                    assert_eq!(header(&r, "retry-after"), "1");
+                    left.push(i);
+                }
+                s => panic!("browser {i}: {s} {}", r.body),
+            }
+        }
+        assert_eq!(
+            pending.len() - left.len(),
+            10.min(pending.len()),
+            "one second's budget, to the request"
+        );
+        pending = left;
+    }
+    let c = emu.counters();
+    assert_eq!(
+        c.token_requests_for("refresh_token"),
+        200,
+        "once per account"
+    );
+    assert_eq!(c.token_requests_for("authorization_code"), 200);
+    assert_eq!(
+        c.peak_token_requests_per_second, 10,
+        "never more than the budget in one second"
+    );
+    let metrics = Browser::default()
+        .get(&format!("{}/metrics", servers[0].url))
+        .await
+        .body;
+    assert!(
+        metrics.contains("spotoken_budget_requests_total{budget=\"token\",decision=\"denied\"}"),
+        "{metrics}"
+    );
+    schema.drop_all().await;
+}
+
+/// Two instances on one PostgreSQL: the token endpoint answers instance A
+/// 429 with Retry-After: 120. Instance B, which has heard nothing from the
+/// endpoint, sends it nothing until the wait is over on the clock; its
+/// browser gets 503 with the rest of the wait, and its `/readyz` (still 200)
+/// and `/metrics` show the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_one_instance_pauses_the_others() {
+    let Ok(url) = std::env::var("SPOTOKEN_TEST_DATABASE_URL") else {
+        eprintln!(
+            "SKIPPED: SPOTOKEN_TEST_DATABASE_URL is unset; the shared pause test did not run"
+        );
+        return;
+    };
+    let emu = Emulator::start().await.expect("emulator");
+    let (servers, schema) =
+        pg_budgeted_instances(&url, &emu, 2, None, "100/s", std::time::Duration::ZERO).await;
+    let (a, b) = (&servers[0], &servers[1]);
+    let (mut on_a, mut on_b) = (Browser::default(), Browser::default());
+    on_a.login(&a.url).await;
+    on_b.login(&b.url).await;
+    emu.reset_counters();
+    emu.inject(Failure {
+        endpoint: Endpoint::Token,
+        status: 429,
+        headers: [("Retry-After".to_owned(), "120".to_owned())].into(),
+        times: 1,
+        ..Failure::default()
+    });
+    for s in &servers {
+        s.advance(2 * 3600);
+    }
+    let r = on_a.get(&format!("{}/api/v1/me", a.url)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(emu.counters().token_requests_for("refresh_token"), 1);
+    let me_on_b = format!("{}/api/v1/me", b.url);
+    for _ in 0..3 {
+        let r = on_b.get(&me_on_b).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert_eq!(r.json()["error"], "rate_limited", "{}", r.body);
+        let wait: u64 = header(&r, "retry-after").parse().expect("Retry-After");
+        assert!((110..=122).contains(&wait), "{wait}");
+    }
+    assert_eq!(
+        emu.counters().token_requests_for("refresh_token"),
+        1,
+        "instance B sent nothing"
+    );
+    let r = on_b.get(&format!("{}/readyz", b.url)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "a pause keeps B in rotation: {}",
+        r.body
+    );
+    let ready = r.json();
+    assert_eq!(ready["degraded"], true, "{ready}");
+    assert_eq!(ready["rate_limit"]["limited"], true, "{ready}");
+    assert_eq!(ready["budget"]["token"]["paused"], true, "{ready}");
+    let metrics = on_b.get(&format!("{}/metrics", b.url)).await.body;
+    let paused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("spotoken_upstream_paused_seconds{upstream=\"token\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("the pause gauge");
+    assert!(paused > 100, "{metrics}");
+    for s in &servers {
+        s.advance(122);
+    }
+    assert_eq!(on_b.get(&me_on_b).await.status, StatusCode::OK);
+    assert_eq!(emu.counters().token_requests_for("refresh_token"), 2);
+    let r = on_b.get(&format!("{}/readyz", b.url)).await;
+    assert_eq!(r.json()["degraded"], false, "{}", r.body);
+    schema.drop_all().await;
+}
+
+/// One instance whose browsers may wait two seconds for budget: while
+/// another instance's pause has a second left on the (frozen) clock, a
+/// browser whose token needs a refresh waits, then gets 503 with
+/// `Retry-After` rather than hanging; nothing reached the token endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_waiting_on_a_paused_refresh_gets_503_with_retry_after() {
+    let emu = Emulator::start().await.expect("emulator");
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Sqlite::open(dir.path().join("server.db")).expect("store"));
+    let ledger = Arc::new(spotoken::budget::MemoryLedger::default());
+    let at = spotoken::store::unix_now();
+    let engine = Engine {
+        frozen_at: Some(at),
+        budgets: Some((
+            ledger.clone(),
+            Some("10/s".parse().expect("rate")),
+            None,
+            spotoken_server::budget::BROWSER_WAIT,
+        )),
+        ..Engine::default()
+    };
+    let server = start_engine(
+        &emu,
+        &emu.url(),
+        store.clone(),
+        store,
+        KeyRing::generate(),
+        engine,
+        |_| {},
+    )
+    .await;
+    let mut b = Browser::default();
+    b.login(&server.url).await;
+    emu.reset_counters();
+    server.advance(2 * 3600);
+    let now = at + 2 * 3600;
+    // What another instance sharing the ledger would have written.
+    use spotoken::budget::SharedLedger as _;
+    ledger
+        .pause(&format!("token:{DEFAULT_CLIENT_ID}"), now + 1)
+        .await
+        .expect("pause");
+    let me = format!("{}/api/v1/me", server.url);
+    let r = b.get(&me).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.json()["error"], "rate_limited", "{}", r.body);
+    assert_eq!(header(&r, "retry-after"), "1");
+    assert_eq!(emu.counters().token_requests_for("refresh_token"), 0);
+    server.advance(1);
+    assert_eq!(b.get(&me).await.status, StatusCode::OK);
+    assert_eq!(emu.counters().token_requests_for("refresh_token"), 1);
 }

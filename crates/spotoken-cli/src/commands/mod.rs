@@ -26,7 +26,7 @@ pub async fn run(args: Args) -> Result<u8, Error> {
     match args.command {
         Command::Emulate(a) => emulate::exec(&g, a).await,
         Command::Demo => demo::exec(&g).await,
-        Command::Serve(a) => serve::exec(&config::resolve(&g)?, a).await,
+        Command::Serve(a) => serve::exec(&config::resolve(&g)?, *a).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

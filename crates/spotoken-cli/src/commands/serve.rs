@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spotoken::Error;
+use spotoken::budget::Rate;
+use spotoken::budget::{MemoryLedger, SharedLedger};
 use spotoken::core::scope::Scopes;
 use spotoken::store::{SessionStore, TokenStore};
+use spotoken_server::budget::Budgets;
 use spotoken_server::cookies::SameSite;
 use spotoken_server::{AppState, Metrics, ServerConfig, refresher::RefresherConfig};
 
@@ -78,6 +81,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Requests to the token endpoint allowed to every instance on the database
+    /// together (N/s or N/m); beyond it a browser gets 503 with Retry-After [default: none]
+    #[arg(long, value_name = "N/s", env = "SPOTOKEN_TOKEN_BUDGET")]
+    pub token_budget: Option<Rate>,
+    /// Web API requests through the proxy allowed to every instance on the database
+    /// together (N/s or N/m); with it, a 429 pauses every instance [default: none]
+    #[arg(long, value_name = "N/s", env = "SPOTOKEN_API_BUDGET")]
+    pub api_budget: Option<Rate>,
     /// Development: start the built-in Spotify emulator and log in through it (its consent
     /// page; no Spotify app, no client id); sessions go to serve-emulator.db in the home
     #[arg(long)]
@@ -119,6 +130,10 @@ pub struct Settings {
     pub same_site: SameSite,
     /// Proxies whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The fleet's budget at the token endpoint.
+    pub token_budget: Option<Rate>,
+    /// The fleet's budget at the Web API, through the proxy.
+    pub api_budget: Option<Rate>,
 }
 
 impl Settings {
@@ -164,6 +179,13 @@ impl Settings {
         } else {
             args.trusted_proxies.clone()
         };
+        let rate = |flag: Option<Rate>, key: &str, v: &Option<String>| match (flag, v) {
+            (Some(r), _) => Ok(Some(r)),
+            (None, Some(s)) => s.parse().map(Some).map_err(|e| in_file(key, e)),
+            (None, None) => Ok(None),
+        };
+        let token_budget = rate(args.token_budget, "token_budget", &file.token_budget)?;
+        let api_budget = rate(args.api_budget, "api_budget", &file.api_budget)?;
         let static_dir = args.static_dir.clone().or(file.static_dir);
         let app_upstream = args.app_upstream.clone().or(file.app_upstream);
         let demo = args.demo || file.demo.unwrap_or(false);
@@ -216,6 +238,8 @@ impl Settings {
             session_idle,
             same_site,
             trusted_proxies,
+            token_budget,
+            api_budget,
         })
     }
 }
@@ -281,10 +305,12 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     sc.same_site = settings.same_site;
     sc.trusted_proxies = settings.trusted_proxies.clone();
 
+    let mut postgres = None;
     let (tokens_store, sessions): (Arc<dyn TokenStore>, Arc<dyn SessionStore>) =
         match settings.database_url.as_deref() {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 let pg = Arc::new(spotoken::store::Postgres::connect(url).await?);
+                postgres = Some(pg.clone());
                 (pg.clone(), pg)
             }
             Some(path) => {
@@ -301,6 +327,24 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     let client_id = cfg.client_id.clone().ok_or_else(|| {
         Error::Configuration("no client id: pass --client-id or set SPOTOKEN_CLIENT_ID".into())
     })?;
+    let budgets = match (&settings.token_budget, &settings.api_budget, &postgres) {
+        (None, None, _) => Budgets::default(),
+        (token, api, pg) => {
+            // Shared with every instance on the database; one process's own on SQLite.
+            let ledger: Arc<dyn SharedLedger> = match pg {
+                Some(pg) => Arc::new(pg.budget_ledger().await?),
+                None => Arc::new(MemoryLedger::default()),
+            };
+            Budgets::new(
+                &client_id,
+                *token,
+                *api,
+                ledger,
+                Arc::new(spotoken::store::unix_now),
+                spotoken_server::budget::BROWSER_WAIT,
+            )
+        }
+    };
     let metrics = Arc::new(Metrics::default());
     let m = metrics.clone();
     let mut b = cfg
@@ -319,11 +363,14 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     if let Some(s) = &cfg.client_secret {
         b = b.client_secret(s.clone());
     }
+    if let Some(budget) = &budgets.token {
+        b = b.request_budget(budget.clone());
+    }
     let tokens = b.build()?;
     // Logins begin without a round trip: know the provider's endpoints first.
     tokens.discover_provider().await?;
     let describe = tokens.store().describe();
-    let state = AppState::new(tokens, sessions, sc, metrics)?;
+    let state = AppState::with_budgets(tokens, sessions, sc, metrics, budgets)?;
     let threads = settings.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -442,6 +489,8 @@ mod tests {
             session_idle: Some("2h".into()),
             same_site: Some("strict".into()),
             trusted_proxies: Some(vec!["127.0.0.1".into()]),
+            token_budget: Some("600/m".into()),
+            api_budget: None,
         };
         let s = Settings::resolve(
             &ServeArgs::default(),
@@ -466,6 +515,8 @@ mod tests {
         assert_eq!(s.session_idle, Some(Duration::from_secs(7200)));
         assert_eq!(s.same_site, SameSite::Strict);
         assert_eq!(s.trusted_proxies, [std::net::IpAddr::from([127, 0, 0, 1])]);
+        assert_eq!(s.token_budget, Some("600/m".parse().expect("rate")));
+        assert_eq!(s.api_budget, None);
 
         let flags = ServeArgs {
             bind: Some("127.0.0.1:0".into()),
@@ -474,6 +525,7 @@ mod tests {
             allow_prefixes: vec!["v1/search".into()],
             session_ttl: Some(Duration::from_secs(60)),
             threads: Some(1),
+            token_budget: Some("10/s".parse().expect("rate")),
             ..ServeArgs::default()
         };
         let s = Settings::resolve(&flags, &resolved(Some(file), None)).expect("ok");
@@ -483,6 +535,7 @@ mod tests {
         assert_eq!(s.allow_prefixes, ["v1/search"]);
         assert_eq!(s.session_ttl, Duration::from_secs(60));
         assert_eq!(s.threads, Some(1));
+        assert_eq!(s.token_budget, Some("10/s".parse().expect("rate")));
     }
 
     #[test]
@@ -527,5 +580,12 @@ mod tests {
             .expect_err("refused");
         assert!(e.to_string().contains("[serve] session_ttl"), "{e}");
         assert!(e.to_string().contains("config.toml"), "{e}");
+        let file = ServeFile {
+            api_budget: Some("10/h".into()),
+            ..ServeFile::default()
+        };
+        let e = Settings::resolve(&ServeArgs::default(), &resolved(Some(file), None))
+            .expect_err("refused");
+        assert!(e.to_string().contains("[serve] api_budget"), "{e}");
     }
 }

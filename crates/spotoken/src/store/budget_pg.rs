@@ -14,10 +14,23 @@ use super::postgres::{MIGRATION_LOCK, Postgres, pg_err};
 use crate::Error;
 use crate::budget::SharedLedger;
 
-/// A budget ledger in the store's database (and schema).
+/// A budget ledger in the store's database (and schema), on a pool of its
+/// own: it is asked while a refresh holds one of the store's connections,
+/// and a burst of refreshes must not wait for connections they hold.
 #[derive(Clone)]
 pub struct PgLedger {
-    store: Postgres,
+    pool: deadpool_postgres::Pool,
+}
+
+impl PgLedger {
+    async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
+        self.pool.get().await.map_err(|e| {
+            Error::temporary(
+                format!("cannot reach PostgreSQL for the request budget: {e}"),
+                None,
+            )
+        })
+    }
 }
 
 impl Postgres {
@@ -41,7 +54,7 @@ impl Postgres {
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         Ok(PgLedger {
-            store: self.clone(),
+            pool: self.side_pool(4)?,
         })
     }
 }
@@ -57,7 +70,7 @@ fn ledger_from(r: &tokio_postgres::Row) -> Ledger {
 #[async_trait]
 impl SharedLedger for PgLedger {
     async fn take(&self, key: &str, rate: Rate, now: i64, want: u32) -> Result<Taken, Error> {
-        let mut client = self.store.client().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         // Creates the row if missing and locks it until the commit.
         let row = tx
@@ -84,7 +97,7 @@ impl SharedLedger for PgLedger {
     }
 
     async fn pause(&self, key: &str, until: i64) -> Result<(), Error> {
-        let client = self.store.client().await?;
+        let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO spotoken_budgets (key, paused_until) VALUES ($1, $2)
@@ -98,7 +111,7 @@ impl SharedLedger for PgLedger {
     }
 
     async fn read(&self, key: &str) -> Result<Ledger, Error> {
-        let client = self.store.client().await?;
+        let client = self.client().await?;
         Ok(client
             .query_opt(
                 "SELECT window_start, used, paused_until FROM spotoken_budgets WHERE key = $1",

@@ -128,6 +128,24 @@ impl Postgres {
         Ok(store)
     }
 
+    /// A pool of its own on the same database and schema: for work done
+    /// while a connection of the main pool is held (the request budget is
+    /// asked under an account's refresh lock), which must never wait for
+    /// the main pool.
+    pub(super) fn side_pool(&self, size: usize) -> Result<Pool, Error> {
+        let mgr = Manager::from_config(
+            self.target.config.clone(),
+            self.target.tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(mgr)
+            .max_size(size)
+            .build()
+            .map_err(|e| Error::Internal(format!("PostgreSQL pool: {e}")))
+    }
+
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => {
