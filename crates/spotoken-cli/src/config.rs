@@ -157,14 +157,39 @@ fn default_home() -> Result<PathBuf, Error> {
 /// Reads `config.toml` if it exists.
 pub fn read_config(path: &Path) -> Result<ConfigFile, Error> {
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text)
-            .map_err(|e| Error::Configuration(format!("{} is not valid: {e}", path.display()))),
+        Ok(text) => parse_config(&text, path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
         Err(e) => Err(Error::Configuration(format!(
             "cannot read {}: {e}",
             path.display()
         ))),
     }
+}
+
+/// Parses the text of `config.toml` (at `path`, named in the error).
+///
+/// The error says where and what, never the offending line: toml's own
+/// message quotes that line, and a secret put in the file by mistake (a
+/// `client_secret`, a database URL with its password) would be printed with
+/// it. What toml says is redacted too, since it may quote a value.
+pub fn parse_config(text: &str, path: &Path) -> Result<ConfigFile, Error> {
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or_else(String::new, |span| {
+            let before = text.as_bytes().get(..span.start).unwrap_or(text.as_bytes());
+            let line_start = before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = String::from_utf8_lossy(&before[line_start..])
+                .chars()
+                .count()
+                + 1;
+            format!(" (line {line}, column {column})")
+        });
+        let what = spotoken::core::redact(e.message().trim());
+        Error::Configuration(format!("{} is not valid{at}: {what}", path.display()))
+    })
 }
 
 /// Writes `config.toml` (0600, atomically).
@@ -352,4 +377,44 @@ impl Resolved {
 /// Parses a duration option (`90`, `90s`, `5m`, `2h`).
 pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     spotoken::core::wait::parse_duration(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "AQDxJ3k9_Lq-7rVbN0pZ2sWcT8yHfGmUe4iKoA";
+
+    #[test]
+    fn a_config_error_never_quotes_a_secret_on_the_bad_line() {
+        for text in [
+            format!("client_secret = \"{SECRET}\"\n"),
+            format!("client_id = \"cid\"\n[serve]\ndatabase_url = \"postgres://u:{SECRET}@db/x\n"),
+            format!("[serve]\nthreads = \"{SECRET}\"\n"),
+        ] {
+            let e = parse_config(&text, Path::new("/h/config.toml")).expect_err("invalid");
+            let s = e.to_string();
+            assert!(!s.contains(SECRET), "{s}");
+            assert!(s.contains("/h/config.toml is not valid (line "), "{s}");
+        }
+        let e = parse_config("\nclient_id = 1\n", Path::new("c.toml")).expect_err("invalid");
+        assert!(e.to_string().contains("(line 2, column 13)"), "{e}");
+    }
+
+    #[test]
+    fn a_written_config_reads_back_the_same() {
+        let cfg = ConfigFile {
+            client_id: Some("cid \"quoted\" \\ tab\t".into()),
+            notify_cmd: Some("notify-send 'spotoken' \"$ACCOUNT\"\n".into()),
+            serve: Some(ServeFile {
+                allow_prefixes: Some(vec!["v1/me".into(), String::new()]),
+                threads: Some(4),
+                ..ServeFile::default()
+            }),
+            ..ConfigFile::default()
+        };
+        let text = toml::to_string(&cfg).expect("serializes");
+        let back = parse_config(&text, Path::new("c.toml")).expect("reads back");
+        assert_eq!(format!("{back:?}"), format!("{cfg:?}"));
+    }
 }
