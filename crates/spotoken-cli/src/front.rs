@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The full program's file name (without the platform's executable suffix).
-pub const FULL: &str = "spotoken-full";
+pub(crate) const FULL: &str = "spotoken-full";
 
 /// Where the full program is: beside this executable, symlinks resolved.
 fn full_program() -> std::io::Result<PathBuf> {
@@ -22,7 +22,7 @@ fn full_program() -> std::io::Result<PathBuf> {
 
 /// Runs `spotoken-full` with this process's arguments; returns only on failure
 /// to start it (on Unix: exit code 2), or with its exit code (elsewhere).
-pub fn hand_over(mut args: impl Iterator<Item = OsString>) -> u8 {
+pub(crate) fn hand_over(mut args: impl Iterator<Item = OsString>) -> u8 {
     let arg0 = args.next().unwrap_or_else(|| OsString::from("spotoken"));
     let path = match full_program() {
         Ok(p) => p,
