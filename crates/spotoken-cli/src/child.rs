@@ -10,7 +10,8 @@ use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 
 use crate::cli::defs::{
-    BROWSER_ENV, CLIENT_SECRET_ENV, DATABASE_URL_ENV, EMULATOR_CLIENT_SECRET_ENV, MASTER_KEY_ENV,
+    BROWSER_ENV, CLIENT_SECRET_ENV, DATABASE_URL_ENV, EMULATOR_CLIENT_SECRET_ENV,
+    FAST_PATH_TRIED_ENV, MASTER_KEY_ENV,
 };
 
 /// The environment variables a child must not see.
@@ -34,6 +35,8 @@ fn scrub(cmd: &mut Command) {
     for name in SECRET_VARIABLES {
         cmd.env_remove(name);
     }
+    // Not a secret, but meant for this program's own hand-over only.
+    cmd.env_remove(FAST_PATH_TRIED_ENV);
 }
 
 /// Opens `url` with `SPOTOKEN_BROWSER` (a shell command that gets the URL as

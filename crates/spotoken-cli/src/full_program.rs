@@ -5,6 +5,7 @@
 //! needed, 4 temporary failure, 5 insufficient scope. Everything else lives in
 //! the command modules and in the `spotoken` library.
 
+use crate::cli::defs::FAST_PATH_TRIED_ENV;
 use crate::{cli, commands, log_writer, output};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
@@ -16,8 +17,11 @@ use clap::Parser as _;
 pub(crate) fn run() -> ExitCode {
     // `spotoken token` with a fresh cached token answers before clap, logging,
     // an async runtime, migrations or the network: it is called from scripts
-    // in loops, so it must cost little more than starting a process.
-    if let Some((global, token_args)) = cli::quick_token_args(std::env::args_os().skip(1))
+    // in loops, so it must cost little more than starting a process. Unless
+    // `spotoken` just tried exactly that and handed the call over.
+    let tried = fast_path_tried(std::env::var_os(FAST_PATH_TRIED_ENV).as_deref());
+    if !tried
+        && let Some((global, token_args)) = cli::quick_token_args(std::env::args_os().skip(1))
         && let Some(code) = commands::token::fast_path(&global, &token_args)
     {
         return ExitCode::from(code);
@@ -29,6 +33,9 @@ pub(crate) fn run() -> ExitCode {
         args.global.output,
         matches!(args.command, cli::Command::Serve(_)),
     );
+    if tried {
+        tracing::debug!("spotoken tried the fast path; starting past it");
+    }
     // Commands are I/O-bound and short: two workers. The server runs one
     // single-threaded event loop per thread (`spotoken_server::serve_on_threads`),
     // this thread's among them.
@@ -94,6 +101,11 @@ fn init_logging(verbose: u8, output: cli::Output, serving: bool) -> Option<log_w
     flush
 }
 
+/// Whether `spotoken` marked the call as one its fast path could not answer.
+fn fast_path_tried(marker: Option<&std::ffi::OsStr>) -> bool {
+    marker.is_some_and(|v| !v.is_empty())
+}
+
 /// Colours on a terminal, unless `NO_COLOR` is set to anything but the empty
 /// string (no-color.org).
 fn colour_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
@@ -103,6 +115,13 @@ fn colour_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::colour_wanted;
+
+    #[test]
+    fn the_fast_path_is_skipped_only_when_spotoken_tried_it() {
+        assert!(super::fast_path_tried(Some("1".as_ref())));
+        assert!(!super::fast_path_tried(None), "called directly");
+        assert!(!super::fast_path_tried(Some("".as_ref())));
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

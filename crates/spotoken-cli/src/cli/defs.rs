@@ -67,6 +67,11 @@ pub(crate) const REASON_ENV: &str = "SPOTOKEN_REASON";
 /// The notify command's `spotoken login …` to run.
 pub(crate) const LOGIN_COMMAND_ENV: &str = "SPOTOKEN_LOGIN_COMMAND";
 
+/// Set by `spotoken` when it hands a `token` it could not answer to
+/// `spotoken-full`, which then starts past the fast path instead of reading
+/// and decrypting the same stale row again.
+pub(crate) const FAST_PATH_TRIED_ENV: &str = "SPOTOKEN_FAST_PATH_TRIED";
+
 // `serve`'s environment.
 
 /// `serve --bind`.
