@@ -40,14 +40,14 @@ use crate::http1::{self, Chunked, Framing, Malformed, Step};
 /// verifier (HTTPS, or plain HTTP to loopback, as the configured API URL was
 /// checked at start), 10 s to connect. Built once: its TLS configuration (the
 /// system's certificates, read from disk) is shared by every thread.
-pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// What a failed connection reports.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request got no response.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// A kept-alive connection from the pool ended before any of the response
     /// arrived: the upstream most likely closed it, idle, just as it was
     /// reused. The request may have reached it; an idempotent one can be
@@ -211,7 +211,7 @@ fn put_idle(pool: usize, conn: Conn) {
 
 /// The upstream API: where to connect, what to send as `Host`, and the path
 /// every proxied path is appended to.
-pub struct Upstream {
+pub(crate) struct Upstream {
     connector: Connector,
     origin: Uri,
     prefix: Box<str>,
@@ -222,7 +222,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// For the API base URL (already checked: HTTPS, or HTTP to loopback).
-    pub fn new(api_base: &url::Url) -> Result<Self, spotoken::Error> {
+    pub(crate) fn new(api_base: &url::Url) -> Result<Self, spotoken::Error> {
         Self::with_connector(api_base, connector())
     }
 
@@ -250,7 +250,7 @@ impl Upstream {
     /// How long a response body may wait for its next bytes before it fails
     /// (and its connection is closed); 30 s unless set. The head is the
     /// proxy's to time.
-    pub fn stall_timeout(mut self, stall: Duration) -> Self {
+    pub(crate) fn stall_timeout(mut self, stall: Duration) -> Self {
         self.stall = stall;
         self
     }
@@ -258,7 +258,7 @@ impl Upstream {
     /// The upstream request target for a checked path below the API base
     /// and the query: origin-form. Both come from a URI hyper already
     /// parsed, so they hold no characters a request line cannot.
-    pub fn target(&self, path: &str, query: Option<&str>) -> String {
+    pub(crate) fn target(&self, path: &str, query: Option<&str>) -> String {
         let mut t =
             String::with_capacity(self.prefix.len() + 2 + path.len() + query.map_or(0, str::len));
         t.push_str(&self.prefix);
@@ -272,14 +272,14 @@ impl Upstream {
     }
 
     /// The `Host` header for upstream requests.
-    pub fn host(&self) -> &HeaderValue {
+    pub(crate) fn host(&self) -> &HeaderValue {
         &self.host
     }
 
     /// Sends a request (`headers` with `Host` set) over an idle connection of
     /// this thread, or a new one; only a new one when `fresh` (to send an
     /// idempotent request again after [`SendError::Stale`]).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: &Method,
         target: &str,
@@ -390,7 +390,7 @@ pub(crate) fn connector() -> Connector {
 /// connection goes back to this thread's pool once the body has ended (at
 /// once when it all came with the head); dropped before its end, it closes
 /// the connection (HTTP/1 cannot skip the rest of a response).
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     /// Bytes ready to hand out.
     ready: Option<Bytes>,
     /// The rest, when there is more to read.

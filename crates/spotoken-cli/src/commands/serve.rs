@@ -8,8 +8,7 @@ use std::time::Duration;
 use spotoken::Error;
 use spotoken::core::scope::Scopes;
 use spotoken::store::{SessionStore, TokenStore};
-use spotoken_server::cookies::SameSite;
-use spotoken_server::{AppState, Metrics, ServerConfig, refresher::RefresherConfig};
+use spotoken_server::{AppState, Metrics, RefresherConfig, SameSite, ServerConfig};
 
 use crate::cli::defs::{CLIENT_ID, CLIENT_ID_ENV, DEFAULT_BIND, DEFAULT_SCOPES};
 use crate::cli::{Output, ServeArgs, parse_duration_arg};
