@@ -213,7 +213,7 @@ pub(crate) mod suite {
     use super::*;
     use std::sync::Arc;
 
-    pub fn row(account: &str) -> Row {
+    pub(crate) fn row(account: &str) -> Row {
         Row {
             account: account.into(),
             client_id: "cid".into(),
@@ -232,7 +232,7 @@ pub(crate) mod suite {
         }
     }
 
-    pub async fn run_all(store: Arc<dyn TokenStore>) {
+    pub(crate) async fn run_all(store: Arc<dyn TokenStore>) {
         upsert_load_list_delete(&*store).await;
         update_checks_version(&*store).await;
         lock_serializes_and_rereads(store.clone()).await;
