@@ -21,6 +21,7 @@ pub mod protocol;
 pub mod redact;
 pub mod scope;
 pub mod secret;
+pub mod sync;
 pub mod wait;
 
 pub use error::{Error, ErrorKind, RateLimiter, ReauthReason};

@@ -1,6 +1,7 @@
 //! Prometheus metrics, rendered by hand: a few counters and one histogram do
 //! not need a registry.
 
+use spotoken::core::sync::LockUnpoisoned as _;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -95,12 +96,7 @@ impl Metrics {
 
     /// Counts a refresh outcome.
     pub fn refresh(&self, outcome: &'static str) {
-        *self
-            .refreshes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(outcome)
-            .or_default() += 1;
+        *self.refreshes.lock_unpoisoned().entry(outcome).or_default() += 1;
     }
 
     /// Counts a proxied request as in flight until the guard is dropped.
@@ -166,12 +162,7 @@ impl Metrics {
             "counter",
             "Token refreshes by outcome.",
         );
-        for (k, v) in self
-            .refreshes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for (k, v) in self.refreshes.lock_unpoisoned().iter() {
             let _ = writeln!(s, "spotoken_refreshes_total{{outcome=\"{k}\"}} {v}");
         }
         describe(

@@ -276,9 +276,13 @@ fn naming(account: &str, mut e: Error) -> Error {
     e
 }
 
-#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 /// Turns the Web API's 401/403/429 into the taxonomy.
-pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &Scopes) -> Error {
+pub(crate) fn classify_api_error(
+    answer: &Answer,
+    method: &str,
+    path: &str,
+    granted: &Scopes,
+) -> Error {
     let json = serde_json::from_slice::<serde_json::Value>(&answer.body).ok();
     let field = |name: &str| {
         json.as_ref()

@@ -12,8 +12,11 @@
 //! durably before releasing. SQLite implements it with a per-account file lock,
 //! PostgreSQL with a transaction-scoped advisory lock.
 
-#[doc(hidden)] // the server's session store; not a promise to users
+#[cfg(feature = "internals")]
 pub mod sessions;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub, dead_code)] // `pub` for spotoken-server, with `internals`
+mod sessions;
 pub mod sqlite;
 
 #[cfg(feature = "postgres")]
@@ -26,7 +29,7 @@ use spotoken_core::scope::Scopes;
 
 use crate::Error;
 
-#[doc(hidden)]
+#[cfg(feature = "internals")]
 pub use sessions::{PendingRecord, SessionRecord, SessionStore};
 pub use sqlite::Sqlite;
 
@@ -209,7 +212,7 @@ pub(crate) mod suite {
     use super::*;
     use std::sync::Arc;
 
-    pub fn row(account: &str) -> Row {
+    pub(crate) fn row(account: &str) -> Row {
         Row {
             account: account.into(),
             client_id: "cid".into(),
@@ -228,7 +231,7 @@ pub(crate) mod suite {
         }
     }
 
-    pub async fn run_all(store: Arc<dyn TokenStore>) {
+    pub(crate) async fn run_all(store: Arc<dyn TokenStore>) {
         upsert_load_list_delete(&*store).await;
         update_checks_version(&*store).await;
         lock_serializes_and_rereads(store.clone()).await;

@@ -96,7 +96,7 @@ pub trait SessionStore: Send + Sync + 'static {
 pub(crate) mod suite {
     use super::*;
 
-    pub async fn run_all(store: &dyn SessionStore) {
+    pub(crate) async fn run_all(store: &dyn SessionStore) {
         let now = 1_800_000_000;
         let s = SessionRecord {
             id_hash: hash("cookie-value"),

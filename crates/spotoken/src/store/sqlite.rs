@@ -35,6 +35,7 @@ use tokio::sync::oneshot;
 
 use super::{AccountLock, Row, TokenStore, unix_now};
 use crate::Error;
+use spotoken_core::sync::LockUnpoisoned as _;
 
 /// How long a statement waits for a lock another connection holds (another
 /// process committing) before failing with "database is locked".
@@ -181,10 +182,7 @@ impl Sqlite {
     ) -> Result<T, Error> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = inner
-                .reader
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let conn = inner.reader.lock_unpoisoned();
             f(&conn).map_err(db_err(&inner.path))
         })
         .await
@@ -208,8 +206,7 @@ impl Sqlite {
         });
         self.inner
             .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lock_unpoisoned()
             .send(job)
             .map_err(|_| Error::Internal("the SQLite writer thread has stopped".into()))?;
         rx.await
@@ -274,10 +271,15 @@ fn use_rollback_journal(conn: &Connection) {
     }
 }
 
+/// The schema version the store was last migrated to (`PRAGMA user_version`).
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
 fn migrate(conn: &Connection, path: &Path) -> Result<(), Error> {
-    let current: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(db_err(path))?;
+    // Read without the write lock first: a store already up to date (every
+    // open but the first after an upgrade) takes no write lock at all.
+    let current = user_version(conn).map_err(db_err(path))?;
     if current == SCHEMA_VERSION {
         return Ok(());
     }
@@ -290,8 +292,8 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), Error> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(db_err(path))?;
     let result = (|| {
-        // Re-read under the write lock: another process may have migrated meanwhile.
-        let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        // Again under the write lock: another process may have migrated meanwhile.
+        let current = user_version(conn)?;
         for (i, sql) in MIGRATIONS
             .iter()
             .enumerate()
