@@ -672,6 +672,7 @@ impl Tokens {
         Ok(c)
     }
 
+    #[allow(clippy::too_many_lines)] // split next, once the engine's other changes are in
     async fn refresh_locked(
         &self,
         lock: &mut dyn AccountLock,
