@@ -5,9 +5,8 @@
 //!
 //! Why by hand: hyper's client drives each connection from a task of its own
 //! and hands requests, responses and body chunks across channels between
-//! that task and the request's; on the proxy's hot path that machinery was a
-//! fifth of the instructions and kept `spotoken serve` behind nginx
-//! (docs/BENCHMARKS.md). Parsing is `httparse`'s, as in hyper; what is written
+//! that task and the request's; on the proxy's hot path that machinery cost
+//! more than the proxying (docs/BENCHMARKS.md). Parsing is `httparse`'s, as in hyper; what is written
 //! here is the framing decision and the chunked decoder, both property-tested
 //! and fuzzed (`fuzz/fuzz_targets/upstream_response.rs`).
 

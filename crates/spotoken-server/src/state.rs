@@ -75,10 +75,9 @@ pub struct Shared {
 /// its own views of the sessions it served, valid until the session cache's
 /// time-to-live, the token's freshness or the session's end, whichever comes
 /// first, and all dropped at a logout on this instance. A proxied request
-/// then takes no lock shared with the other event loops, computes no SipHash
-/// and builds no header (the shared caches behind it cost a fifth of the
-/// proxy's own instructions, and a cache-line transfer between cores per
-/// lock).
+/// then takes no lock shared with the other event loops (each such lock moves
+/// a cache line between cores), computes no SipHash and builds no header
+/// (what the shared caches cost: docs/BENCHMARKS.md).
 #[derive(Clone)]
 pub(crate) struct View {
     /// The session.

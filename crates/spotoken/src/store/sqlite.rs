@@ -12,17 +12,15 @@
 //! (`secure_delete`).
 //!
 //! The journal is SQLite's rollback journal, truncated after every commit, not
-//! WAL. `spotoken token` is a new process each time and, with no other process
-//! holding the store open, a WAL reader must first rebuild the shared-memory
-//! index (create, truncate and extend `-shm`, map it, take eight locks): 0.3 ms
-//! of a 1.1 ms command. A rollback-journal reader takes one shared lock and
-//! reads two pages. The price is paid by writers: a commit costs more fsyncs
-//! and briefly blocks readers, so durable rotations drop from ~19,000/s to
-//! ~2,300/s with 256 accounts in flight (docs/BENCHMARKS.md), far above what a
-//! store of people's accounts asks. The truncated journal also means no older
-//! copy of a rewritten row survives a commit. A store another process still
-//! holds in WAL mode (an older spotoken) stays in WAL until it is opened alone;
-//! both modes read and write correctly.
+//! WAL: `spotoken token` is a new process each time, and a WAL reader alone
+//! on the store must first rebuild the shared-memory index, a large share of
+//! the command, where a rollback-journal reader takes one shared lock and
+//! reads two pages. Writers pay instead (more fsyncs per commit), still far
+//! above what a store of people's accounts asks (figures: docs/BENCHMARKS.md).
+//! The truncated journal also means no older copy of a rewritten row survives
+//! a commit. A store another process still holds in WAL mode (an older
+//! spotoken) stays in WAL until it is opened alone; both modes read and write
+//! correctly.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
