@@ -14,6 +14,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 pub mod backoff;
+pub mod budget;
 pub mod callback;
 pub mod device;
 pub mod discovery;

@@ -74,6 +74,7 @@
 
 pub mod account;
 pub mod api;
+pub mod budget;
 mod crash;
 pub mod crypto;
 mod device;
