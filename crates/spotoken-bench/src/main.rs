@@ -555,7 +555,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         .find(|w| w.starts_with("http://"))
         .ok_or("no server URL")?
         .to_owned();
-    spotoken::http::install_crypto_provider();
+    spotoken::install_crypto_provider();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;

@@ -1,6 +1,7 @@
 //! Prometheus metrics, rendered by hand: a few counters and one histogram do
 //! not need a registry.
 
+use spotoken::core::sync::LockUnpoisoned as _;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -19,10 +20,14 @@ const BUCKETS: &[f64] = &[
 /// shard; `/metrics` adds them up.
 const SHARDS: usize = 8;
 
+/// Proxied requests are counted per status code below this: every code HTTP
+/// defines (100–599); a status outside is not counted by code.
+const STATUSES: usize = 600;
+
 /// One shard, on cache lines of its own.
 #[repr(align(128))]
 struct Shard {
-    by_status: [AtomicU64; 600],
+    by_status: [AtomicU64; STATUSES],
     /// Requests per latency bucket (not cumulative), the last one `+Inf`.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
@@ -95,12 +100,7 @@ impl Metrics {
 
     /// Counts a refresh outcome.
     pub fn refresh(&self, outcome: &'static str) {
-        *self
-            .refreshes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(outcome)
-            .or_default() += 1;
+        *self.refreshes.lock_unpoisoned().entry(outcome).or_default() += 1;
     }
 
     /// Counts a proxied request as in flight until the guard is dropped.
@@ -160,27 +160,30 @@ impl Metrics {
     /// The Prometheus text format, with gauges computed by the caller.
     pub fn render(&self, active_sessions: usize, reauth_required: usize) -> String {
         let mut s = String::new();
+        self.render_counters(&mut s);
+        self.render_latency(&mut s);
+        self.render_gauges(&mut s, active_sessions, reauth_required);
+        s
+    }
+
+    /// Refreshes by outcome and proxied requests by status.
+    fn render_counters(&self, s: &mut String) {
         describe(
-            &mut s,
+            s,
             "spotoken_refreshes_total",
             "counter",
             "Token refreshes by outcome.",
         );
-        for (k, v) in self
-            .refreshes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for (k, v) in self.refreshes.lock_unpoisoned().iter() {
             let _ = writeln!(s, "spotoken_refreshes_total{{outcome=\"{k}\"}} {v}");
         }
         describe(
-            &mut s,
+            s,
             "spotoken_proxy_requests_total",
             "counter",
             "Proxied Web API requests by status.",
         );
-        for status in 0..600 {
+        for status in 0..STATUSES {
             let v = self.total(|sh| sh.by_status[status].load(Ordering::Relaxed));
             if v > 0 {
                 let _ = writeln!(
@@ -189,8 +192,12 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    /// The proxied requests' latency histogram.
+    fn render_latency(&self, s: &mut String) {
         describe(
-            &mut s,
+            s,
             "spotoken_proxy_request_duration_seconds",
             "histogram",
             "Proxied request latency.",
@@ -214,33 +221,36 @@ impl Metrics {
             self.total(|sh| sh.latency_sum_micros.load(Ordering::Relaxed)) as f64 / 1e6
         );
         let _ = writeln!(s, "spotoken_proxy_request_duration_seconds_count {count}");
+    }
+
+    /// Requests in flight, sessions and accounts needing a login.
+    fn render_gauges(&self, s: &mut String, active_sessions: usize, reauth_required: usize) {
         let in_flight: i64 = self
             .shards
             .iter()
             .map(|sh| sh.in_flight.load(Ordering::Relaxed))
             .sum();
         describe(
-            &mut s,
+            s,
             "spotoken_proxy_in_flight",
             "gauge",
             "Proxied requests being served.",
         );
         let _ = writeln!(s, "spotoken_proxy_in_flight {}", in_flight.max(0));
         describe(
-            &mut s,
+            s,
             "spotoken_active_sessions",
             "gauge",
             "Sessions that have not ended.",
         );
         let _ = writeln!(s, "spotoken_active_sessions {active_sessions}");
         describe(
-            &mut s,
+            s,
             "spotoken_accounts_reauth_required",
             "gauge",
             "Accounts that need a new login.",
         );
         let _ = writeln!(s, "spotoken_accounts_reauth_required {reauth_required}");
-        s
     }
 }
 

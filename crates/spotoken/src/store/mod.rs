@@ -12,8 +12,11 @@
 //! durably before releasing. SQLite implements it with a per-account file lock,
 //! PostgreSQL with a transaction-scoped advisory lock.
 
-#[doc(hidden)] // the server's session store; not a promise to users
+#[cfg(feature = "internals")]
 pub mod sessions;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub, dead_code)] // `pub` for spotoken-server, with `internals`
+mod sessions;
 pub mod sqlite;
 
 #[cfg(feature = "postgres")]
@@ -28,7 +31,7 @@ use spotoken_core::scope::Scopes;
 
 use crate::Error;
 
-#[doc(hidden)]
+#[cfg(feature = "internals")]
 pub use sessions::{PendingRecord, SessionRecord, SessionStore};
 pub use sqlite::Sqlite;
 

@@ -12,17 +12,15 @@
 //! (`secure_delete`).
 //!
 //! The journal is SQLite's rollback journal, truncated after every commit, not
-//! WAL. `spotoken token` is a new process each time and, with no other process
-//! holding the store open, a WAL reader must first rebuild the shared-memory
-//! index (create, truncate and extend `-shm`, map it, take eight locks): 0.3 ms
-//! of a 1.1 ms command. A rollback-journal reader takes one shared lock and
-//! reads two pages. The price is paid by writers: a commit costs more fsyncs
-//! and briefly blocks readers, so durable rotations drop from ~19,000/s to
-//! ~2,300/s with 256 accounts in flight (docs/BENCHMARKS.md), far above what a
-//! store of people's accounts asks. The truncated journal also means no older
-//! copy of a rewritten row survives a commit. A store another process still
-//! holds in WAL mode (an older spotoken) stays in WAL until it is opened alone;
-//! both modes read and write correctly.
+//! WAL: `spotoken token` is a new process each time, and a WAL reader alone
+//! on the store must first rebuild the shared-memory index, a large share of
+//! the command, where a rollback-journal reader takes one shared lock and
+//! reads two pages. Writers pay instead (more fsyncs per commit), still far
+//! above what a store of people's accounts asks (figures: docs/BENCHMARKS.md).
+//! The truncated journal also means no older copy of a rewritten row survives
+//! a commit. A store another process still holds in WAL mode (an older
+//! spotoken) stays in WAL until it is opened alone; both modes read and write
+//! correctly.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -35,6 +33,7 @@ use tokio::sync::oneshot;
 
 use super::{AccountLock, Row, TokenStore, unix_now};
 use crate::Error;
+use spotoken_core::sync::LockUnpoisoned as _;
 
 /// How long a statement waits for a lock another connection holds (another
 /// process committing) before failing with "database is locked".
@@ -181,10 +180,7 @@ impl Sqlite {
     ) -> Result<T, Error> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = inner
-                .reader
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let conn = inner.reader.lock_unpoisoned();
             f(&conn).map_err(db_err(&inner.path))
         })
         .await
@@ -208,8 +204,7 @@ impl Sqlite {
         });
         self.inner
             .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lock_unpoisoned()
             .send(job)
             .map_err(|_| Error::Internal("the SQLite writer thread has stopped".into()))?;
         rx.await
@@ -274,10 +269,15 @@ fn use_rollback_journal(conn: &Connection) {
     }
 }
 
+/// The schema version the store was last migrated to (`PRAGMA user_version`).
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
 fn migrate(conn: &Connection, path: &Path) -> Result<(), Error> {
-    let current: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(db_err(path))?;
+    // Read without the write lock first: a store already up to date (every
+    // open but the first after an upgrade) takes no write lock at all.
+    let current = user_version(conn).map_err(db_err(path))?;
     if current == SCHEMA_VERSION {
         return Ok(());
     }
@@ -290,8 +290,8 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), Error> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(db_err(path))?;
     let result = (|| {
-        // Re-read under the write lock: another process may have migrated meanwhile.
-        let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        // Again under the write lock: another process may have migrated meanwhile.
+        let current = user_version(conn)?;
         for (i, sql) in MIGRATIONS
             .iter()
             .enumerate()
