@@ -85,6 +85,9 @@ pub struct ServeFile {
     pub same_site: Option<String>,
     /// Proxies in front whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Option<Vec<String>>,
+    /// Keep tokens warm in the background only for sessions used within
+    /// this long (`1h`, seconds).
+    pub refresh_window: Option<String>,
 }
 
 /// Where the key comes from.

@@ -20,6 +20,7 @@
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus |
 //! | anything else | the app: its files (`--static DIR`) or its server (`--app-upstream URL`) |
 
+pub mod activity;
 pub mod app_proxy;
 pub mod auth;
 pub mod config;

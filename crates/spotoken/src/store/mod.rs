@@ -27,7 +27,7 @@ use spotoken_core::scope::Scopes;
 use crate::Error;
 
 #[doc(hidden)]
-pub use sessions::{PendingRecord, SessionRecord, SessionStore};
+pub use sessions::{Census, DueBatch, DueQuery, PendingRecord, SessionRecord, SessionStore};
 pub use sqlite::Sqlite;
 
 #[cfg(feature = "postgres")]
