@@ -85,6 +85,8 @@ impl Output {
 }
 
 /// The commands.
+// Parsed once per run: the size of the largest (`serve`'s options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Log in through the browser (PKCE) and store the tokens, encrypted.
@@ -292,6 +294,10 @@ pub(crate) struct ServeArgs {
         value_delimiter = ','
     )]
     pub(crate) trusted_proxies: Vec<std::net::IpAddr>,
+    /// Keep tokens warm in the background only for sessions used within this long
+    /// (at least 10m); an idle session is refreshed on its next request [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg, env = REFRESH_WINDOW_ENV)]
+    pub(crate) refresh_window: Option<Duration>,
     /// Development: start the built-in Spotify emulator and log in through it (its consent
     /// page; no Spotify app, no client id); sessions go to serve-emulator.db in the home
     #[arg(long)]

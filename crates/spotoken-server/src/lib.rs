@@ -24,6 +24,7 @@
 // be longer.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
+mod activity;
 mod app_proxy;
 mod auth;
 mod config;

@@ -60,6 +60,8 @@ pub struct Shared {
     pub(crate) logins: crate::limits::LoginLimiter,
     /// What answers the paths that are not spotoken's own.
     pub(crate) front: Front,
+    /// Accounts in use, for the background refresher.
+    pub(crate) activity: crate::activity::Activity,
     cache: Mutex<SessionCache>,
     identities: Mutex<HashMap<String, (Arc<Identity>, Instant)>>,
     /// The last token endpoint probe for `/readyz`: when, and whether it
@@ -167,6 +169,7 @@ impl AppState {
             sessions,
             logins: crate::limits::LoginLimiter::new(config.login_limits),
             front,
+            activity: crate::activity::Activity::default(),
             config: Arc::new(config),
             upstream,
             metrics,
@@ -207,12 +210,14 @@ impl Shared {
             && at.elapsed() < ttl
             && s.expires_at > now
         {
+            self.activity.note(&s.account, now);
             return Ok(Some((s.clone(), *at)));
         }
         let id_hash = hash(cookie_value);
         let mut found = self.sessions.get_session(&id_hash, now).await?;
         if let Some(s) = &mut found {
             self.touch(&id_hash, s, now).await?;
+            self.activity.note(&s.account, now);
         }
         let found = found.map(Arc::new);
         let read_at = Instant::now();

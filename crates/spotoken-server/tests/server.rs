@@ -1404,8 +1404,20 @@ impl SessionStore for Gated {
     async fn session_accounts(&self, now: i64) -> Result<Vec<String>, spotoken::Error> {
         self.inner.session_accounts(now).await
     }
-    async fn purge_expired(&self, now: i64) -> Result<Vec<String>, spotoken::Error> {
-        self.inner.purge_expired(now).await
+    async fn purge_expired(&self, now: i64, limit: u32) -> Result<Vec<String>, spotoken::Error> {
+        self.inner.purge_expired(now, limit).await
+    }
+    async fn note_used(&self, accounts: &[String], at: i64) -> Result<(), spotoken::Error> {
+        self.inner.note_used(accounts, at).await
+    }
+    async fn claim_due(
+        &self,
+        q: spotoken::store::DueQuery,
+    ) -> Result<spotoken::store::DueBatch, spotoken::Error> {
+        self.inner.claim_due(q).await
+    }
+    async fn census(&self, now: i64) -> Result<spotoken::store::Census, spotoken::Error> {
+        self.inner.census(now).await
     }
 }
 

@@ -32,7 +32,7 @@ use spotoken_core::scope::Scopes;
 use crate::Error;
 
 #[cfg(feature = "internals")]
-pub use sessions::{PendingRecord, SessionRecord, SessionStore};
+pub use sessions::{Census, DueBatch, DueQuery, PendingRecord, SessionRecord, SessionStore};
 pub use sqlite::Sqlite;
 
 #[cfg(feature = "postgres")]
