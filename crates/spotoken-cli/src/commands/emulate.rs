@@ -21,6 +21,20 @@ pub struct EmulateArgs {
     /// loopback /callback and /auth/callback on any port).
     #[arg(long = "redirect-uri")]
     pub redirect_uris: Vec<String>,
+    /// Also serve the same emulator over HTTPS on this port of 127.0.0.1
+    /// (0 picks a free one), with a certificate from a test CA made at start.
+    #[arg(long, value_name = "PORT")]
+    pub tls_port: Option<u16>,
+    /// Write the test CA's certificate (PEM) here, for clients to trust.
+    #[arg(long, value_name = "FILE", requires = "tls_port")]
+    pub tls_ca_out: Option<std::path::PathBuf>,
+    /// Offer HTTP/2 on the HTTPS port (ALPN h2), as api.spotify.com does.
+    #[arg(long, requires = "tls_port")]
+    pub http2: bool,
+    /// Added delay before every Web API answer (e.g. 20ms), as from a
+    /// far-away api.spotify.com.
+    #[arg(long, value_parser = crate::config::parse_duration_arg)]
+    pub api_latency: Option<std::time::Duration>,
 }
 
 /// Starts the emulator, prints where it is, serves until SIGINT or SIGTERM.
@@ -47,12 +61,31 @@ pub async fn exec(global: &Global, args: EmulateArgs) -> Result<u8, Error> {
             args.redirect_uris.clone()
         },
     });
-    let emu = Emulator::start_on(args.port, extra.clone())
-        .await
-        .map_err(|e| {
-            Error::Configuration(format!("cannot listen on 127.0.0.1:{}: {e}", args.port))
-        })?;
+    let mut builder = Emulator::builder()
+        .port(args.port)
+        .http2(args.http2)
+        .api_latency(args.api_latency.unwrap_or_default());
+    if let Some(c) = &extra {
+        builder = builder.client(c.clone());
+    }
+    if let Some(p) = args.tls_port {
+        builder = builder.tls_port(p);
+    }
+    let emu = builder.start().await.map_err(|e| {
+        Error::Configuration(format!(
+            "cannot listen on 127.0.0.1:{}{}: {e}",
+            args.port,
+            args.tls_port
+                .map(|p| format!(" and 127.0.0.1:{p}"))
+                .unwrap_or_default()
+        ))
+    })?;
+    if let (Some(path), Some(ca)) = (&args.tls_ca_out, emu.tls_ca()) {
+        std::fs::write(path, ca.ca_pem())
+            .map_err(|e| Error::Configuration(format!("cannot write {}: {e}", path.display())))?;
+    }
     let url = emu.url();
+    let tls_url = emu.tls_url();
     let mut clients = vec![
         serde_json::json!({"client_id": DEFAULT_CLIENT_ID, "client_secret": DEFAULT_CLIENT_SECRET}),
     ];
@@ -64,12 +97,22 @@ pub async fn exec(global: &Global, args: EmulateArgs) -> Result<u8, Error> {
         Output::Json => crate::output::json(&serde_json::json!({
             "url": url, "accounts_url": url, "api_url": url, "echo_url": echo_url,
             "clients": clients, "app_mode": "development",
+            "tls_url": tls_url, "tls_ca_pem": emu.tls_ca().map(|c| c.ca_pem()),
         })),
         Output::Text => {
             let p = crate::output::line;
             p(&format!("spotoken emulator listening on {url}"));
             p(&format!("  accounts url: {url}   (SPOTOKEN_ACCOUNTS_URL)"));
             p(&format!("  api url:      {url}   (SPOTOKEN_API_URL)"));
+            if let Some(t) = &tls_url {
+                let ca = args
+                    .tls_ca_out
+                    .as_ref()
+                    .map_or("not written: --tls-ca-out FILE".into(), |p| {
+                        p.display().to_string()
+                    });
+                p(&format!("  tls url:      {t}   (test CA: {ca})"));
+            }
             p(&format!(
                 "  client id:     {DEFAULT_CLIENT_ID} (secret {DEFAULT_CLIENT_SECRET}; PKCE needs none)"
             ));
