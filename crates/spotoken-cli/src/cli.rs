@@ -72,6 +72,8 @@ pub enum Output {
 }
 
 /// The commands.
+// Parsed once per process: the size of the largest (serve's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Log in through the browser (PKCE) and store the tokens, encrypted.

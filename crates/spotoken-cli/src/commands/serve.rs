@@ -82,6 +82,15 @@ pub struct ServeArgs {
     /// page; no Spotify app, no client id); sessions go to serve-emulator.db in the home
     #[arg(long)]
     pub emulator: bool,
+    /// Also trust the CA certificates in this PEM file for the Web API upstream
+    /// (tests and benchmarks against `spotoken emulate --tls-port`); the system's
+    /// roots stay trusted and certificates are always verified
+    #[arg(long, value_name = "FILE", env = "SPOTOKEN_UPSTREAM_CA")]
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// Speak HTTP/2 to the Web API (HTTPS only) through hyper's client instead of
+    /// HTTP/1.1 keep-alive connections (measured in docs/BENCHMARKS.md)
+    #[arg(long, env = "SPOTOKEN_UPSTREAM_HTTP2")]
+    pub upstream_http2: bool,
 }
 
 /// What the server runs with: flags and environment, then `[serve]` in
@@ -119,6 +128,10 @@ pub struct Settings {
     pub same_site: SameSite,
     /// Proxies whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Extra roots for the Web API upstream (flag or environment only).
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// HTTP/2 to the Web API (flag or environment only).
+    pub upstream_http2: bool,
 }
 
 impl Settings {
@@ -216,6 +229,8 @@ impl Settings {
             session_idle,
             same_site,
             trusted_proxies,
+            upstream_ca: args.upstream_ca.clone(),
+            upstream_http2: args.upstream_http2,
         })
     }
 }
@@ -280,6 +295,8 @@ pub async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
     sc.session_idle = settings.session_idle;
     sc.same_site = settings.same_site;
     sc.trusted_proxies = settings.trusted_proxies.clone();
+    sc.upstream_ca = settings.upstream_ca.clone();
+    sc.upstream_http2 = settings.upstream_http2;
 
     let (tokens_store, sessions): (Arc<dyn TokenStore>, Arc<dyn SessionStore>) =
         match settings.database_url.as_deref() {
