@@ -298,6 +298,15 @@ pub(crate) struct ServeArgs {
     /// (at least 10m); an idle session is refreshed on its next request [default: 1h]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg, env = REFRESH_WINDOW_ENV)]
     pub(crate) refresh_window: Option<Duration>,
+    /// Also trust the CA certificates in this PEM file for the Web API upstream
+    /// (tests and benchmarks against `spotoken emulate --tls-port`); the system's
+    /// roots stay trusted and certificates are always verified
+    #[arg(long, value_name = "FILE", env = UPSTREAM_CA_ENV)]
+    pub(crate) upstream_ca: Option<PathBuf>,
+    /// Speak HTTP/2 to the Web API (HTTPS only) through hyper's client instead of
+    /// HTTP/1.1 keep-alive connections (measured in docs/BENCHMARKS.md)
+    #[arg(long, env = UPSTREAM_HTTP2_ENV)]
+    pub(crate) upstream_http2: bool,
     /// Development: start the built-in Spotify emulator and log in through it (its consent
     /// page; no Spotify app, no client id); sessions go to serve-emulator.db in the home
     #[arg(long)]
@@ -318,6 +327,20 @@ pub(crate) struct EmulateArgs {
     /// loopback /callback and /auth/callback on any port).
     #[arg(long = "redirect-uri")]
     pub(crate) redirect_uris: Vec<String>,
+    /// Also serve the same emulator over HTTPS on this port of 127.0.0.1
+    /// (0 picks a free one), with a certificate from a test CA made at start.
+    #[arg(long, value_name = "PORT")]
+    pub(crate) tls_port: Option<u16>,
+    /// Write the test CA's certificate (PEM) here, for clients to trust.
+    #[arg(long, value_name = "FILE", requires = "tls_port")]
+    pub(crate) tls_ca_out: Option<std::path::PathBuf>,
+    /// Offer HTTP/2 on the HTTPS port (ALPN h2), as api.spotify.com does.
+    #[arg(long, requires = "tls_port")]
+    pub(crate) http2: bool,
+    /// Added delay before every Web API answer (e.g. 20ms), as from a
+    /// far-away api.spotify.com.
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub(crate) api_latency: Option<Duration>,
 }
 
 /// Parses a duration option (`90`, `90s`, `5m`, `2h`).

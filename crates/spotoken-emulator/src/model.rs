@@ -357,6 +357,19 @@ pub struct Counters {
     /// few).
     #[serde(default)]
     pub connections: u64,
+    /// TLS handshakes completed in full on the TLS port (a client that
+    /// resumes sessions or keeps connections alive makes few).
+    #[serde(default)]
+    pub tls_full_handshakes: u64,
+    /// TLS handshakes that resumed an earlier session.
+    #[serde(default)]
+    pub tls_resumed_handshakes: u64,
+    /// TLS handshakes that failed.
+    #[serde(default)]
+    pub tls_failed_handshakes: u64,
+    /// TLS connections on which the client chose HTTP/2 (ALPN `h2`).
+    #[serde(default)]
+    pub http2_connections: u64,
     /// Requests for the discovery document.
     #[serde(default)]
     pub discovery_requests: u64,

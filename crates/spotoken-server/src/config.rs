@@ -52,6 +52,13 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-For` names the client (a TLS-terminating
     /// proxy in front, `--trusted-proxy`); from anyone else it is ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// A PEM file of CA certificates the Web API upstream may also chain to,
+    /// besides the system's roots (`--upstream-ca`: tests and benchmarks
+    /// against the emulator's TLS port). Never a way to skip verification.
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// Speak HTTP/2 to the Web API (`--upstream-http2`; HTTPS only) through
+    /// hyper's client, instead of HTTP/1.1 over the proxy's own pool.
+    pub upstream_http2: bool,
 }
 
 impl ServerConfig {
@@ -84,6 +91,8 @@ impl ServerConfig {
             session_idle: None,
             same_site: crate::cookies::SameSite::Lax,
             trusted_proxies: Vec::new(),
+            upstream_ca: None,
+            upstream_http2: false,
         })
     }
 

@@ -147,8 +147,12 @@ impl AppState {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, spotoken::Error> {
-        let upstream = crate::upstream::Upstream::new(tokens.api_base())?
-            .stall_timeout(config.upstream_timeout);
+        let upstream = crate::upstream::Upstream::configured(
+            tokens.api_base(),
+            config.upstream_ca.as_deref(),
+            config.upstream_http2,
+        )?
+        .stall_timeout(config.upstream_timeout);
         let front = match (&config.static_dir, &config.app_upstream) {
             (Some(_), Some(_)) => {
                 return Err(spotoken::Error::Configuration(

@@ -88,6 +88,10 @@ pub(crate) const APP_UPSTREAM_ENV: &str = "SPOTOKEN_APP_UPSTREAM";
 pub(crate) const TRUSTED_PROXY_ENV: &str = "SPOTOKEN_TRUSTED_PROXY";
 /// `serve --refresh-window`.
 pub(crate) const REFRESH_WINDOW_ENV: &str = "SPOTOKEN_REFRESH_WINDOW";
+/// `serve --upstream-ca`.
+pub(crate) const UPSTREAM_CA_ENV: &str = "SPOTOKEN_UPSTREAM_CA";
+/// `serve --upstream-http2`.
+pub(crate) const UPSTREAM_HTTP2_ENV: &str = "SPOTOKEN_UPSTREAM_HTTP2";
 
 // Defaults.
 

@@ -34,12 +34,31 @@ pub(crate) async fn exec(
             args.redirect_uris.clone()
         },
     });
-    let emu = Emulator::start_on(args.port, extra.clone())
-        .await
-        .map_err(|e| {
-            Error::Configuration(format!("cannot listen on 127.0.0.1:{}: {e}", args.port))
-        })?;
+    let mut builder = Emulator::builder()
+        .port(args.port)
+        .http2(args.http2)
+        .api_latency(args.api_latency.unwrap_or_default());
+    if let Some(c) = &extra {
+        builder = builder.client(c.clone());
+    }
+    if let Some(p) = args.tls_port {
+        builder = builder.tls_port(p);
+    }
+    let emu = builder.start().await.map_err(|e| {
+        Error::Configuration(format!(
+            "cannot listen on 127.0.0.1:{}{}: {e}",
+            args.port,
+            args.tls_port
+                .map(|p| format!(" and 127.0.0.1:{p}"))
+                .unwrap_or_default()
+        ))
+    })?;
+    if let (Some(path), Some(ca)) = (&args.tls_ca_out, emu.tls_ca()) {
+        std::fs::write(path, ca.ca_pem())
+            .map_err(|e| Error::Configuration(format!("cannot write {}: {e}", path.display())))?;
+    }
     let url = emu.url();
+    let tls_url = emu.tls_url();
     let mut clients = vec![
         serde_json::json!({"client_id": DEFAULT_CLIENT_ID, "client_secret": DEFAULT_CLIENT_SECRET}),
     ];
@@ -51,12 +70,22 @@ pub(crate) async fn exec(
         Output::Json => crate::output::json(&serde_json::json!({
             "url": url, "accounts_url": url, "api_url": url, "echo_url": echo_url,
             "clients": clients, "app_mode": "development",
+            "tls_url": tls_url, "tls_ca_pem": emu.tls_ca().map(|c| c.ca_pem()),
         })),
         Output::Text => {
             let p = crate::output::line;
             p(&format!("spotoken emulator listening on {url}"));
             p(&format!("  accounts url: {url}   (SPOTOKEN_ACCOUNTS_URL)"));
             p(&format!("  api url:      {url}   (SPOTOKEN_API_URL)"));
+            if let Some(t) = &tls_url {
+                let ca = args
+                    .tls_ca_out
+                    .as_ref()
+                    .map_or("not written: --tls-ca-out FILE".into(), |p| {
+                        p.display().to_string()
+                    });
+                p(&format!("  tls url:      {t}   (test CA: {ca})"));
+            }
             p(&format!(
                 "  client id:     {DEFAULT_CLIENT_ID} (secret {DEFAULT_CLIENT_SECRET}; PKCE needs none)"
             ));

@@ -53,6 +53,10 @@ pub(crate) struct Settings {
     pub(crate) trusted_proxies: Vec<std::net::IpAddr>,
     /// The background refresher's active window; `None`: its default.
     pub(crate) refresh_window: Option<Duration>,
+    /// Extra roots for the Web API upstream (flag or environment only).
+    pub(crate) upstream_ca: Option<std::path::PathBuf>,
+    /// HTTP/2 to the Web API (flag or environment only).
+    pub(crate) upstream_http2: bool,
 }
 
 impl Settings {
@@ -139,6 +143,8 @@ impl Settings {
             same_site,
             trusted_proxies,
             refresh_window,
+            upstream_ca: args.upstream_ca.clone(),
+            upstream_http2: args.upstream_http2,
         })
     }
 
@@ -171,6 +177,8 @@ impl Settings {
         };
         sc.session_idle = self.session_idle;
         sc.trusted_proxies = self.trusted_proxies.clone();
+        sc.upstream_ca = self.upstream_ca.clone();
+        sc.upstream_http2 = self.upstream_http2;
         Ok(sc)
     }
 }
