@@ -336,7 +336,7 @@ pub(crate) mod due_suite {
         v.iter().cloned().collect()
     }
 
-    pub async fn run_all(
+    pub(crate) async fn run_all(
         tokens: Arc<dyn TokenStore>,
         a: Arc<dyn SessionStore>,
         b: Arc<dyn SessionStore>,
