@@ -84,7 +84,7 @@ fn render(body: &Body<'_>, plant: u8) -> Vec<u8> {
     match body {
         Body::Raw(b) => {
             let mut v = b.to_vec();
-            if plant % 8 == 0 {
+            if plant.is_multiple_of(8) {
                 v.extend_from_slice(PLANTED.as_bytes());
             }
             v
