@@ -14,12 +14,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// An account's use is written to the store at most this often.
-pub const NOTE_EVERY_SECS: i64 = 300;
+pub(crate) const NOTE_EVERY_SECS: i64 = 300;
 
 /// Uses seen since the last pass, and when each account's use was last
 /// queued for the store.
 #[derive(Default)]
-pub struct Activity {
+pub(crate) struct Activity {
     inner: Mutex<Inner>,
 }
 
@@ -34,7 +34,7 @@ struct Inner {
 impl Activity {
     /// Notes that `account` was used at `now`: queued for the store unless
     /// it was queued less than [`NOTE_EVERY_SECS`] ago.
-    pub fn note(&self, account: &str, now: i64) {
+    pub(crate) fn note(&self, account: &str, now: i64) {
         let mut inner = self
             .inner
             .lock()
@@ -50,7 +50,7 @@ impl Activity {
 
     /// The accounts to write now; forgets uses too old to hold back a new
     /// note, so memory follows the accounts used in the last few minutes.
-    pub fn take(&self, now: i64) -> Vec<String> {
+    pub(crate) fn take(&self, now: i64) -> Vec<String> {
         let mut inner = self
             .inner
             .lock()
@@ -62,7 +62,7 @@ impl Activity {
     }
 
     /// Puts back accounts whose write failed, for the next pass.
-    pub fn put_back(&self, accounts: Vec<String>) {
+    pub(crate) fn put_back(&self, accounts: Vec<String>) {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

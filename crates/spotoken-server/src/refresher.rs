@@ -44,6 +44,14 @@ pub struct RefresherConfig {
     pub purge_batch: u32,
 }
 
+impl RefresherConfig {
+    /// The shortest active window: uses are recorded at most every few
+    /// minutes, so a shorter window would lose accounts still in use.
+    #[allow(clippy::cast_sign_loss)]
+    pub const MIN_WINDOW: Duration =
+        Duration::from_secs(2 * crate::activity::NOTE_EVERY_SECS as u64);
+}
+
 impl Default for RefresherConfig {
     fn default() -> Self {
         Self {

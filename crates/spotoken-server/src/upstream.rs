@@ -226,14 +226,16 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     /// For the API base URL (already checked: HTTPS, or HTTP to loopback).
-    pub(crate) fn new(api_base: &url::Url) -> Result<Self, spotoken::Error> {
+    #[cfg(test)]
+    fn new(api_base: &url::Url) -> Result<Self, spotoken::Error> {
         Self::with_connector(api_base, connector())
     }
 
     /// For the API base URL, trusting the CA certificates in the PEM file
     /// `extra_roots` besides the system's (`--upstream-ca`: an emulator's
     /// test CA in tests and benchmarks). Verification stays on.
-    pub fn trusting(
+    #[cfg(test)]
+    fn trusting(
         api_base: &url::Url,
         extra_roots: &std::path::Path,
     ) -> Result<Self, spotoken::Error> {
@@ -264,7 +266,7 @@ impl Upstream {
 
     /// As configured by `--upstream-ca` (extra roots, a PEM file) and
     /// `--upstream-http2` (HTTP/2 over TLS, negotiated by ALPN).
-    pub fn configured(
+    pub(crate) fn configured(
         api_base: &url::Url,
         extra_roots: Option<&std::path::Path>,
         http2: bool,

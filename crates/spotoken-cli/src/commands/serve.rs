@@ -95,9 +95,7 @@ impl Settings {
             }
             (None, None) => None,
         };
-        // Uses are recorded at most every few minutes (see
-        // spotoken_server::activity): a shorter window would lose active users.
-        let least = 2 * spotoken_server::activity::NOTE_EVERY_SECS as u64;
+        let least = RefresherConfig::MIN_WINDOW.as_secs();
         if refresh_window.is_some_and(|w| w.as_secs() < least) {
             return Err(Error::Configuration(format!(
                 "the refresh window must be at least {} minutes",
