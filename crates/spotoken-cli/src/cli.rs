@@ -282,7 +282,7 @@ pub(crate) struct ServeArgs {
     pub(crate) session_idle: Option<Duration>,
     /// The session cookie's SameSite attribute: lax or strict [default: lax]
     #[arg(long, value_name = "lax|strict")]
-    pub(crate) same_site: Option<spotoken_server::cookies::SameSite>,
+    pub(crate) same_site: Option<spotoken_server::SameSite>,
     /// A TLS-terminating proxy in front (its address as the server sees it; repeatable):
     /// its X-Forwarded-For names the client, for bounds on logins and for the app
     #[arg(
