@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spotoken::ErrorKind;
+use spotoken::core::sync::LockUnpoisoned as _;
 use tokio::sync::Semaphore;
 
 use crate::state::AppState;
@@ -58,11 +59,7 @@ pub(crate) async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
-        if pause
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
-        {
+        if pause.lock_unpoisoned().is_some() {
             break;
         }
         let (tokens, pause) = (st.tokens.clone(), pause.clone());
@@ -77,9 +74,7 @@ pub(crate) async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration
                 Err(e) => {
                     tracing::warn!(account, error = %e, "background refresh failed");
                     if let Some(wait) = e.retry_after() {
-                        *pause
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(wait);
+                        *pause.lock_unpoisoned() = Some(wait);
                     }
                     false
                 }
@@ -95,9 +90,7 @@ pub(crate) async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration
     }
     st.metrics
         .counted(listed, (visited == listed).then_some(reauth));
-    *pause
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    *pause.lock_unpoisoned()
 }
 
 /// Runs passes until the task is dropped.
