@@ -150,7 +150,7 @@ impl IntoResponse for AppError {
     }
 }
 
-/// Every code [`AppError`] answers with, for the documentation's table (a
+/// Every `error` code the server answers with, for the documentation's table (a
 /// test checks that the README lists each).
 pub const CODES: [&str; 16] = [
     "unauthenticated",
