@@ -23,7 +23,7 @@ use spotoken::core::protocol::{
 };
 use spotoken::core::redact;
 use spotoken::{ApiResponse, Error, ErrorKind, Scopes};
-use spotoken_server::error::{AppError, ErrorBody};
+use spotoken_server::fuzzing::{AppError, ErrorBody};
 use std::time::Duration;
 
 /// A refresh token as Spotify issues them; never to be printed.
@@ -246,7 +246,7 @@ fuzz_target!(|input: Input<'_>| {
     }
 
     // The Web API.
-    let api = spotoken::http::Answer {
+    let api = spotoken::api::Answer {
         status: input.status,
         headers: Default::default(),
         retry_after,

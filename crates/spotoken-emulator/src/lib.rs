@@ -45,6 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use model::World;
+use spotoken_core::sync::LockUnpoisoned as _;
 pub use model::{
     AppMode, CHAOS_KINDS, Chaos, Client, Consent, Counters, DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET, DEFAULT_REDIRECT_URIS, Endpoint, Failure, RateLimit, Rotation, Settings,
@@ -100,8 +101,7 @@ impl Shared {
     /// updated in a way that matters to a test double, so poisoning is ignored.
     pub(crate) fn lock(&self) -> MutexGuard<'_, World> {
         self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lock_unpoisoned()
     }
 }
 

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use spotoken::core::sync::LockUnpoisoned as _;
 
 /// An account's use is written to the store at most this often.
 pub(crate) const NOTE_EVERY_SECS: i64 = 300;
@@ -37,8 +38,7 @@ impl Activity {
     pub(crate) fn note(&self, account: &str, now: i64) {
         let mut inner = self
             .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .lock_unpoisoned();
         if let Some(at) = inner.queued_at.get(account)
             && now.saturating_sub(*at) < NOTE_EVERY_SECS
         {
@@ -53,8 +53,7 @@ impl Activity {
     pub(crate) fn take(&self, now: i64) -> Vec<String> {
         let mut inner = self
             .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .lock_unpoisoned();
         inner
             .queued_at
             .retain(|_, at| now.saturating_sub(*at) < NOTE_EVERY_SECS);
@@ -64,8 +63,7 @@ impl Activity {
     /// Puts back accounts whose write failed, for the next pass.
     pub(crate) fn put_back(&self, accounts: Vec<String>) {
         self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lock_unpoisoned()
             .pending
             .extend(accounts);
     }
@@ -99,8 +97,7 @@ mod tests {
         a.take(NOTE_EVERY_SECS * 3);
         let left = a
             .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lock_unpoisoned()
             .queued_at
             .len();
         assert_eq!(left, 0);

@@ -9,7 +9,8 @@ use spotoken::{Error, ErrorKind};
 
 /// What a handler fails with.
 #[derive(Debug)]
-pub(crate) enum AppError {
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
+pub enum AppError {
     /// No session cookie: this browser never logged in (or logged out here).
     Unauthenticated,
     /// A session cookie that names no live session: it timed out (idle or
@@ -39,7 +40,8 @@ pub(crate) enum AppError {
 /// response so that the request log's middleware can add the request id
 /// ([`crate::trace::traced`]), which the handler does not know.
 #[derive(Debug, Clone)]
-pub(crate) struct ErrorBody(pub serde_json::Value);
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
+pub struct ErrorBody(pub serde_json::Value);
 
 impl From<Error> for AppError {
     fn from(e: Error) -> Self {
@@ -148,7 +150,7 @@ impl IntoResponse for AppError {
     }
 }
 
-/// Every code [`AppError`] answers with, for the documentation's table (a
+/// Every `error` code the server answers with, for the documentation's table (a
 /// test checks that the README lists each).
 pub const CODES: [&str; 16] = [
     "unauthenticated",

@@ -7,6 +7,9 @@ use bytes::BytesMut;
 
 use crate::http1::{Chunked, Framing, Step, differential, parse_head};
 
+/// The server's error answers, for the `error_body` target.
+pub use crate::error::{AppError, ErrorBody};
+
 /// What a browser controls in a proxied request: the `Cookie` header and
 /// the path after `/api/`. Never panics; an accepted path is relative, under
 /// the allowed prefix, with no traversal, encoded separator or absolute URL.

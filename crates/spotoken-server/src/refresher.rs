@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use spotoken::ErrorKind;
 use spotoken::store::DueQuery;
+use spotoken::core::sync::LockUnpoisoned as _;
 use tokio::sync::Semaphore;
 
 use crate::state::AppState;
@@ -153,7 +154,7 @@ async fn refresh_due(
     let limit = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let pause = Arc::new(Mutex::new(None::<Duration>));
     let paused =
-        |p: &Mutex<Option<Duration>>| *p.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        |p: &Mutex<Option<Duration>>| *p.lock_unpoisoned();
     let batch_size = cfg.batch.max(1);
     // A claim that ran out while this pass went on hands its accounts back:
     // they are not taken twice in one pass.
@@ -233,8 +234,7 @@ async fn refresh_one(
             tracing::warn!(account, error = %e, "background refresh failed");
             if let Some(wait) = e.retry_after() {
                 *pause
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(wait);
+                    .lock_unpoisoned() = Some(wait);
             }
             false
         }

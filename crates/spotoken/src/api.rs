@@ -18,7 +18,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use spotoken_core::scope::{self, Scopes};
 use spotoken_core::secret::AccessToken;
 
-use crate::http::{self, Answer};
+use crate::http;
+#[cfg(not(feature = "internals"))]
+use crate::http::Answer;
 use crate::{Error, Tokens};
 
 /// How many 429s in a row a request sits through.
@@ -190,12 +192,7 @@ impl Api {
                     let wait = answer.retry_after.unwrap_or(RATE_LIMIT_WAIT_UNSAID);
                     rate_limited += 1;
                     if wait > self.max_wait || rate_limited > MAX_RATE_LIMIT_RETRIES {
-                        return Err(classify_api_error(
-                            &answer,
-                            method.as_str(),
-                            path,
-                            &Scopes::default(),
-                        ));
+                        return Err(classify(&answer, method.as_str(), path, &Scopes::default()));
                     }
                     tracing::warn!(
                         wait_s = wait.as_secs_f64(),
@@ -211,7 +208,7 @@ impl Api {
                         .unwrap_or_default();
                     return Err(naming(
                         &self.account,
-                        classify_api_error(&answer, method.as_str(), path, &granted),
+                        classify(&answer, method.as_str(), path, &granted),
                     ));
                 }
                 _ => {
@@ -294,13 +291,18 @@ fn naming(account: &str, mut e: Error) -> Error {
     e
 }
 
+/// [`classify`] for the fuzz targets (with the `internals` feature).
+#[cfg(feature = "internals")]
+pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &Scopes) -> Error {
+    classify(answer, method, path, granted)
+}
+
+/// An answer as the HTTP layer reads it (with the `internals` feature).
+#[cfg(feature = "internals")]
+pub use crate::http::Answer;
+
 /// Turns the Web API's 401/403/429 into the taxonomy.
-pub(crate) fn classify_api_error(
-    answer: &Answer,
-    method: &str,
-    path: &str,
-    granted: &Scopes,
-) -> Error {
+pub(crate) fn classify(answer: &Answer, method: &str, path: &str, granted: &Scopes) -> Error {
     let json = serde_json::from_slice::<serde_json::Value>(&answer.body).ok();
     let field = |name: &str| {
         json.as_ref()

@@ -95,6 +95,16 @@ const JUST_OBTAINED_SECS: i64 = 30;
 /// refresh per account per interval.
 pub const REFRESH_AFTER_401_INTERVAL_SECS: i64 = 60;
 
+/// A token another holder of the lock obtained while we waited for it is
+/// used if it stays valid this long: it is as new as our refresh would make
+/// it, and the caller's margin was for a token read before the wait.
+const ANOTHER_HOLDERS_TOKEN_VALID_FOR: Duration = Duration::from_secs(1);
+
+/// The parser bounds `expires_in` (`MAX_EXPIRES_IN`), so it always fits in
+/// seconds as `i64`; should it not, the lifetime assumed when none is given.
+const UNREPRESENTABLE_EXPIRES_IN_SECS: i64 =
+    spotoken_core::protocol::DEFAULT_EXPIRES_IN.as_secs() as i64;
+
 /// The engine's idea of "now" in unix seconds (injectable for tests).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -698,7 +708,6 @@ impl Tokens {
         Ok(c)
     }
 
-    #[allow(clippy::too_many_lines)] // split next, once the engine's other changes are in
     async fn refresh_locked(
         &self,
         lock: &mut dyn AccountLock,
@@ -710,14 +719,7 @@ impl Tokens {
         // Re-read under the lock: another process or instance may have refreshed.
         let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
         Self::check_state(&row)?;
-        if let Some(c) = self.usable(&row, min_valid, trigger)? {
-            tracing::debug!(account, "token was refreshed by another holder of the lock");
-            return Ok((c, false));
-        }
-        if row.version != seen_version
-            && !matches!(trigger, Trigger::Force)
-            && let Some(c) = self.usable(&row, Duration::from_secs(1), trigger)?
-        {
+        if let Some(c) = self.refreshed_by_another(&row, min_valid, trigger, seen_version)? {
             tracing::debug!(account, "token was refreshed by another holder of the lock");
             return Ok((c, false));
         }
@@ -734,18 +736,7 @@ impl Tokens {
             Ok(Refreshed::Answer(set)) => set,
             Ok(Refreshed::Changed(row)) => return self.adopt_written(&row),
             Err(Error::AuthorizationNeeded { reason, .. }) => {
-                let reason = match reason {
-                    ReauthReason::InvalidGrant { .. }
-                        if freshness::refresh_token_lifetime(
-                            row.authorized_at,
-                            self.now(),
-                            REFRESH_TOKEN_LIFETIME,
-                        ) == freshness::Lifetime::Expired =>
-                    {
-                        ReauthReason::RefreshTokenExpired
-                    }
-                    r => r,
-                };
+                let reason = self.reauth_reason(reason, &row);
                 self.flag_reauth(lock, row, &reason).await;
                 return Err(Error::AuthorizationNeeded {
                     account: account.to_owned(),
@@ -755,9 +746,61 @@ impl Tokens {
             Err(e) => return Err(e),
         };
         crate::crash::point("after-token-response");
+        self.commit(lock, account, &row, set, &refresh).await
+    }
+
+    /// The token in a row re-read under the lock, if it will do: fresh
+    /// enough for `min_valid`, or, when the row changed since it was read
+    /// before the lock (another holder of the lock refreshed meanwhile),
+    /// still valid at all; unless a refresh is forced.
+    fn refreshed_by_another(
+        &self,
+        row: &Row,
+        min_valid: Duration,
+        trigger: Trigger<'_>,
+        seen_version: i64,
+    ) -> Result<Option<Cached>, Error> {
+        if let Some(c) = self.usable(row, min_valid, trigger)? {
+            return Ok(Some(c));
+        }
+        if row.version != seen_version && !matches!(trigger, Trigger::Force) {
+            return self.usable(row, ANOTHER_HOLDERS_TOKEN_VALID_FOR, trigger);
+        }
+        Ok(None)
+    }
+
+    /// Why the account needs a new login, as the token endpoint said; an
+    /// `invalid_grant` past the refresh token's lifetime says it expired.
+    fn reauth_reason(&self, said: ReauthReason, row: &Row) -> ReauthReason {
+        match said {
+            ReauthReason::InvalidGrant { .. }
+                if freshness::refresh_token_lifetime(
+                    row.authorized_at,
+                    self.now(),
+                    REFRESH_TOKEN_LIFETIME,
+                ) == freshness::Lifetime::Expired =>
+            {
+                ReauthReason::RefreshTokenExpired
+            }
+            r => r,
+        }
+    }
+
+    /// Writes a refresh's result over `row` (still under the lock), with
+    /// the rotated refresh token or the kept one, and returns the new token;
+    /// a row someone else wrote meanwhile (a new login) wins.
+    async fn commit(
+        &self,
+        lock: &mut dyn AccountLock,
+        account: &str,
+        row: &Row,
+        set: TokenSet,
+        refresh: &RefreshToken,
+    ) -> Result<(Cached, bool), Error> {
         let rotated = set.refresh_token.is_some();
         let now = self.now();
-        let expires_at = now + i64::try_from(set.expires_in.as_secs()).unwrap_or(3600);
+        let expires_at = now
+            + i64::try_from(set.expires_in.as_secs()).unwrap_or(UNREPRESENTABLE_EXPIRES_IN_SECS);
         // Both secrets are sealed for the version this write gives the row,
         // the kept refresh token too.
         let written_version = row.version + 1;
@@ -770,7 +813,7 @@ impl Tokens {
             set.access_token.expose().as_bytes(),
         )?);
         next.access_expires_at = expires_at;
-        let kept = set.refresh_token.as_ref().unwrap_or(&refresh);
+        let kept = set.refresh_token.as_ref().unwrap_or(refresh);
         next.refresh_token = keys.seal_row(
             account,
             Field::RefreshToken,
@@ -782,30 +825,26 @@ impl Tokens {
         }
         next.last_refresh = Some(now);
         next.state = AccountState::Active;
-        match lock.update(next).await? {
-            Some(written) => {
-                tracing::info!(
-                    account,
-                    rotated,
-                    expires_in = set.expires_in.as_secs(),
-                    "refreshed"
-                );
-                Ok((
-                    Cached {
-                        token: set.access_token,
-                        expires_at,
-                        scopes: Arc::new(written.scopes),
-                        generation: 0,
-                    },
-                    true,
-                ))
-            }
-            None => {
-                // Someone wrote the row meanwhile (a new login): theirs wins.
-                let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
-                self.adopt_written(&row)
-            }
-        }
+        let Some(written) = lock.update(next).await? else {
+            // Someone wrote the row meanwhile (a new login): theirs wins.
+            let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
+            return self.adopt_written(&row);
+        };
+        tracing::info!(
+            account,
+            rotated,
+            expires_in = set.expires_in.as_secs(),
+            "refreshed"
+        );
+        Ok((
+            Cached {
+                token: set.access_token,
+                expires_at,
+                scopes: Arc::new(written.scopes),
+                generation: 0,
+            },
+            true,
+        ))
     }
 
     /// Uses a row someone else wrote while we were refreshing.

@@ -22,7 +22,8 @@ pub(crate) const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// An answer with its body read.
 #[derive(Debug, Clone)]
-pub(crate) struct Answer {
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
+pub struct Answer {
     /// Status code.
     pub status: u16,
     /// Response headers.

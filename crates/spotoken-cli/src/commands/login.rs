@@ -21,6 +21,7 @@ use crate::cli::defs::{DEFAULT_PASTE_REDIRECT_URI, DEFAULT_SCOPES};
 use crate::cli::{LoginArgs, Output};
 use crate::config::Resolved;
 use crate::output;
+use spotoken::core::sync::LockUnpoisoned as _;
 
 type Callback = (String, oneshot::Sender<Result<String, String>>);
 
@@ -232,8 +233,7 @@ async fn callback(
     OriginalUri(uri): OriginalUri,
 ) -> (axum::http::StatusCode, Html<String>) {
     let sender = slot
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .lock_unpoisoned()
         .take();
     let Some(sender) = sender else {
         return (
