@@ -45,12 +45,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use model::World;
-use spotoken_core::sync::LockUnpoisoned as _;
 pub use model::{
     AppMode, CHAOS_KINDS, Chaos, Client, Consent, Counters, DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET, DEFAULT_REDIRECT_URIS, Endpoint, Failure, RateLimit, Rotation, Settings,
     UNAUTHORIZED_MESSAGE, User, new_secret,
 };
+use spotoken_core::sync::LockUnpoisoned as _;
 pub use tls::TestCa;
 pub use webapi::{ECHO_PREFIX, OWNER_PREMIUM_REQUIRED, USER_NOT_REGISTERED};
 
@@ -100,8 +100,7 @@ impl Shared {
     /// Locks the world. A panic while holding the lock cannot leave it half
     /// updated in a way that matters to a test double, so poisoning is ignored.
     pub(crate) fn lock(&self) -> MutexGuard<'_, World> {
-        self.0
-            .lock_unpoisoned()
+        self.0.lock_unpoisoned()
     }
 }
 

@@ -10,9 +10,9 @@
 //! The recorded use lags the real one by up to that plus a pass interval,
 //! far less than the window.
 
+use spotoken::core::sync::LockUnpoisoned as _;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use spotoken::core::sync::LockUnpoisoned as _;
 
 /// An account's use is written to the store at most this often.
 pub(crate) const NOTE_EVERY_SECS: i64 = 300;
@@ -36,9 +36,7 @@ impl Activity {
     /// Notes that `account` was used at `now`: queued for the store unless
     /// it was queued less than [`NOTE_EVERY_SECS`] ago.
     pub(crate) fn note(&self, account: &str, now: i64) {
-        let mut inner = self
-            .inner
-            .lock_unpoisoned();
+        let mut inner = self.inner.lock_unpoisoned();
         if let Some(at) = inner.queued_at.get(account)
             && now.saturating_sub(*at) < NOTE_EVERY_SECS
         {
@@ -51,9 +49,7 @@ impl Activity {
     /// The accounts to write now; forgets uses too old to hold back a new
     /// note, so memory follows the accounts used in the last few minutes.
     pub(crate) fn take(&self, now: i64) -> Vec<String> {
-        let mut inner = self
-            .inner
-            .lock_unpoisoned();
+        let mut inner = self.inner.lock_unpoisoned();
         inner
             .queued_at
             .retain(|_, at| now.saturating_sub(*at) < NOTE_EVERY_SECS);
@@ -62,10 +58,7 @@ impl Activity {
 
     /// Puts back accounts whose write failed, for the next pass.
     pub(crate) fn put_back(&self, accounts: Vec<String>) {
-        self.inner
-            .lock_unpoisoned()
-            .pending
-            .extend(accounts);
+        self.inner.lock_unpoisoned().pending.extend(accounts);
     }
 }
 
@@ -95,11 +88,7 @@ mod tests {
         a.put_back(taken);
         assert_eq!(a.take(10), vec!["x".to_owned()]);
         a.take(NOTE_EVERY_SECS * 3);
-        let left = a
-            .inner
-            .lock_unpoisoned()
-            .queued_at
-            .len();
+        let left = a.inner.lock_unpoisoned().queued_at.len();
         assert_eq!(left, 0);
     }
 }

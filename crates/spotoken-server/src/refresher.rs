@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use spotoken::ErrorKind;
-use spotoken::store::DueQuery;
 use spotoken::core::sync::LockUnpoisoned as _;
+use spotoken::store::DueQuery;
 use tokio::sync::Semaphore;
 
 use crate::state::AppState;
@@ -153,8 +153,7 @@ async fn refresh_due(
 ) -> Option<Duration> {
     let limit = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let pause = Arc::new(Mutex::new(None::<Duration>));
-    let paused =
-        |p: &Mutex<Option<Duration>>| *p.lock_unpoisoned();
+    let paused = |p: &Mutex<Option<Duration>>| *p.lock_unpoisoned();
     let batch_size = cfg.batch.max(1);
     // A claim that ran out while this pass went on hands its accounts back:
     // they are not taken twice in one pass.
@@ -233,8 +232,7 @@ async fn refresh_one(
         Err(e) => {
             tracing::warn!(account, error = %e, "background refresh failed");
             if let Some(wait) = e.retry_after() {
-                *pause
-                    .lock_unpoisoned() = Some(wait);
+                *pause.lock_unpoisoned() = Some(wait);
             }
             false
         }

@@ -71,9 +71,7 @@ pub struct MemoryLedger(Mutex<HashMap<String, Ledger>>);
 
 impl MemoryLedger {
     fn with<T>(&self, key: &str, f: impl FnOnce(&mut Ledger) -> T) -> T {
-        let mut map = self
-            .0
-            .lock_unpoisoned();
+        let mut map = self.0.lock_unpoisoned();
         f(map.entry(key.to_owned()).or_default())
     }
 }
@@ -179,8 +177,7 @@ impl Budget {
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
-        self.local
-            .lock_unpoisoned()
+        self.local.lock_unpoisoned()
     }
 
     /// One request's worth now, or how long until there may be one.

@@ -232,9 +232,7 @@ async fn callback(
     State(slot): State<Arc<Mutex<Option<mpsc::Sender<Callback>>>>>,
     OriginalUri(uri): OriginalUri,
 ) -> (axum::http::StatusCode, Html<String>) {
-    let sender = slot
-        .lock_unpoisoned()
-        .take();
+    let sender = slot.lock_unpoisoned().take();
     let Some(sender) = sender else {
         return (
             axum::http::StatusCode::CONFLICT,
