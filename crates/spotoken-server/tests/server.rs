@@ -3028,3 +3028,361 @@ fn documented_statuses(code: &str) -> &'static [u16] {
         _ => &[],
     }
 }
+
+// ---- Issue 15: the refresher's work follows the active accounts ----------
+
+/// A token store that counts row reads and refresh locks, and can hold
+/// every refresh lock until the test lets go (to catch an instance mid-batch).
+struct Counting {
+    inner: Arc<dyn TokenStore>,
+    loads: std::sync::atomic::AtomicU64,
+    locks: std::sync::atomic::AtomicU64,
+    /// Told each time a lock is asked for while the gate is shut.
+    entered: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Counting {
+    fn new(inner: Arc<dyn TokenStore>) -> Self {
+        let (_, open) = tokio::sync::watch::channel(true);
+        Self {
+            inner,
+            loads: 0.into(),
+            locks: 0.into(),
+            entered: None,
+            open,
+        }
+    }
+
+    fn gated(
+        inner: Arc<dyn TokenStore>,
+    ) -> (
+        Self,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+        tokio::sync::watch::Sender<bool>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (open_tx, open) = tokio::sync::watch::channel(false);
+        let s = Self {
+            entered: Some(tx),
+            open,
+            ..Self::new(inner)
+        };
+        (s, rx, open_tx)
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenStore for Counting {
+    async fn load(&self, account: &str) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.load(account).await
+    }
+    async fn list(&self) -> Result<Vec<spotoken::store::Row>, spotoken::Error> {
+        self.inner.list().await
+    }
+    async fn upsert(
+        &self,
+        row: spotoken::store::Row,
+    ) -> Result<spotoken::store::Row, spotoken::Error> {
+        self.inner.upsert(row).await
+    }
+    async fn update(
+        &self,
+        row: spotoken::store::Row,
+    ) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        self.inner.update(row).await
+    }
+    async fn delete(&self, account: &str) -> Result<bool, spotoken::Error> {
+        self.inner.delete(account).await
+    }
+    async fn lock(
+        &self,
+        account: &str,
+    ) -> Result<Box<dyn spotoken::store::AccountLock>, spotoken::Error> {
+        self.locks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.clone();
+        if !*open.borrow() {
+            if let Some(tx) = &self.entered {
+                let _ = tx.send(());
+            }
+            let _ = open.wait_for(|o| *o).await;
+        }
+        self.inner.lock(account).await
+    }
+    async fn ping(&self) -> Result<(), spotoken::Error> {
+        self.inner.ping().await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// `n` accounts `{prefix}{i}` holding a copy of `from`'s refresh token (the
+/// emulator keeps a refresh token valid when it does not rotate), an access
+/// token expiring `expires_in` seconds from `now`, and a live session whose
+/// cookie value is `cookie-{prefix}{i}`.
+#[allow(clippy::too_many_arguments)]
+async fn copies_of(
+    tokens: Arc<dyn TokenStore>,
+    sessions: Arc<dyn SessionStore>,
+    keys: &KeyRing,
+    from: &str,
+    prefix: &str,
+    n: usize,
+    now: i64,
+    expires_in: i64,
+) -> Vec<String> {
+    use spotoken::crypto::Field;
+    let row = tokens.load(from).await.expect("load").expect("logged in");
+    let refresh = keys
+        .open_row(from, Field::RefreshToken, row.version, &row.refresh_token)
+        .expect("open");
+    let mut writes = Vec::new();
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        let mut copy = row.clone();
+        copy.account = name.clone();
+        // Obtained an hour ago (a token obtained moments ago is never refreshed).
+        copy.authorized_at = now - 3600;
+        copy.last_refresh = Some(now - 3600);
+        // A new row's first version is 1: secrets are sealed for it.
+        copy.refresh_token = keys
+            .seal_row(&name, Field::RefreshToken, 1, &refresh)
+            .expect("seal");
+        copy.access_token = Some(
+            keys.seal_row(&name, Field::AccessToken, 1, b"not-used")
+                .expect("seal"),
+        );
+        copy.access_expires_at = now + expires_in;
+        copy.version = 0;
+        let (tokens, sessions) = (tokens.clone(), sessions.clone());
+        // Concurrent: the SQLite store commits waiting writes together.
+        writes.push(tokio::spawn(async move {
+            assert_eq!(tokens.upsert(copy).await.expect("upsert").version, 1);
+            sessions
+                .put_session(spotoken::store::SessionRecord {
+                    id_hash: spotoken::store::sessions::hash(&format!("cookie-{name}")),
+                    account: name.clone(),
+                    created_at: now,
+                    expires_at: now + 86_400,
+                })
+                .await
+                .expect("session");
+            name
+        }));
+    }
+    let mut names = Vec::new();
+    for w in writes {
+        names.push(w.await.expect("write"));
+    }
+    names
+}
+
+async fn first_account(state: &AppState) -> String {
+    state.tokens.accounts().await.expect("accounts")[0]
+        .account
+        .clone()
+}
+
+/// 1,000 sessions whose tokens all come due, 10 of them in use: a pass
+/// refreshes those 10 and reads no other row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_touches_only_due_accounts() {
+    use spotoken_server::refresher::{RefresherConfig, pass_report};
+    let emu = Emulator::start().await.expect("emulator");
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Sqlite::open(dir.path().join("server.db")).expect("store"));
+    let counting = Arc::new(Counting::new(store.clone()));
+    let keys = KeyRing::generate();
+    let server = start(&emu, counting.clone(), store.clone(), keys.clone(), |_| {}).await;
+    let mut b = Browser::default();
+    b.login(&server.url).await;
+    let from = first_account(&server.state).await;
+    let now = server.state.tokens.now();
+    let names = copies_of(
+        store.clone(),
+        store.clone(),
+        &keys,
+        &from,
+        "user-",
+        1000,
+        now,
+        300,
+    )
+    .await;
+    // Ten of them make a request (through the server, as browsers do).
+    for name in &names[..10] {
+        let r = client()
+            .get(format!("{}/auth/session", server.url))
+            .header("cookie", format!("__Host-spotoken_session=cookie-{name}"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    emu.reset_counters();
+    let loads_before = counting.loads.load(std::sync::atomic::Ordering::SeqCst);
+
+    let (pause, report) = pass_report(&server.state, RefresherConfig::default()).await;
+    assert_eq!(pause, None);
+    assert_eq!(
+        emu.counters().token_requests_for("refresh_token"),
+        10,
+        "one refresh per account in use, none for the 990 idle ones"
+    );
+    assert_eq!((report.due, report.refreshed, report.skipped), (10, 10, 0));
+    let loads = counting.loads.load(std::sync::atomic::Ordering::SeqCst) - loads_before;
+    assert!(
+        loads <= 20,
+        "the pass read {loads} rows for 10 due accounts"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let row = store.load(name).await.expect("load").expect("row");
+        let refreshed = row.access_expires_at > now + 600;
+        assert_eq!(refreshed, i < 10, "{name}");
+    }
+    let (_, again) = pass_report(&server.state, RefresherConfig::default()).await;
+    assert_eq!(again.due, 0, "nothing due once refreshed");
+    assert_eq!(emu.counters().token_requests_for("refresh_token"), 10);
+    let metrics = client()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "spotoken_refresher_accounts_total{result=\"due\"} 10",
+        "spotoken_refresher_accounts_total{result=\"refreshed\"} 10",
+        "spotoken_refresher_last_pass_accounts{result=\"due\"} 0",
+        "spotoken_refresher_pass_duration_seconds_count 2",
+        "spotoken_active_sessions 1001",
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
+}
+
+/// A session unused for longer than the window is not kept warm: its token
+/// runs out, and its next request refreshes it (once); from then on it is
+/// in use again and the refresher keeps it fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_refreshed_on_their_next_request_not_by_the_refresher() {
+    use spotoken_server::refresher::{RefresherConfig, pass_report};
+    let env = Env::new().await;
+    let cfg = RefresherConfig::default();
+    let me = format!("{}/api/v1/me", env.server.url);
+    let mut b = Browser::default();
+    b.login(&env.server.url).await;
+    assert_eq!(b.get(&me).await.status, StatusCode::OK);
+    pass_report(&env.server.state, cfg).await;
+    let refreshes = || env.emu.counters().token_requests_for("refresh_token");
+    assert_eq!(refreshes(), 0);
+
+    // Two hours without a request: past the window, the token long expired.
+    env.server.advance(2 * 3600);
+    env.emu.expire_access_tokens();
+    env.server.state.forget_all();
+    let (_, idle) = pass_report(&env.server.state, cfg).await;
+    assert_eq!(idle.due, 0, "an idle session is not due");
+    assert_eq!(refreshes(), 0, "the refresher left the idle session alone");
+
+    assert_eq!(b.get(&me).await.status, StatusCode::OK);
+    assert_eq!(refreshes(), 1, "its next request refreshed it");
+
+    // In use again: kept warm ahead of expiry.
+    pass_report(&env.server.state, cfg).await;
+    assert_eq!(refreshes(), 1, "fresh, not due yet");
+    env.server.advance(3600 - 500);
+    let (_, warm) = pass_report(&env.server.state, cfg).await;
+    assert_eq!((warm.due, warm.refreshed), (1, 1));
+    assert_eq!(refreshes(), 2, "refreshed ahead of expiry by the refresher");
+}
+
+/// Two instances on one PostgreSQL run passes at the same time: each due
+/// account is refreshed exactly once, and both instances take part (the
+/// first is held mid-batch while the second runs, so the split is certain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_never_refresh_the_same_account() {
+    use spotoken_server::refresher::{RefresherConfig, pass_report};
+    let Ok(url) = std::env::var("SPOTOKEN_TEST_DATABASE_URL") else {
+        eprintln!(
+            "SKIPPED: SPOTOKEN_TEST_DATABASE_URL is unset; the two-instance refresher test did not run"
+        );
+        return;
+    };
+    let emu = Emulator::start().await.expect("emulator");
+    let schema = PgSchema {
+        url: url.clone(),
+        name: format!(
+            "spotoken_test_due_{}_{}_{}",
+            std::process::id(),
+            spotoken::store::unix_now(),
+            rand_suffix()
+        ),
+    };
+    let connect = || async {
+        Arc::new(
+            spotoken::store::Postgres::connect_in_schema(&url, Some(&schema.name))
+                .await
+                .expect("postgres"),
+        )
+    };
+    let (pg_a, pg_b) = (connect().await, connect().await);
+    let keys = KeyRing::generate();
+    let (gated, mut entered, open) = Counting::gated(pg_a.clone());
+    let a = start(&emu, Arc::new(gated), pg_a.clone(), keys.clone(), |_| {}).await;
+    let b = start(&emu, pg_b.clone(), pg_b.clone(), keys.clone(), |_| {}).await;
+    // Log in on b (a's refresh locks are shut for now).
+    let mut browser = Browser::default();
+    browser.login(&b.url).await;
+    let from = first_account(&b.state).await;
+    let now = b.state.tokens.now();
+    let names = copies_of(
+        pg_b.clone(),
+        pg_b.clone(),
+        &keys,
+        &from,
+        "due-",
+        20,
+        now,
+        300,
+    )
+    .await;
+    pg_b.note_used(&names, now).await.expect("in use");
+    emu.reset_counters();
+
+    let cfg = RefresherConfig {
+        batch: 5,
+        concurrency: 5,
+        ..RefresherConfig::default()
+    };
+    let state_a = a.state.clone();
+    let first = tokio::spawn(async move { pass_report(&state_a, cfg).await.1 });
+    // a has claimed its first batch and is refreshing it, held at the lock.
+    // (The bound only turns a broken claim into a failure instead of a hang.)
+    tokio::time::timeout(std::time::Duration::from_secs(60), entered.recv())
+        .await
+        .expect("a never took a refresh lock")
+        .expect("a claimed a batch");
+    let (_, report_b) = pass_report(&b.state, cfg).await;
+    open.send(true).expect("open");
+    let report_a = first.await.expect("a's pass");
+
+    assert_eq!(
+        emu.counters().token_requests_for("refresh_token"),
+        20,
+        "one refresh per due account across both instances"
+    );
+    assert_eq!(report_a.due + report_b.due, 20, "{report_a:?} {report_b:?}");
+    assert_eq!(report_a.refreshed + report_b.refreshed, 20);
+    assert!(report_a.due > 0 && report_b.due > 0, "both took part");
+    assert_eq!(report_b.skipped, report_a.due, "b saw a's claim");
+    for name in &names {
+        let row = pg_b.load(name).await.expect("load").expect("row");
+        assert!(row.access_expires_at > now + 600, "{name} was refreshed");
+    }
+    drop((a, b, pg_a, pg_b));
+    schema.drop_all().await;
+}
