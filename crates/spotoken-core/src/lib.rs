@@ -10,6 +10,7 @@
 //! compiler keeps it pure.
 
 pub mod backoff;
+pub mod budget;
 pub mod callback;
 pub mod device;
 pub mod discovery;

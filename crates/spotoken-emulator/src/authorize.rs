@@ -18,7 +18,7 @@ use crate::Shared;
 use crate::model::{CodeRec, Consent, Endpoint, PendingConsent, random_token};
 
 /// The page or redirect for an authorization request.
-pub async fn authorize(
+pub(crate) async fn authorize(
     State(shared): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response<Body> {
@@ -118,13 +118,16 @@ pub async fn authorize(
 
 /// The form posted by the consent page's buttons.
 #[derive(serde::Deserialize)]
-pub struct Decision {
+pub(crate) struct Decision {
     request: String,
     decision: String,
 }
 
 /// `POST /authorize/decide`: the consent page's Approve or Deny.
-pub async fn decide(State(shared): State<Shared>, Form(d): Form<Decision>) -> Response<Body> {
+pub(crate) async fn decide(
+    State(shared): State<Shared>,
+    Form(d): Form<Decision>,
+) -> Response<Body> {
     let mut w = shared.lock();
     let Some(p) = w.pending.remove(&d.request) else {
         return error_page("This authorization request has expired or was already answered.");
@@ -162,7 +165,7 @@ fn approve(w: &mut crate::model::World, p: PendingConsent) -> Response<Body> {
 /// Checks a redirect URI against the registered ones, Spotify's way: exact match,
 /// except that a registered loopback IP URI without a port matches any port;
 /// `localhost` and plain `http://` to anything else are insecure.
-pub fn check_redirect_uri(uri: &str, registered: &[String]) -> Result<(), String> {
+pub(crate) fn check_redirect_uri(uri: &str, registered: &[String]) -> Result<(), String> {
     let parsed = Url::parse(uri).map_err(|_| "INVALID_CLIENT: Invalid redirect URI".to_owned())?;
     if let Err(e) = secure_redirect(&parsed) {
         return Err(e.to_owned());
@@ -187,7 +190,7 @@ pub fn check_redirect_uri(uri: &str, registered: &[String]) -> Result<(), String
 }
 
 /// Whether a redirect URI is acceptable at all (used when registering clients too).
-pub fn secure_redirect(u: &Url) -> Result<(), &'static str> {
+pub(crate) fn secure_redirect(u: &Url) -> Result<(), &'static str> {
     if u.host_str() == Some("localhost") {
         return Err(
             "INVALID_CLIENT: Insecure redirect URI (localhost is not allowed, use 127.0.0.1 or [::1])",

@@ -167,7 +167,7 @@ pub struct RateLimit {
 
 /// A rate limit that was hit: how long to wait, and which kind it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limited {
+pub(crate) struct Limited {
     /// Seconds until the window has room again (`Retry-After`).
     pub retry_after_secs: u64,
     /// The development-mode quota rather than the rolling window.
@@ -432,7 +432,7 @@ impl Counters {
 
 /// One user's consent to one client: the thing a refresh-token family belongs to.
 #[derive(Debug, Clone)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub client_id: String,
     pub user: String,
     pub scopes: Scopes,
@@ -443,13 +443,13 @@ pub struct Grant {
 
 /// Where a refresh token stands.
 #[derive(Debug, Clone)]
-pub enum RefreshState {
+pub(crate) enum RefreshState {
     Active,
     Rotated { at_ms: i64, successor: String },
 }
 
 #[derive(Debug, Clone)]
-pub struct RefreshRec {
+pub(crate) struct RefreshRec {
     pub grant: u64,
     pub state: RefreshState,
 }
@@ -457,14 +457,14 @@ pub struct RefreshRec {
 /// An access token: a user's (from a grant) or the app's own (client
 /// credentials, no grant and no user).
 #[derive(Debug, Clone)]
-pub struct AccessRec {
+pub(crate) struct AccessRec {
     pub grant: Option<u64>,
     pub client_id: String,
     pub expires_at_ms: i64,
 }
 
 #[derive(Debug, Clone)]
-pub struct CodeRec {
+pub(crate) struct CodeRec {
     pub client_id: String,
     pub redirect_uri: String,
     pub challenge: Option<String>,
@@ -476,7 +476,7 @@ pub struct CodeRec {
 
 /// A request waiting on the consent page.
 #[derive(Debug, Clone)]
-pub struct PendingConsent {
+pub(crate) struct PendingConsent {
     pub client_id: String,
     pub redirect_uri: String,
     pub state: Option<String>,
@@ -487,7 +487,7 @@ pub struct PendingConsent {
 
 /// The whole mutable world.
 #[derive(Debug)]
-pub struct World {
+pub(crate) struct World {
     pub clients: Vec<Client>,
     pub users: Vec<User>,
     pub settings: Settings,
@@ -523,7 +523,7 @@ pub struct World {
 
 impl World {
     /// A fresh world with the default clients (plus `extra`, if given) and users.
-    pub fn new(extra: Option<Client>) -> Self {
+    pub(crate) fn new(extra: Option<Client>) -> Self {
         let uris: Vec<String> = DEFAULT_REDIRECT_URIS
             .iter()
             .map(|s| (*s).to_owned())
@@ -566,7 +566,7 @@ impl World {
 
     /// A random failure for a request to `endpoint` (`Token` or `Api`), if
     /// [`Settings::chaos`] is on and the dice say so; counted.
-    pub fn chaos_failure(&mut self, endpoint: Endpoint) -> Option<Failure> {
+    pub(crate) fn chaos_failure(&mut self, endpoint: Endpoint) -> Option<Failure> {
         use rand::SeedableRng as _;
         let chaos = self.settings.chaos.clone()?;
         if self
@@ -639,7 +639,7 @@ impl World {
 
     /// Notes a refresh request for `grant`: counts it if it came before the
     /// `Retry-After` of a 429 sent to the grant had elapsed.
-    pub fn note_refresh_timing(&mut self, grant: u64) {
+    pub(crate) fn note_refresh_timing(&mut self, grant: u64) {
         let now = self.now_ms();
         if let Some(until) = self.retry_after_until.get(&grant).copied() {
             if now < until {
@@ -652,13 +652,13 @@ impl World {
     }
 
     /// Remembers that a 429 told `grant` to wait `secs`.
-    pub fn note_retry_after(&mut self, grant: u64, secs: u64) {
+    pub(crate) fn note_retry_after(&mut self, grant: u64, secs: u64) {
         let until = self.now_ms() + i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         self.retry_after_until.insert(grant, until);
     }
 
     /// Emulated wall-clock time in milliseconds since the epoch.
-    pub fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         let real = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -666,17 +666,17 @@ impl World {
     }
 
     /// Looks up a client.
-    pub fn client(&self, id: &str) -> Option<&Client> {
+    pub(crate) fn client(&self, id: &str) -> Option<&Client> {
         self.clients.iter().find(|c| c.id == id)
     }
 
     /// Looks up a user.
-    pub fn user(&self, id: &str) -> Option<&User> {
+    pub(crate) fn user(&self, id: &str) -> Option<&User> {
         self.users.iter().find(|u| u.id == id)
     }
 
     /// Takes the first queued failure that matches, counting down its `times`.
-    pub fn take_failure(
+    pub(crate) fn take_failure(
         &mut self,
         endpoint: Endpoint,
         grant: Option<&str>,
@@ -701,7 +701,7 @@ impl World {
     }
 
     /// Replaces the settings; changed rate limits start with empty windows.
-    pub fn set_settings(&mut self, new: Settings) {
+    pub(crate) fn set_settings(&mut self, new: Settings) {
         if new.rate_limits != self.settings.rate_limits {
             self.rate_window.clear();
         }
@@ -709,7 +709,11 @@ impl World {
     }
 
     /// Makes `device` the user's active device, or leaves the user with none.
-    pub fn set_active_device(&mut self, user: &str, device: Option<&str>) -> Result<(), String> {
+    pub(crate) fn set_active_device(
+        &mut self,
+        user: &str,
+        device: Option<&str>,
+    ) -> Result<(), String> {
         if self.user(user).is_none() {
             return Err(format!("no user {user:?}"));
         }
@@ -730,7 +734,7 @@ impl World {
     /// Counts a request to `endpoint` (the token endpoint or the Web API)
     /// against the rate limits, on the emulator's clock; `Some` when over one.
     /// A refused request does not count.
-    pub fn rate_limited(&mut self, endpoint: Endpoint, client_id: &str) -> Option<Limited> {
+    pub(crate) fn rate_limited(&mut self, endpoint: Endpoint, client_id: &str) -> Option<Limited> {
         let now = self.now_ms();
         let limits = self.settings.rate_limits.clone();
         let covering: Vec<(usize, &RateLimit)> = limits
@@ -766,7 +770,7 @@ impl World {
     }
 
     /// Records one token request's outcome.
-    pub fn count_token(&mut self, grant: &str, outcome: &str) {
+    pub(crate) fn count_token(&mut self, grant: &str, outcome: &str) {
         *self
             .counters
             .token_requests
@@ -777,7 +781,7 @@ impl World {
     }
 
     /// Records one Web API response.
-    pub fn count_api(&mut self, status: u16) {
+    pub(crate) fn count_api(&mut self, status: u16) {
         *self
             .counters
             .api_requests
@@ -786,7 +790,7 @@ impl World {
     }
 
     /// Starts a grant (a successful code exchange) and issues its first tokens.
-    pub fn new_grant(
+    pub(crate) fn new_grant(
         &mut self,
         client_id: &str,
         user: &str,
@@ -813,7 +817,7 @@ impl World {
     }
 
     /// A new access token for a grant.
-    pub fn issue_access(&mut self, grant: u64) -> String {
+    pub(crate) fn issue_access(&mut self, grant: u64) -> String {
         let client_id = self
             .grants
             .get(&grant)
@@ -823,7 +827,7 @@ impl World {
     }
 
     /// A new access token for the app itself (client credentials).
-    pub fn issue_app_access(&mut self, client_id: &str) -> String {
+    pub(crate) fn issue_app_access(&mut self, client_id: &str) -> String {
         self.insert_access(None, client_id.to_owned())
     }
 
@@ -843,7 +847,7 @@ impl World {
     }
 
     /// The active (never rotated) refresh tokens of `user`'s live grants.
-    pub fn current_refresh_tokens(&self, user: &str) -> Vec<String> {
+    pub(crate) fn current_refresh_tokens(&self, user: &str) -> Vec<String> {
         let mut tokens: Vec<String> = self
             .refresh
             .iter()
@@ -860,7 +864,7 @@ impl World {
     }
 
     /// A new refresh token for a grant.
-    pub fn issue_refresh(&mut self, grant: u64) -> String {
+    pub(crate) fn issue_refresh(&mut self, grant: u64) -> String {
         let token = random_token("AQ", 128);
         self.refresh.insert(
             token.clone(),
@@ -873,7 +877,7 @@ impl World {
     }
 
     /// Revokes every grant (or one user's): refresh and access tokens stop working.
-    pub fn revoke(&mut self, user: Option<&str>) -> usize {
+    pub(crate) fn revoke(&mut self, user: Option<&str>) -> usize {
         let mut n = 0;
         for g in self.grants.values_mut() {
             if !g.revoked && user.is_none_or(|u| u == g.user) {
@@ -885,14 +889,14 @@ impl World {
     }
 
     /// Revokes one grant (reuse detection).
-    pub fn revoke_grant(&mut self, grant: u64) {
+    pub(crate) fn revoke_grant(&mut self, grant: u64) {
         if let Some(g) = self.grants.get_mut(&grant) {
             g.revoked = true;
         }
     }
 
     /// Makes every access token expired now.
-    pub fn expire_access_tokens(&mut self) -> usize {
+    pub(crate) fn expire_access_tokens(&mut self) -> usize {
         let now = self.now_ms();
         for a in self.access.values_mut() {
             a.expires_at_ms = a.expires_at_ms.min(now - 1);
@@ -902,7 +906,7 @@ impl World {
 }
 
 /// A random token with Spotify's look: a two-letter prefix and base64url text.
-pub fn random_token(prefix: &str, len: usize) -> String {
+pub(crate) fn random_token(prefix: &str, len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut rng = rand::rng();
     let mut s = String::with_capacity(len);

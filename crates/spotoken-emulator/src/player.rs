@@ -18,7 +18,7 @@ use crate::webapi::{Ctx, api_error, no_content, ok, reasoned};
 
 /// A device on the user's account (a Spotify client that could play).
 #[derive(Debug, Clone, Serialize)]
-pub struct Device {
+pub(crate) struct Device {
     pub id: String,
     pub name: String,
     #[serde(rename = "type")]
@@ -27,7 +27,7 @@ pub struct Device {
 }
 
 /// The devices every user has.
-pub fn default_devices() -> Vec<Device> {
+pub(crate) fn default_devices() -> Vec<Device> {
     let d = |id: &str, name: &str, kind: &str, volume_percent| Device {
         id: id.into(),
         name: name.into(),
@@ -58,7 +58,7 @@ pub fn default_devices() -> Vec<Device> {
 
 /// One user's playback.
 #[derive(Debug, Clone)]
-pub struct Player {
+pub(crate) struct Player {
     /// The active device's id (None: no Spotify client is active).
     pub active: Option<String>,
     pub is_playing: bool,
@@ -79,7 +79,7 @@ pub struct Player {
 
 impl Player {
     /// The first device active, the catalogue's first track playing.
-    pub fn new(devices: &[Device], now_ms: i64) -> Self {
+    pub(crate) fn new(devices: &[Device], now_ms: i64) -> Self {
         Self {
             active: devices.first().map(|d| d.id.clone()),
             is_playing: true,
@@ -95,7 +95,7 @@ impl Player {
     }
 
     /// Progress now: playing tracks move with the clock, up to their end.
-    pub fn progress(&self, now_ms: i64) -> i64 {
+    pub(crate) fn progress(&self, now_ms: i64) -> i64 {
         if self.is_playing {
             (self.progress_ms + (now_ms - self.anchor_ms).max(0)).min(self.current.duration_ms())
         } else {

@@ -23,7 +23,7 @@ use crate::serve::DropConnection;
 use crate::{Shared, json_response};
 
 /// The token endpoint.
-pub async fn token(
+pub(crate) async fn token(
     State(shared): State<Shared>,
     hangup: Option<Extension<DropConnection>>,
     headers: HeaderMap,

@@ -103,7 +103,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn shapes(&self) -> Shapes<'_> {
+    pub(crate) fn shapes(&self) -> Shapes<'_> {
         Shapes {
             base: &self.base,
             mode: self.w.settings.app_mode,
@@ -120,7 +120,7 @@ impl Ctx<'_> {
 }
 
 /// Every request under `/v1/`.
-pub async fn api(
+pub(crate) async fn api(
     State(shared): State<Shared>,
     hangup: Option<Extension<DropConnection>>,
     method: Method,
@@ -142,7 +142,7 @@ pub async fn api(
 }
 
 /// Every request under `/_echo/`: checked like the Web API, then echoed.
-pub async fn echo(
+pub(crate) async fn echo(
     State(shared): State<Shared>,
     hangup: Option<Extension<DropConnection>>,
     method: Method,

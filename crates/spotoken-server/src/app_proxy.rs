@@ -34,12 +34,12 @@ use crate::proxy::{FROM_UPSTREAM, connection_listed, hop_by_hop, is_safe};
 use crate::state::{AppState, ClientAddr};
 
 /// `Spotoken-User`: the logged-in Spotify user id, for the app's server.
-pub const USER: HeaderName = HeaderName::from_static("spotoken-user");
+pub(crate) const USER: HeaderName = HeaderName::from_static("spotoken-user");
 /// `Spotoken-Scopes`: the scopes the user granted, space-separated.
-pub const SCOPES: HeaderName = HeaderName::from_static("spotoken-scopes");
+pub(crate) const SCOPES: HeaderName = HeaderName::from_static("spotoken-scopes");
 
 /// The team's server.
-pub struct AppUpstream {
+pub(crate) struct AppUpstream {
     client: Client<crate::upstream::Connector, Body>,
     scheme: String,
     authority: String,
@@ -58,7 +58,7 @@ impl AppUpstream {
     /// For `url` (`http://` or `https://`; a path is a prefix put before
     /// every request's). Plain HTTP is allowed to any host: the app's server
     /// usually runs beside this one, on loopback or a private network.
-    pub fn new(url: &url::Url, head_timeout: Duration) -> Result<Self, spotoken::Error> {
+    pub(crate) fn new(url: &url::Url, head_timeout: Duration) -> Result<Self, spotoken::Error> {
         let bad =
             |why: &str| spotoken::Error::Configuration(format!("--app-upstream {url}: {why}"));
         if !matches!(url.scheme(), "http" | "https") {
@@ -87,7 +87,7 @@ impl AppUpstream {
 
     /// Forwards `req` and returns the app's answer (or a JSON error of ours
     /// when the app cannot be reached).
-    pub async fn answer(&self, st: &AppState, mut req: Request<Body>) -> Response<Body> {
+    pub(crate) async fn answer(&self, st: &AppState, mut req: Request<Body>) -> Response<Body> {
         let upgrade = requested_upgrade(req.headers());
         let from_browser = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let identity = identity_for(st, req.headers(), req.method(), upgrade.is_some()).await;

@@ -27,7 +27,7 @@ use crate::trace::RequestId;
 /// The `/auth` routes.
 /// Every answer here depends on the browser's cookies: none may be cached
 /// or shared (see [`crate::proxy::private_to_session`]).
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/auth/login", routing::get(login))
         .route("/auth/callback", routing::get(callback))
@@ -43,7 +43,7 @@ async fn private_answer(mut r: Response) -> Response {
 }
 
 /// 32 random bytes, base64url: session ids, login bindings.
-pub fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut b = [0u8; 32];
     rand::rng().fill_bytes(&mut b);
     URL_SAFE_NO_PAD.encode(b)
@@ -57,7 +57,7 @@ fn account_name() -> String {
 
 /// Whether `return_to` is a path on this site (and nothing that a browser
 /// could read as another origin).
-pub fn safe_return_to(r: &str) -> bool {
+pub(crate) fn safe_return_to(r: &str) -> bool {
     r.starts_with('/')
         && !r.starts_with("//")
         && !r.starts_with("/\\")

@@ -75,7 +75,7 @@ impl ServerConfig {
         Ok(Self {
             public_url,
             redirect_uri,
-            scopes: Scopes::parse("user-read-private"),
+            scopes: Scopes::parse(spotoken::core::scope::DEFAULT_SCOPES),
             allowed_prefixes: vec!["v1/".into()],
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             login_ttl: Duration::from_secs(600),

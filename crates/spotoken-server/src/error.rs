@@ -9,7 +9,7 @@ use spotoken::{Error, ErrorKind};
 
 /// What a handler fails with.
 #[derive(Debug)]
-pub enum AppError {
+pub(crate) enum AppError {
     /// No session cookie: this browser never logged in (or logged out here).
     Unauthenticated,
     /// A session cookie that names no live session: it timed out (idle or
@@ -39,7 +39,7 @@ pub enum AppError {
 /// response so that the request log's middleware can add the request id
 /// ([`crate::trace::traced`]), which the handler does not know.
 #[derive(Debug, Clone)]
-pub struct ErrorBody(pub serde_json::Value);
+pub(crate) struct ErrorBody(pub serde_json::Value);
 
 impl From<Error> for AppError {
     fn from(e: Error) -> Self {
@@ -62,7 +62,7 @@ const LOGIN: &str = "/auth/login";
 
 /// The response for an error body: JSON, with the body set aside for the
 /// request id (see [`ErrorBody`]).
-pub fn respond(status: StatusCode, body: serde_json::Value) -> Response {
+pub(crate) fn respond(status: StatusCode, body: serde_json::Value) -> Response {
     let mut r = (status, Json(body.clone())).into_response();
     r.extensions_mut().insert(ErrorBody(body));
     r

@@ -12,7 +12,7 @@
 //! and fuzzed (`fuzz/fuzz_targets/upstream_response.rs`).
 
 #[cfg(any(test, feature = "fuzzing"))]
-pub mod differential;
+pub(crate) mod differential;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -21,11 +21,11 @@ use bytes::{Buf as _, Bytes, BytesMut};
 const MAX_HEADERS: usize = 100;
 
 /// Largest response head accepted, and largest chunk-size or trailer line.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 /// A response the proxy cannot take.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Malformed(pub &'static str);
+pub(crate) struct Malformed(pub &'static str);
 
 impl std::fmt::Display for Malformed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,7 +38,7 @@ impl std::error::Error for Malformed {}
 /// Writes a request: request line, `headers` (already valid field names and
 /// values, so nothing can inject a line), `Content-Length` when there is a
 /// body or the method carries one, and the body.
-pub fn encode_request(
+pub(crate) fn encode_request(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
@@ -68,7 +68,7 @@ pub fn encode_request(
 
 /// How a response's body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// No body (HEAD, 1xx, 204, 304).
     Empty,
     /// Exactly this many bytes.
@@ -81,7 +81,7 @@ pub enum Framing {
 
 /// A parsed response head.
 #[derive(Debug)]
-pub struct Head {
+pub(crate) struct Head {
     /// Status.
     pub status: StatusCode,
     /// Header fields, as received (hop-by-hop ones included).
@@ -96,7 +96,7 @@ pub struct Head {
 
 /// Parses a response head from the start of `buf`: `None` until it is
 /// complete. `method` is the request's (a response to HEAD has no body).
-pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed> {
+pub(crate) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let size = match resp.parse(buf) {
@@ -229,7 +229,7 @@ fn parse_length(s: &[u8]) -> Option<u64> {
 
 /// What one step of a body decoder produced.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Body bytes.
     Data(Bytes),
     /// The buffer holds no more of the body yet.
@@ -241,7 +241,7 @@ pub enum Step {
 /// Decodes `Transfer-Encoding: chunked` from a buffer that fills as bytes
 /// arrive; consumes what it decodes, leaves the rest (the next response).
 #[derive(Debug, Default)]
-pub struct Chunked {
+pub(crate) struct Chunked {
     state: ChunkState,
     left: u64,
 }
@@ -258,7 +258,7 @@ enum ChunkState {
 
 impl Chunked {
     /// The next piece of the body from `buf`.
-    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Malformed> {
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Malformed> {
         loop {
             match self.state {
                 ChunkState::Done => return Ok(Step::Done),

@@ -20,21 +20,21 @@
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus |
 //! | anything else | the app: its files (`--static DIR`) or its server (`--app-upstream URL`) |
 
-pub mod app_proxy;
-pub mod auth;
-pub mod config;
-pub mod cookies;
-pub mod error;
-pub mod http1;
-pub mod limits;
-pub mod metrics;
-pub mod ops;
-pub mod proxy;
-pub mod refresher;
-pub mod state;
-pub mod static_files;
-pub mod trace;
-pub mod upstream;
+mod app_proxy;
+mod auth;
+mod config;
+mod cookies;
+mod error;
+mod http1;
+mod limits;
+mod metrics;
+mod ops;
+mod proxy;
+mod refresher;
+mod state;
+mod static_files;
+mod trace;
+mod upstream;
 
 use std::future::Future;
 
@@ -44,11 +44,19 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{any, get};
 
 pub use config::ServerConfig;
+pub use cookies::SameSite;
+pub use error::CODES as ERROR_CODES;
+pub use limits::LoginLimits;
 pub use metrics::Metrics;
+pub use refresher::RefresherConfig;
 pub use state::AppState;
 
+/// The checks the fuzz targets run (`fuzz/`); not a promise to users.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 /// The demo page served at `/` with `--demo`.
-pub const DEMO_PAGE: &str = include_str!("demo.html");
+const DEMO_PAGE: &str = include_str!("demo.html");
 
 /// The application: `/api/…` requests go straight to the proxy (with the same
 /// request log and id as every other request), the rest through the router. Proxied calls are the
@@ -71,8 +79,8 @@ pub fn metrics_app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// See [`app`]. A `tower::Service` for `oneshot` in tests, and a make-service
-/// for `axum::serve`.
+/// See [`app`]: a `tower::Service`, for `oneshot` in tests; [`serve`] and
+/// [`serve_on_threads`] serve it.
 #[derive(Clone)]
 pub struct App {
     router: Router,
@@ -125,25 +133,6 @@ impl App {
                 Err(never) => match never {},
             }
         }
-    }
-}
-
-impl<'a, L: axum::serve::Listener> tower::Service<axum::serve::IncomingStream<'a, L>> for App {
-    type Response = App;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<App, std::convert::Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: axum::serve::IncomingStream<'a, L>) -> Self::Future {
-        let mut app = self.clone();
-        app.peer = peer_of(stream.remote_addr());
-        std::future::ready(Ok(app))
     }
 }
 
@@ -204,7 +193,7 @@ async fn demo() -> impl IntoResponse {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    refresher: refresher::RefresherConfig,
+    refresher: RefresherConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_on_threads(listener, state, refresher, shutdown, 1).await
@@ -232,7 +221,7 @@ pub const BLOCKING_THREADS: usize = 8;
 pub async fn serve_on_threads(
     listener: tokio::net::TcpListener,
     state: AppState,
-    refresher: refresher::RefresherConfig,
+    refresher: RefresherConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     threads: usize,
 ) -> std::io::Result<()> {
@@ -352,7 +341,7 @@ async fn serve_given(
 
 /// The largest request head (request line and headers) a connection reads;
 /// browsers send a few KiB, and proxies in front usually allow 8 to 32 KiB.
-pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
 /// Serves one connection on this thread with hyper's HTTP/1 server; on
 /// shutdown, idle keep-alive connections close at once and in-flight
@@ -423,12 +412,6 @@ impl Graceful {
         self.0.send_replace(());
         self.0.closed().await;
     }
-}
-
-/// The peer of an `axum::serve` connection, when it is a socket address.
-fn peer_of<A: std::any::Any>(addr: &A) -> Option<std::net::SocketAddr> {
-    let addr: &dyn std::any::Any = addr;
-    addr.downcast_ref::<std::net::SocketAddr>().copied()
 }
 
 #[cfg(test)]

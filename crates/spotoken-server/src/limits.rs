@@ -36,7 +36,7 @@ impl Default for LoginLimits {
 
 /// Counts started logins against [`LoginLimits`].
 #[derive(Debug)]
-pub struct LoginLimiter {
+pub(crate) struct LoginLimiter {
     limits: LoginLimits,
     window: Mutex<Window>,
 }
@@ -73,7 +73,7 @@ impl From<Option<IpAddr>> for ClientKey {
 
 impl LoginLimiter {
     /// A limiter with these limits.
-    pub fn new(limits: LoginLimits) -> Self {
+    pub(crate) fn new(limits: LoginLimits) -> Self {
         Self {
             limits,
             window: Mutex::new(Window {
@@ -86,7 +86,7 @@ impl LoginLimiter {
 
     /// Counts a login from `client` at `now`; `Err(wait)` when a bound is
     /// reached (nothing is counted then).
-    pub fn admit(&self, client: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn admit(&self, client: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
         let mut w = self
             .window
             .lock()

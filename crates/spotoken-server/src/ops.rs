@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::state::AppState;
 
 /// Liveness.
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
@@ -22,7 +22,7 @@ pub async fn healthz() -> &'static str {
 /// endpoint is the same for every instance, and taking them all out of
 /// rotation would also stop the app's pages and the sessions whose tokens
 /// are still fresh.
-pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
     let tokens = st.tokens.store().ping().await;
     let sessions = st.sessions.session_accounts(i64::MAX).await.map(|_| ());
     let store = tokens.and(sessions);
@@ -54,7 +54,7 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
 /// Prometheus metrics. Costs no store query: the gauges are kept as
 /// counters (see [`crate::Metrics`]), so a scrape cannot be made to scan
 /// every session.
-pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let (active, reauth) = st.metrics.gauges();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -30,14 +30,15 @@ use spotoken::core::secret::AccessToken;
 /// On a 403: the scopes (space-separated) the endpoint needs that this
 /// session was not granted, from the scope table. Absent when the grant
 /// covers the endpoint or the table does not know it.
-pub const MISSING_SCOPE: header::HeaderName =
+pub(crate) const MISSING_SCOPE: header::HeaderName =
     header::HeaderName::from_static("spotoken-missing-scope");
 
 /// On every answer that comes from an upstream (the Web API, or the app's
 /// server) rather than from spotoken itself: its status and body passed on
 /// unchanged. Without it, the answer is spotoken's own (JSON errors in the
 /// one documented format).
-pub const FROM_UPSTREAM: header::HeaderName = header::HeaderName::from_static("spotoken-upstream");
+pub(crate) const FROM_UPSTREAM: header::HeaderName =
+    header::HeaderName::from_static("spotoken-upstream");
 
 /// Request headers never forwarded to the Web API (names as `http` stores them: lowercase):
 /// the browser's credentials and CSRF proof, framing (we frame the request),
@@ -109,7 +110,7 @@ fn under_prefix(raw: &str, prefix: &str) -> bool {
 }
 
 /// Checks the raw (still percent-encoded) path after `/api/`; returns it if allowed.
-pub fn checked_path<'a>(raw: &'a str, allowed: &[String]) -> Result<&'a str, AppError> {
+pub(crate) fn checked_path<'a>(raw: &'a str, allowed: &[String]) -> Result<&'a str, AppError> {
     let bad = |why: &str| AppError::BadRequest(format!("path refused: {why}"));
     if !raw.is_ascii() || raw.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return Err(bad("bytes outside printable ASCII"));
@@ -165,7 +166,7 @@ pub(crate) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
 
 /// The proxy for a whole request: what [`crate::App`] calls for `/api/…`,
 /// without the router.
-pub async fn handle<B>(st: AppState, req: Request<B>) -> Response<Body>
+pub(crate) async fn handle<B>(st: AppState, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -355,7 +356,7 @@ where
 
 /// Marks an answer that depends on the session: no shared cache may keep
 /// it or serve it to another cookie, and no browser may guess its type.
-pub fn private_to_session(headers: &mut HeaderMap) {
+pub(crate) fn private_to_session(headers: &mut HeaderMap) {
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
@@ -400,7 +401,7 @@ async fn missing_scopes(
 }
 
 /// `/api` and `/api/` alone.
-pub async fn not_a_path() -> impl IntoResponse {
+pub(crate) async fn not_a_path() -> impl IntoResponse {
     AppError::BadRequest("name an API path, such as /api/v1/me".into())
 }
 

@@ -33,7 +33,7 @@ impl Default for RefresherConfig {
 }
 
 /// One pass; returns how long to pause if the app is rate-limited.
-pub async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration> {
+pub(crate) async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration> {
     let now = st.tokens.now();
     match st.sessions.purge_expired(now).await {
         Ok(ended) => {
@@ -101,7 +101,7 @@ pub async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration> {
 }
 
 /// Runs passes until the task is dropped.
-pub async fn run(st: AppState, cfg: RefresherConfig) {
+pub(crate) async fn run(st: AppState, cfg: RefresherConfig) {
     loop {
         let wait = match pass(&st, cfg).await {
             Some(pause) => {

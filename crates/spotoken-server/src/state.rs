@@ -42,22 +42,23 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The state's contents.
+/// The state's contents, for this crate's handlers (through `Deref`);
+/// embedders read them through [`AppState`]'s accessors.
 pub struct Shared {
     /// The token engine.
-    pub tokens: Tokens,
+    pub(crate) tokens: Tokens,
     /// Sessions and pending logins.
-    pub sessions: Arc<dyn SessionStore>,
+    pub(crate) sessions: Arc<dyn SessionStore>,
     /// Settings.
-    pub config: Arc<ServerConfig>,
+    pub(crate) config: Arc<ServerConfig>,
     /// The upstream API (each thread pools its own connections).
-    pub upstream: crate::upstream::Upstream,
+    pub(crate) upstream: crate::upstream::Upstream,
     /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Bounds on started logins.
-    pub logins: crate::limits::LoginLimiter,
+    pub(crate) logins: crate::limits::LoginLimiter,
     /// What answers the paths that are not spotoken's own.
-    pub front: Front,
+    pub(crate) front: Front,
     cache: Mutex<SessionCache>,
     identities: Mutex<HashMap<String, (Arc<Identity>, Instant)>>,
     /// The last token endpoint probe for `/readyz`: when, and whether it
@@ -78,7 +79,7 @@ pub struct Shared {
 /// proxy's own instructions, and a cache-line transfer between cores per
 /// lock).
 #[derive(Clone)]
-pub struct View {
+pub(crate) struct View {
     /// The session.
     pub record: Arc<SessionRecord>,
     /// `Bearer …` for its account's token.
@@ -105,7 +106,7 @@ impl Default for Views {
 }
 
 /// `Authorization: Bearer …` for `token`.
-pub fn bearer(token: &spotoken::core::secret::AccessToken) -> Result<HeaderValue, AppError> {
+pub(crate) fn bearer(token: &spotoken::core::secret::AccessToken) -> Result<HeaderValue, AppError> {
     let token = token.expose();
     let mut v = String::with_capacity("Bearer ".len() + token.len());
     v.push_str("Bearer ");
@@ -120,6 +121,26 @@ pub fn bearer(token: &spotoken::core::secret::AccessToken) -> Result<HeaderValue
 }
 
 impl AppState {
+    /// The token engine.
+    pub fn tokens(&self) -> &Tokens {
+        &self.0.tokens
+    }
+
+    /// Sessions and pending logins.
+    pub fn sessions(&self) -> &Arc<dyn SessionStore> {
+        &self.0.sessions
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.0.config
+    }
+
+    /// Counters for `/metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+
     /// Builds the state.
     pub fn new(
         tokens: Tokens,
@@ -167,7 +188,7 @@ impl AppState {
 
 impl Shared {
     /// The session a cookie value names, through the cache.
-    pub async fn session_for(
+    pub(crate) async fn session_for(
         &self,
         cookie_value: &str,
     ) -> Result<Option<Arc<SessionRecord>>, AppError> {
@@ -245,7 +266,7 @@ impl Shared {
     /// When a session created at `created_at` and used at `now` ends: its
     /// absolute end, or `now + idle` if sooner. `None` without an idle
     /// timeout (the end never moves).
-    pub fn session_end(&self, created_at: i64, now: i64) -> Option<i64> {
+    pub(crate) fn session_end(&self, created_at: i64, now: i64) -> Option<i64> {
         let idle = self.config.session_idle?;
         let absolute = created_at.saturating_add(secs(self.config.session_ttl));
         Some(absolute.min(now.saturating_add(secs(idle))))
@@ -253,7 +274,7 @@ impl Shared {
 
     /// Whether a TCP connection to the token endpoint opens (within 3 s),
     /// probed at most every 10 s whatever the rate of `/readyz` calls.
-    pub async fn token_endpoint_reachable(&self) -> bool {
+    pub(crate) async fn token_endpoint_reachable(&self) -> bool {
         let mut probe = self.probe.lock().await;
         if let Some((at, ok)) = *probe
             && at.elapsed() < Duration::from_secs(10)
@@ -289,7 +310,7 @@ impl Shared {
 
     /// Who a session's account is, for the app's server: the Spotify user
     /// and the granted scopes, cached as long as sessions are.
-    pub async fn identity(&self, account: &str) -> Result<Option<Arc<Identity>>, AppError> {
+    pub(crate) async fn identity(&self, account: &str) -> Result<Option<Arc<Identity>>, AppError> {
         let ttl = self.config.session_cache_ttl;
         if let Some((id, at)) = self
             .identities
@@ -323,7 +344,7 @@ impl Shared {
 
     /// What a proxied request needs, through this thread's views (see
     /// [`View`]); `None` when the cookie names no live session.
-    pub async fn view(&self, cookie_value: &str) -> Result<Option<View>, AppError> {
+    pub(crate) async fn view(&self, cookie_value: &str) -> Result<Option<View>, AppError> {
         let now = Instant::now();
         let generation = self.generation.load(Ordering::Acquire);
         {
@@ -368,7 +389,7 @@ impl Shared {
 
     /// Forgets every cached session, on every thread: another instance
     /// deleted a session, and only its hash is known here.
-    pub fn forget_all(&self) {
+    pub(crate) fn forget_all(&self) {
         self.identities
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -383,7 +404,7 @@ impl Shared {
     }
 
     /// Drops this thread's view of a session (its token was refused).
-    pub fn drop_view(&self, cookie_value: &str) {
+    pub(crate) fn drop_view(&self, cookie_value: &str) {
         self.views
             .get_or_default()
             .borrow_mut()
@@ -394,7 +415,7 @@ impl Shared {
     /// Forgets a cached session, by the cookie's value, once its row is
     /// deleted (a logout on this instance): deleting first means no request
     /// can cache it again from the store afterwards.
-    pub fn forget(&self, cookie_value: &str) {
+    pub(crate) fn forget(&self, cookie_value: &str) {
         let mut cache = self
             .cache
             .lock()
@@ -409,7 +430,7 @@ impl Shared {
 /// What answers the paths that are not spotoken's own (`/auth/*`, `/api/*`,
 /// the operations routes).
 #[derive(Debug)]
-pub enum Front {
+pub(crate) enum Front {
     /// Nothing: a JSON 404 (and `/` is the demo page with `--demo`).
     None,
     /// The app's built files (`--static`).
@@ -428,7 +449,7 @@ fn secs(d: Duration) -> i64 {
 /// A session's user as the app's server sees it (`Spotoken-User`,
 /// `Spotoken-Scopes`); a field that is not a valid header value is left out.
 #[derive(Debug)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The Spotify user id.
     pub user: Option<HeaderValue>,
     /// The granted scopes, space-separated.
@@ -439,12 +460,12 @@ pub struct Identity {
 /// app's server: the connection's peer, or what a trusted proxy says (see
 /// [`client_addr`]); `None` when unknown.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub Option<std::net::IpAddr>);
+pub(crate) struct ClientAddr(pub Option<std::net::IpAddr>);
 
 /// The client's address: the connection's `peer`, unless the peer is one of
 /// the `trusted` proxies, in which case the last `X-Forwarded-For` entry (the
 /// one that proxy added: entries before it are the client's own claims).
-pub fn client_addr(
+pub(crate) fn client_addr(
     peer: Option<std::net::IpAddr>,
     headers: &axum::http::HeaderMap,
     trusted: &[std::net::IpAddr],
@@ -464,7 +485,7 @@ pub fn client_addr(
 }
 
 /// The logged-in session of a request (401 if there is none).
-pub struct Session {
+pub(crate) struct Session {
     /// The record (shared with the session cache).
     pub record: Arc<SessionRecord>,
 }
@@ -491,7 +512,10 @@ impl FromRequestParts<AppState> for Session {
 /// CSRF check for state-changing routes and `/auth/token`: a custom header
 /// (`X-Requested-With` or `X-CSRF`, any non-empty value), which a cross-site
 /// form cannot send, and when the browser sends `Origin`, our own origin.
-pub fn check_csrf(parts: &axum::http::HeaderMap, config: &ServerConfig) -> Result<(), AppError> {
+pub(crate) fn check_csrf(
+    parts: &axum::http::HeaderMap,
+    config: &ServerConfig,
+) -> Result<(), AppError> {
     let has_header = ["x-requested-with", "x-csrf"]
         .iter()
         .any(|h| parts.get(*h).is_some_and(|v| !v.as_bytes().is_empty()));
@@ -513,7 +537,7 @@ pub fn check_csrf(parts: &axum::http::HeaderMap, config: &ServerConfig) -> Resul
 /// working everywhere at once rather than when the cache entries expire.
 /// Runs until the store stops reporting; returns at once for a store only
 /// this process serves from.
-pub async fn watch_logouts(state: AppState) {
+pub(crate) async fn watch_logouts(state: AppState) {
     let Some(mut logouts) = state.sessions.logouts().await else {
         return;
     };

@@ -40,14 +40,14 @@ use crate::http1::{self, Chunked, Framing, Malformed, Step};
 /// verifier (HTTPS, or plain HTTP to loopback, as the configured API URL was
 /// checked at start), 10 s to connect. Built once: its TLS configuration (the
 /// system's certificates, read from disk) is shared by every thread.
-pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// What a failed connection reports.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request got no response.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// A kept-alive connection from the pool ended before any of the response
     /// arrived: the upstream most likely closed it, idle, just as it was
     /// reused. The request may have reached it; an idempotent one can be
@@ -211,7 +211,7 @@ fn put_idle(pool: usize, conn: Conn) {
 
 /// The upstream API: where to connect, what to send as `Host`, and the path
 /// every proxied path is appended to.
-pub struct Upstream {
+pub(crate) struct Upstream {
     connector: Connector,
     /// `--upstream-http2`: hyper's HTTP/2 client instead of the HTTP/1
     /// connections above, one client (and so one multiplexed connection)
@@ -225,19 +225,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// For the API base URL (already checked: HTTPS, or HTTP to loopback).
-    pub fn new(api_base: &url::Url) -> Result<Self, spotoken::Error> {
+    /// For the API base URL (already checked: HTTPS, or HTTP to loopback),
+    /// the system's roots, HTTP/1.1 ([`Upstream::configured`] without options).
+    #[cfg(test)]
+    fn new(api_base: &url::Url) -> Result<Self, spotoken::Error> {
         Self::with_connector(api_base, connector())
-    }
-
-    /// For the API base URL, trusting the CA certificates in the PEM file
-    /// `extra_roots` besides the system's (`--upstream-ca`: an emulator's
-    /// test CA in tests and benchmarks). Verification stays on.
-    pub fn trusting(
-        api_base: &url::Url,
-        extra_roots: &std::path::Path,
-    ) -> Result<Self, spotoken::Error> {
-        Self::configured(api_base, Some(extra_roots), false)
     }
 
     /// With another connector (tests: one trusting a test CA).
@@ -262,9 +254,11 @@ impl Upstream {
         })
     }
 
-    /// As configured by `--upstream-ca` (extra roots, a PEM file) and
-    /// `--upstream-http2` (HTTP/2 over TLS, negotiated by ALPN).
-    pub fn configured(
+    /// For the API base URL (already checked: HTTPS, or HTTP to loopback),
+    /// as configured by `--upstream-ca` (roots besides the system's, a PEM
+    /// file; verification stays on) and `--upstream-http2` (HTTP/2 over TLS,
+    /// negotiated by ALPN).
+    pub(crate) fn configured(
         api_base: &url::Url,
         extra_roots: Option<&std::path::Path>,
         http2: bool,
@@ -288,7 +282,7 @@ impl Upstream {
     /// How long a response body may wait for its next bytes before it fails
     /// (and its connection is closed); 30 s unless set. The head is the
     /// proxy's to time.
-    pub fn stall_timeout(mut self, stall: Duration) -> Self {
+    pub(crate) fn stall_timeout(mut self, stall: Duration) -> Self {
         self.stall = stall;
         self
     }
@@ -296,7 +290,7 @@ impl Upstream {
     /// The upstream request target for a checked path below the API base
     /// and the query: origin-form. Both come from a URI hyper already
     /// parsed, so they hold no characters a request line cannot.
-    pub fn target(&self, path: &str, query: Option<&str>) -> String {
+    pub(crate) fn target(&self, path: &str, query: Option<&str>) -> String {
         let mut t =
             String::with_capacity(self.prefix.len() + 2 + path.len() + query.map_or(0, str::len));
         t.push_str(&self.prefix);
@@ -310,14 +304,14 @@ impl Upstream {
     }
 
     /// The `Host` header for upstream requests.
-    pub fn host(&self) -> &HeaderValue {
+    pub(crate) fn host(&self) -> &HeaderValue {
         &self.host
     }
 
     /// Sends a request (`headers` with `Host` set) over an idle connection of
     /// this thread, or a new one; only a new one when `fresh` (to send an
     /// idempotent request again after [`SendError::Stale`]).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: &Method,
         target: &str,
@@ -539,7 +533,7 @@ fn connector_from(tls: rustls::ClientConfig, http2: bool) -> Connector {
 /// connection goes back to this thread's pool once the body has ended (at
 /// once when it all came with the head); dropped before its end, it closes
 /// the connection (HTTP/1 cannot skip the rest of a response).
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     /// Bytes ready to hand out.
     ready: Option<Bytes>,
     /// The rest, when there is more to read.
@@ -925,7 +919,7 @@ mod tests {
     #[tokio::test]
     async fn upstream_ca_adds_a_root_and_verification_stays_on() {
         let (emu, dir, ca, url) = tls_emulator(false).await;
-        let up = Upstream::trusting(&url, &ca).expect("upstream");
+        let up = Upstream::configured(&url, Some(&ca), false).expect("upstream");
         // No token: the emulator's 401, over a verified TLS connection, reused.
         for _ in 0..3 {
             assert_eq!(status_of(&up, "/v1/me").await.expect("answer"), 401);
@@ -939,7 +933,7 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate").expect("write");
         assert!(matches!(
-            Upstream::trusting(&url, &empty),
+            Upstream::configured(&url, Some(&empty), false),
             Err(spotoken::Error::Configuration(_))
         ));
     }

@@ -13,7 +13,7 @@ use spotoken::core::endpoint::Provider;
 use spotoken::crypto::KeyRing;
 use spotoken::store::{SessionStore, Sqlite, TokenStore};
 use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator, Endpoint, Failure};
-use spotoken_server::{AppState, Metrics, ServerConfig, app};
+use spotoken_server::{AppState, Metrics, RefresherConfig, ServerConfig, app};
 use tower::ServiceExt as _;
 
 struct Server {
@@ -99,11 +99,20 @@ async fn start_with_margin(
         .build()
         .expect("tokens");
     let state = AppState::new(tokens, sessions, cfg, metrics).expect("state");
+    // Served as `spotoken serve` serves (hyper per connection, the logout
+    // watcher), with no threads of its own: connections run on the test's
+    // runtime. The background refresher's first pass finds no session, and
+    // the next comes after the test.
+    let refresher = RefresherConfig {
+        interval: std::time::Duration::from_secs(24 * 3600),
+        ..RefresherConfig::default()
+    };
     let s = state.clone();
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app(s)).await;
+        let _ =
+            spotoken_server::serve_on_threads(listener, s, refresher, std::future::pending(), 1)
+                .await;
     });
-    tokio::spawn(spotoken_server::state::watch_logouts(state.clone()));
     Server {
         url,
         state,
@@ -271,7 +280,7 @@ async fn login_sets_a_locked_down_session_cookie_and_proxies() {
     let rows = env
         .server
         .state
-        .sessions
+        .sessions()
         .get_session(
             &spotoken::store::sessions::hash(&id),
             spotoken::store::unix_now(),
@@ -295,12 +304,18 @@ async fn session_and_token_routes_never_show_a_refresh_token() {
     let env = Env::new().await;
     let mut b = Browser::default();
     b.login(&env.server.url).await;
-    let account = env.server.state.tokens.accounts().await.expect("accounts")[0]
+    let account = env
+        .server
+        .state
+        .tokens()
+        .accounts()
+        .await
+        .expect("accounts")[0]
         .account
         .clone();
     env.server
         .state
-        .tokens
+        .tokens()
         .force_refresh(&account)
         .await
         .expect("refresh");
@@ -380,7 +395,7 @@ async fn csrf_header_and_origin_are_required() {
     assert!(
         env.server
             .state
-            .tokens
+            .tokens()
             .accounts()
             .await
             .expect("accounts")
@@ -634,18 +649,7 @@ async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> String {
 async fn idle_and_trickling_connections_are_closed() {
     use tokio::io::AsyncWriteExt as _;
     let env = Env::with(|c| c.header_read_timeout = std::time::Duration::from_millis(200)).await;
-    // The real serving path (hyper's HTTP/1 server per event loop), not
-    // `axum::serve` as in `start`.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(spotoken_server::serve(
-        listener,
-        env.server.state.clone(),
-        spotoken_server::refresher::RefresherConfig::default(),
-        std::future::pending(),
-    ));
+    let addr = env.server.url.trim_start_matches("http://");
     // A header that never ends.
     let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ")
@@ -1394,7 +1398,7 @@ async fn a_request_racing_a_logout_cannot_revive_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn started_logins_are_bounded_before_anything_is_written() {
     let env = Env::with(|c| {
-        c.login_limits = spotoken_server::limits::LoginLimits {
+        c.login_limits = spotoken_server::LoginLimits {
             window: std::time::Duration::from_secs(3600),
             per_client: 5,
             total: 100,
@@ -1888,7 +1892,7 @@ async fn the_app_server_gets_the_sessions_identity_and_never_the_browsers() {
         "{}",
         r.body
     );
-    let ours = env.server.state.config.origin();
+    let ours = env.server.state.config().origin();
     let r = b
         .send(
             reqwest::Method::POST,
@@ -1992,7 +1996,7 @@ async fn an_idle_session_ends_and_says_so_and_a_busy_one_lives_to_its_ttl() {
     let stored_end = |cookie: String| {
         let st = st.clone();
         async move {
-            st.sessions
+            st.sessions()
                 .get_session(&spotoken::store::sessions::hash(&cookie), 0)
                 .await
                 .expect("store")
@@ -2008,7 +2012,7 @@ async fn an_idle_session_ends_and_says_so_and_a_busy_one_lives_to_its_ttl() {
     let end0 = stored_end(cookie.clone()).await.expect("live");
     // Created at t0, the login's second.
     let t0 = end0 - 7200;
-    let now = env.server.state.tokens.now();
+    let now = env.server.state.tokens().now();
     assert!(
         (0..=2).contains(&(now - t0)),
         "idle end at login: {end0} vs {now}"
@@ -2067,7 +2071,7 @@ async fn an_idle_session_ends_and_says_so_and_a_busy_one_lives_to_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_site_strict_applies_to_the_session_cookie_only() {
-    let env = Env::with(|c| c.same_site = spotoken_server::cookies::SameSite::Strict).await;
+    let env = Env::with(|c| c.same_site = spotoken_server::SameSite::Strict).await;
     let mut b = Browser::default();
     let r = b.get(&format!("{}/auth/login", env.server.url)).await;
     let login = r.set_cookies().join("\n");
@@ -2128,7 +2132,7 @@ async fn logging_out_everywhere_ends_every_session_of_that_user() {
     let r = phone.get(&me).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.json()["error"], "session_expired");
-    assert_eq!(env.server.state.metrics.gauges().0, 0, "no session left");
+    assert_eq!(env.server.state.metrics().gauges().0, 0, "no session left");
 }
 
 /// Log out everywhere across two instances on one PostgreSQL.
@@ -2300,7 +2304,7 @@ async fn a_429_from_the_token_endpoint_is_a_503_and_nothing_is_sent_before_its_e
 fn the_readme_documents_every_error_code() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
         .expect("README");
-    for code in spotoken_server::error::CODES {
+    for code in spotoken_server::ERROR_CODES {
         assert!(
             readme.contains(&format!("| `{code}` |")),
             "README lacks the error code {code}"

@@ -285,20 +285,23 @@ impl Tokens {
             &pending.verifier,
         );
         self.token_endpoint_open()?;
+        self.spend_token_budget().await?;
         let answer = http::send_form(&self.inner.http, &req).await?;
-        let set = protocol::parse_token_answer(answer.as_core(), account)
-            .inspect_err(|e| self.note_token_endpoint_answer(e))
-            .map_err(|e| match e {
-                // The refresh token's wording does not fit a code.
-                Error::AuthorizationNeeded {
-                    account,
-                    reason: ReauthReason::InvalidGrant { description },
-                } => Error::AuthorizationNeeded {
-                    account,
-                    reason: ReauthReason::CodeRejected { description },
-                },
-                e => e,
-            })?;
+        let parsed = protocol::parse_token_answer(answer.as_core(), account);
+        if let Err(e) = &parsed {
+            self.note_token_endpoint_answer(e).await;
+        }
+        let set = parsed.map_err(|e| match e {
+            // The refresh token's wording does not fit a code.
+            Error::AuthorizationNeeded {
+                account,
+                reason: ReauthReason::InvalidGrant { description },
+            } => Error::AuthorizationNeeded {
+                account,
+                reason: ReauthReason::CodeRejected { description },
+            },
+            e => e,
+        })?;
         self.store_login(account, &provider, set, &pending.requested, answer.status)
             .await
     }

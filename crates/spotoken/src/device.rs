@@ -80,6 +80,10 @@ impl Tokens {
                 Next::Stop(e) => return Err(e),
             };
             tokio::time::sleep(wait).await;
+            if let Err(e) = self.spend_token_budget().await {
+                next = schedule.after(PollAnswer::Temporary(e), self.now());
+                continue;
+            }
             let answer = match http::send_form(&self.inner.http, &req).await {
                 Ok(a) => a,
                 Err(e) => {

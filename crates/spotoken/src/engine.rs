@@ -107,6 +107,8 @@ pub(crate) struct Inner {
     pub(crate) backoff: Backoff,
     on_reauth: Option<ReauthHook>,
     on_refresh: Option<RefreshHook>,
+    /// Asked before every token-endpoint request (the app's shared budget).
+    budget: Option<Arc<dyn crate::budget::RequestBudget>>,
     clock: Clock,
     cache: Mutex<HashMap<String, Cached>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -145,6 +147,7 @@ pub struct TokensBuilder {
     http_client: Option<reqwest::Client>,
     on_reauth: Option<ReauthHook>,
     on_refresh: Option<RefreshHook>,
+    budget: Option<Arc<dyn crate::budget::RequestBudget>>,
     clock: Option<Clock>,
 }
 
@@ -243,6 +246,15 @@ impl TokensBuilder {
         self
     }
 
+    /// Asks `budget` before every request to the token endpoint (refreshes,
+    /// code exchanges, device polls) and tells it when the endpoint asks the
+    /// app to wait: for several instances sharing one app's rate limit (see
+    /// [`crate::budget`]). Without one, nothing is asked.
+    pub fn request_budget(mut self, budget: Arc<dyn crate::budget::RequestBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Checks the configuration and builds.
     pub fn build(self) -> Result<Tokens, Error> {
         let client_id = self.client_id.filter(|c| !c.is_empty()).ok_or_else(|| {
@@ -282,6 +294,7 @@ impl TokensBuilder {
                 backoff: self.backoff.unwrap_or_default(),
                 on_reauth: self.on_reauth,
                 on_refresh: self.on_refresh,
+                budget: self.budget,
                 clock: self.clock.unwrap_or_else(|| Arc::new(unix_now)),
                 cache: Mutex::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
@@ -336,9 +349,19 @@ impl Tokens {
         }
     }
 
+    /// Spends one request of the app's budget, if one is set: called right
+    /// before each request to the token endpoint.
+    pub(crate) async fn spend_token_budget(&self) -> Result<(), Error> {
+        match &self.inner.budget {
+            Some(b) => b.acquire().await,
+            None => Ok(()),
+        }
+    }
+
     /// Remembers a wait the token endpoint asked for (`Retry-After` on a 429
-    /// or 503), for every account: the limit is the app's, not the user's.
-    pub(crate) fn note_token_endpoint_answer(&self, e: &Error) {
+    /// or 503), for every account: the limit is the app's, not the user's;
+    /// the budget, if any, tells the other instances.
+    pub(crate) async fn note_token_endpoint_answer(&self, e: &Error) {
         if e.kind() == crate::ErrorKind::Temporary
             && let Some(wait) = e.retry_after()
         {
@@ -352,6 +375,9 @@ impl Tokens {
             self.inner
                 .token_endpoint_closed_until
                 .fetch_max(until, std::sync::atomic::Ordering::AcqRel);
+            if let Some(b) = &self.inner.budget {
+                b.pause_until(until).await;
+            }
             tracing::warn!(
                 wait_s = wait.as_secs(),
                 "the token endpoint asked us to wait; no token request before then"
@@ -862,6 +888,7 @@ impl Tokens {
         self.token_endpoint_open()?;
         crate::crash::point("before-token-request");
         loop {
+            self.spend_token_budget().await?;
             let outcome = match http::send_form_tracked(&self.inner.http, &req).await {
                 Ok(answer) => protocol::parse_token_answer(answer.as_core(), account),
                 Err(f) => {
@@ -881,7 +908,7 @@ impl Tokens {
                 },
                 Err(e) => e,
             };
-            self.note_token_endpoint_answer(&err);
+            self.note_token_endpoint_answer(&err).await;
             match self
                 .inner
                 .backoff

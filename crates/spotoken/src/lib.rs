@@ -69,6 +69,7 @@
 
 pub mod account;
 pub mod api;
+pub mod budget;
 mod crash;
 pub mod crypto;
 mod device;

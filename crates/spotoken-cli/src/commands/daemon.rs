@@ -12,26 +12,9 @@ use spotoken::core::freshness::refresh_at;
 use spotoken::store::{AccountState, unix_now};
 use spotoken::{Error, ErrorKind, Tokens};
 
-use crate::config::{Resolved, parse_duration_arg};
-
-/// Options of `spotoken daemon`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DaemonArgs {
-    /// Command to run when an account needs a login; gets the account, the
-    /// reason and the login command as $1 $2 $3 and as SPOTOKEN_ACCOUNT,
-    /// SPOTOKEN_REASON, SPOTOKEN_LOGIN_COMMAND [default: config's notify_cmd]
-    #[arg(long, env = "SPOTOKEN_NOTIFY_CMD")]
-    pub notify_cmd: Option<String>,
-    /// Refresh this long before expiry.
-    #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
-    pub margin: Duration,
-    /// Spread refreshes over up to this much earlier.
-    #[arg(long, default_value = "2m", value_parser = parse_duration_arg)]
-    pub jitter: Duration,
-    /// Do one pass over the accounts and exit (for cron).
-    #[arg(long)]
-    pub once: bool,
-}
+use crate::cli::DaemonArgs;
+use crate::cli::defs::{ACCOUNT_ENV, LOGIN_COMMAND_ENV, REASON_ENV};
+use crate::config::Resolved;
 
 struct Schedule {
     next: HashMap<String, i64>,
@@ -40,7 +23,7 @@ struct Schedule {
 }
 
 /// Runs the daemon until a signal (or after one pass with `--once`).
-pub async fn exec(cfg: &Resolved, args: DaemonArgs) -> Result<u8, Error> {
+pub(crate) async fn exec(cfg: &Resolved, args: DaemonArgs) -> Result<u8, Error> {
     let tokens = cfg.tokens_for_logout()?;
     let notify = args.notify_cmd.clone().or_else(|| cfg.notify_cmd.clone());
     let mut s = Schedule {
@@ -164,9 +147,9 @@ fn notify_once(cmd: Option<&str>, account: &str, reason: &str, s: &mut Schedule)
         .arg(account)
         .arg(reason)
         .arg(&login)
-        .env("SPOTOKEN_ACCOUNT", account)
-        .env("SPOTOKEN_REASON", reason)
-        .env("SPOTOKEN_LOGIN_COMMAND", &login)
+        .env(ACCOUNT_ENV, account)
+        .env(REASON_ENV, reason)
+        .env(LOGIN_COMMAND_ENV, &login)
         .stdin(std::process::Stdio::null())
         .status();
     match spawned {

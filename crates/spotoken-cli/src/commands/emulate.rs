@@ -5,42 +5,15 @@
 use spotoken::Error;
 use spotoken_emulator::{Client, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, ECHO_PREFIX, Emulator};
 
-use crate::cli::{Global, Output};
-
-/// Options of `spotoken emulate`.
-#[derive(Debug, clap::Args)]
-pub struct EmulateArgs {
-    /// Port on 127.0.0.1 (0 picks a free one).
-    #[arg(long, default_value_t = 0)]
-    pub port: u16,
-    /// Secret of the client named by --client-id (default: a random one,
-    /// printed). Like every Spotify app it has one; PKCE flows do not send it.
-    #[arg(long, env = "SPOTOKEN_EMULATOR_CLIENT_SECRET", hide_env_values = true)]
-    pub client_secret: Option<String>,
-    /// Redirect URIs registered for the client named by --client-id (default:
-    /// loopback /callback and /auth/callback on any port).
-    #[arg(long = "redirect-uri")]
-    pub redirect_uris: Vec<String>,
-    /// Also serve the same emulator over HTTPS on this port of 127.0.0.1
-    /// (0 picks a free one), with a certificate from a test CA made at start.
-    #[arg(long, value_name = "PORT")]
-    pub tls_port: Option<u16>,
-    /// Write the test CA's certificate (PEM) here, for clients to trust.
-    #[arg(long, value_name = "FILE", requires = "tls_port")]
-    pub tls_ca_out: Option<std::path::PathBuf>,
-    /// Offer HTTP/2 on the HTTPS port (ALPN h2), as api.spotify.com does.
-    #[arg(long, requires = "tls_port")]
-    pub http2: bool,
-    /// Added delay before every Web API answer (e.g. 20ms), as from a
-    /// far-away api.spotify.com.
-    #[arg(long, value_parser = crate::config::parse_duration_arg)]
-    pub api_latency: Option<std::time::Duration>,
-}
+use crate::cli::{EmulateArgs, Output};
 
 /// Starts the emulator, prints where it is, serves until SIGINT or SIGTERM.
-pub async fn exec(global: &Global, args: EmulateArgs) -> Result<u8, Error> {
-    // `--client-id` (a global option) names an extra client to accept.
-    let extra_id = global.client_id.clone();
+/// `extra_id` (the global `--client-id`) names an extra client to accept.
+pub(crate) async fn exec(
+    extra_id: Option<String>,
+    output: Output,
+    args: EmulateArgs,
+) -> Result<u8, Error> {
     if extra_id.is_none() && (args.client_secret.is_some() || !args.redirect_uris.is_empty()) {
         return Err(Error::Configuration(
             "--client-secret and --redirect-uri need --client-id".into(),
@@ -93,7 +66,7 @@ pub async fn exec(global: &Global, args: EmulateArgs) -> Result<u8, Error> {
         clients.push(serde_json::json!({"client_id": c.id, "client_secret": c.secret}));
     }
     let echo_url = format!("{url}{ECHO_PREFIX}");
-    match global.output {
+    match output {
         Output::Json => crate::output::json(&serde_json::json!({
             "url": url, "accounts_url": url, "api_url": url, "echo_url": echo_url,
             "clients": clients, "app_mode": "development",
@@ -138,7 +111,7 @@ pub async fn exec(global: &Global, args: EmulateArgs) -> Result<u8, Error> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -17,6 +17,8 @@ pub mod sessions;
 pub mod sqlite;
 
 #[cfg(feature = "postgres")]
+mod budget_pg;
+#[cfg(feature = "postgres")]
 mod pg_connect;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -30,6 +32,8 @@ use crate::Error;
 pub use sessions::{PendingRecord, SessionRecord, SessionStore};
 pub use sqlite::Sqlite;
 
+#[cfg(feature = "postgres")]
+pub use budget_pg::PgLedger;
 #[cfg(feature = "postgres")]
 pub use postgres::Postgres;
 

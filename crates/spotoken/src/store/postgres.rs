@@ -54,7 +54,7 @@ const COLUMNS: &str = "account, client_id, user_id, display_name, scopes, author
      access_expires_at, refresh_token, last_refresh, state, state_reason, version, updated_at, issuer";
 
 /// An arbitrary constant: the advisory lock that serializes migrations.
-const MIGRATION_LOCK: i64 = 0x5370_6f74_6f6b_656e; // "Spotoken"
+pub(super) const MIGRATION_LOCK: i64 = 0x5370_6f74_6f6b_656e; // "Spotoken"
 
 /// The PostgreSQL store.
 #[derive(Clone)]
@@ -67,7 +67,7 @@ pub struct Postgres {
     channel: String,
 }
 
-fn pg_err(e: tokio_postgres::Error) -> Error {
+pub(super) fn pg_err(e: tokio_postgres::Error) -> Error {
     match e.as_db_error() {
         Some(db) => Error::Internal(format!(
             "PostgreSQL store: {} ({})",
@@ -128,7 +128,7 @@ impl Postgres {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => {
                 pg_connect::connect_error(&e, &self.target, &self.describe)
