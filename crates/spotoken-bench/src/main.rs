@@ -242,7 +242,10 @@ fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
     v[v.len() / 2]
 }
 
-/// `spotoken token` on a cached token vs `/bin/true` vs `spotoken --version`, interleaved.
+/// `spotoken token` on a cached token vs `/bin/true` vs `spotoken --version`,
+/// interleaved; with `SPOTOKEN_BENCH_COMPARE` naming another `spotoken`
+/// executable (an older build, say), its `token` joins the same loop, so two
+/// builds are compared side by side in one run.
 async fn cli() -> Result<(), Box<dyn std::error::Error>> {
     let bin = spotoken_bin();
     if !bin.exists() {
@@ -264,6 +267,8 @@ async fn cli() -> Result<(), Box<dyn std::error::Error>> {
     };
     let before = emu.counters();
     let (mut t_true, mut t_version, mut t_token) = (Vec::new(), Vec::new(), Vec::new());
+    let compare = std::env::var_os("SPOTOKEN_BENCH_COMPARE").map(PathBuf::from);
+    let mut t_compare = Vec::new();
     let mut t_full = Vec::new();
     let full = bin.with_file_name("spotoken-full");
     for _ in 0..400 {
@@ -276,6 +281,12 @@ async fn cli() -> Result<(), Box<dyn std::error::Error>> {
         t.arg("token");
         env(&mut t);
         t_token.push(time_run(&mut t)?);
+        if let Some(other) = &compare {
+            let mut o = Command::new(other);
+            o.arg("token");
+            env(&mut o);
+            t_compare.push(time_run(&mut o)?);
+        }
     }
     // The same command answered by the whole program (one 16 MiB executable),
     // in a loop of its own so it does not disturb the comparison above.
@@ -289,6 +300,15 @@ async fn cli() -> Result<(), Box<dyn std::error::Error>> {
     }
     let after = emu.counters();
     let (a, b, c) = (median(t_true), median(t_version), median(t_token));
+    if let Some(other) = &compare {
+        let m = median(t_compare);
+        println!(
+            "{} token (cached, same loop): median {:.2} ms; {:.2}x /bin/true",
+            other.display(),
+            m.as_secs_f64() * 1e3,
+            m.as_secs_f64() / a.as_secs_f64()
+        );
+    }
     let (d, e) = (median(t_full), median(t_true2));
     println!(
         "spotoken-full token (the whole program answering): median {:.2} ms; /bin/true {:.2} ms; {:.2}x /bin/true",
@@ -617,7 +637,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         .find(|w| w.starts_with("http://"))
         .ok_or("no server URL")?
         .to_owned();
-    spotoken::http::install_crypto_provider();
+    spotoken::install_crypto_provider();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;

@@ -85,7 +85,7 @@ impl Output {
 }
 
 /// The commands.
-// Parsed once per process: the size of the largest (serve's options) costs nothing.
+// Parsed once per run: the size of the largest (`serve`'s options) costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
@@ -294,6 +294,19 @@ pub(crate) struct ServeArgs {
         value_delimiter = ','
     )]
     pub(crate) trusted_proxies: Vec<std::net::IpAddr>,
+    /// Keep tokens warm in the background only for sessions used within this long
+    /// (at least 10m); an idle session is refreshed on its next request [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg, env = REFRESH_WINDOW_ENV)]
+    pub(crate) refresh_window: Option<Duration>,
+    /// Also trust the CA certificates in this PEM file for the Web API upstream
+    /// (tests and benchmarks against `spotoken emulate --tls-port`); the system's
+    /// roots stay trusted and certificates are always verified
+    #[arg(long, value_name = "FILE", env = UPSTREAM_CA_ENV)]
+    pub(crate) upstream_ca: Option<PathBuf>,
+    /// Speak HTTP/2 to the Web API (HTTPS only) through hyper's client instead of
+    /// HTTP/1.1 keep-alive connections (measured in docs/BENCHMARKS.md)
+    #[arg(long, env = UPSTREAM_HTTP2_ENV)]
+    pub(crate) upstream_http2: bool,
     /// Development: start the built-in Spotify emulator and log in through it (its consent
     /// page; no Spotify app, no client id); sessions go to serve-emulator.db in the home
     #[arg(long)]

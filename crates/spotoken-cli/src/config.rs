@@ -87,6 +87,9 @@ pub(crate) struct ServeFile {
     pub(crate) same_site: Option<String>,
     /// Proxies in front whose `X-Forwarded-For` names the client.
     pub(crate) trusted_proxies: Option<Vec<String>>,
+    /// Keep tokens warm in the background only for sessions used within
+    /// this long (`1h`, seconds).
+    pub(crate) refresh_window: Option<String>,
 }
 
 /// Where the key comes from.

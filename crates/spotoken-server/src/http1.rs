@@ -5,9 +5,8 @@
 //!
 //! Why by hand: hyper's client drives each connection from a task of its own
 //! and hands requests, responses and body chunks across channels between
-//! that task and the request's; on the proxy's hot path that machinery was a
-//! fifth of the instructions and kept `spotoken serve` behind nginx
-//! (docs/BENCHMARKS.md). Parsing is `httparse`'s, as in hyper; what is written
+//! that task and the request's; on the proxy's hot path that machinery cost
+//! more than the proxying (docs/BENCHMARKS.md). Parsing is `httparse`'s, as in hyper; what is written
 //! here is the framing decision and the chunked decoder, both property-tested
 //! and fuzzed (`fuzz/fuzz_targets/upstream_response.rs`).
 
@@ -116,12 +115,51 @@ pub(crate) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Ma
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(Malformed("no valid status"))?;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut transfer_encoding = false;
-    let mut close = resp.version != Some(1);
-    for field in resp.headers.iter() {
+    let fields = read_fields(resp.headers, resp.version != Some(1))?;
+    // RFC 9112 §6.1: Transfer-Encoding is HTTP/1.1's; in an HTTP/1.0
+    // message the framing is faulty (found by the differential test).
+    if fields.transfer_encoding && resp.version == Some(0) {
+        return Err(Malformed("Transfer-Encoding in an HTTP/1.0 response"));
+    }
+    if fields.transfer_encoding && fields.length.is_some() {
+        return Err(Malformed("both Transfer-Encoding and Content-Length"));
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Malformed("101 Switching Protocols was not asked for"));
+    }
+    let (framing, close) = framing(method, status, &fields);
+    Ok(Some(Head {
+        status,
+        headers: fields.headers,
+        framing,
+        reusable: !close && framing != Framing::UntilClose,
+        size,
+    }))
+}
+
+/// What a head's fields say about its message.
+struct Fields {
+    headers: HeaderMap,
+    length: Option<u64>,
+    /// `Transfer-Encoding` is present.
+    transfer_encoding: bool,
+    /// Its last coding is `chunked`.
+    chunked: bool,
+    /// The connection ends after this message.
+    close: bool,
+}
+
+/// The fields of a head as a map, with what they say about framing; `close`
+/// is whether the connection ends after this message whatever they say.
+fn read_fields(fields: &[httparse::Header<'_>], close: bool) -> Result<Fields, Malformed> {
+    let mut out = Fields {
+        headers: HeaderMap::with_capacity(fields.len()),
+        length: None,
+        transfer_encoding: false,
+        chunked: false,
+        close,
+    };
+    for field in fields {
         let name =
             HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| Malformed("field name"))?;
         let value = HeaderValue::from_bytes(field.value).map_err(|_| Malformed("field value"))?;
@@ -129,10 +167,10 @@ pub(crate) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Ma
             // One field, one decimal number: a list (`7, 7`, `7,`) or a
             // repeated field is refused rather than reconciled, since a
             // recipient that reconciles differently reads another message.
-            if length.is_some() {
+            if out.length.is_some() {
                 return Err(Malformed("repeated Content-Length"));
             }
-            length =
+            out.length =
                 Some(parse_length(field.value.trim_ascii()).ok_or(Malformed("Content-Length"))?);
         } else if name == header::TRANSFER_ENCODING {
             // Framing read from bytes another parser may not read as text
@@ -140,59 +178,45 @@ pub(crate) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Ma
             if !field.value.is_ascii() {
                 return Err(Malformed("Transfer-Encoding is not ASCII"));
             }
-            transfer_encoding = true;
+            out.transfer_encoding = true;
             // Only the last coding says how the message ends.
-            chunked = split_list(field.value)
+            out.chunked = split_list(field.value)
                 .last()
                 .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION
             && split_list(field.value).any(|t| t.eq_ignore_ascii_case(b"close"))
         {
-            close = true;
+            out.close = true;
         }
-        headers.append(name, value);
+        out.headers.append(name, value);
     }
-    // RFC 9112 §6.1: Transfer-Encoding is HTTP/1.1's; in an HTTP/1.0
-    // message the framing is faulty (found by the differential test).
-    if transfer_encoding && resp.version == Some(0) {
-        return Err(Malformed("Transfer-Encoding in an HTTP/1.0 response"));
-    }
-    if transfer_encoding && length.is_some() {
-        return Err(Malformed("both Transfer-Encoding and Content-Length"));
-    }
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(Malformed("101 Switching Protocols was not asked for"));
-    }
-    let framing = if *method == Method::HEAD
+    Ok(out)
+}
+
+/// How the body of a response to `method` ends, and whether the connection
+/// ends with it.
+fn framing(method: &Method, status: StatusCode, fields: &Fields) -> (Framing, bool) {
+    if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        Framing::Empty
-    } else if transfer_encoding {
+        (Framing::Empty, fields.close)
+    } else if fields.transfer_encoding {
         // RFC 9112 §6.3 lets a recipient drop Content-Length beside
         // Transfer-Encoding; a response with both is how responses are
         // smuggled, so it is refused (above) instead. A coding other than
         // chunked last ends with the connection.
-        close |= !chunked;
-        if chunked {
-            Framing::Chunked
+        if fields.chunked {
+            (Framing::Chunked, fields.close)
         } else {
-            Framing::UntilClose
+            (Framing::UntilClose, true)
         }
-    } else if let Some(n) = length {
-        Framing::Length(n)
+    } else if let Some(n) = fields.length {
+        (Framing::Length(n), fields.close)
     } else {
-        close = true;
-        Framing::UntilClose
-    };
-    Ok(Some(Head {
-        status,
-        headers,
-        framing,
-        reusable: !close && framing != Framing::UntilClose,
-        size,
-    }))
+        (Framing::UntilClose, true)
+    }
 }
 
 /// The elements of a comma-separated field value, trimmed, empty ones skipped.

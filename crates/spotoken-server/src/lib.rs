@@ -20,6 +20,11 @@
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus |
 //! | anything else | the app: its files (`--static DIR`) or its server (`--app-upstream URL`) |
 
+// Functions a reader can hold (the threshold is in clippy.toml); tests may
+// be longer.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
+mod activity;
 mod app_proxy;
 mod auth;
 mod config;
@@ -59,10 +64,10 @@ pub mod fuzzing;
 const DEMO_PAGE: &str = include_str!("demo.html");
 
 /// The application: `/api/…` requests go straight to the proxy (with the same
-/// request log and id as every other request), the rest through the router. Proxied calls are the
-/// server's hot path, and the router's matching, boxed route services and
-/// middleware cost a fifth of such a request's instructions (counted with
-/// callgrind, docs/BENCHMARKS.md).
+/// request log and id as every other request), the rest through the router:
+/// proxied calls are the server's hot path, and the router's matching, boxed
+/// route services and middleware were a large share of their cost
+/// (docs/BENCHMARKS.md).
 pub fn app(state: AppState) -> App {
     App {
         router: router(state.clone()),
@@ -202,22 +207,21 @@ pub async fn serve(
 /// Blocking threads per server thread. The store's blocking work is short and
 /// mostly serialized (SQLite reads share one connection; writes go to the
 /// writer thread), so more threads only wait, each with its own stack and
-/// malloc arena: uncapped, a login storm grew the server to 60 threads and
-/// its memory from ~35 MB to ~60 MB.
+/// malloc arena (what an uncapped pool cost: docs/BENCHMARKS.md).
 pub const BLOCKING_THREADS: usize = 8;
 
 /// Like [`serve`], with connections served by `threads` threads: this one
 /// and `threads - 1` more, each running its own single-threaded runtime that
 /// serves the connections given to it to the end, upstream calls included
-/// (the upstream pool is per thread, see [`upstream`]). A proxied request
-/// then never crosses threads: no work stealing, no cross-thread wake-ups,
-/// which on a loaded machine cost more than the request itself
-/// (docs/BENCHMARKS.md). Called from a current-thread runtime, that is
-/// nginx's model of one event loop per core. This thread accepts, and gives
-/// each connection to the loop with the fewest open connections: loops that
-/// each accepted from a shared socket took whatever burst of connections
-/// reached them first (one loop could serve 50 of 64 clients and the other
-/// 14). The state (sessions cache, token engine, store) is shared.
+/// (the upstream pool is per thread). A proxied request then never crosses
+/// threads: no work stealing, no cross-thread wake-ups, which on a loaded
+/// machine cost more than the request itself. Called from a current-thread
+/// runtime, that is nginx's model of one event loop per core. This thread
+/// accepts, and gives each connection to the loop with the fewest open
+/// connections: loops that each accepted from a shared socket took whatever
+/// burst of connections reached them first, and ended up unevenly loaded
+/// (docs/BENCHMARKS.md). The state (sessions cache, token engine, store) is
+/// shared.
 pub async fn serve_on_threads(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -368,8 +372,8 @@ fn serve_connection(graceful: &Graceful, app: &App, tcp: tokio::net::TcpStream, 
     // at a time.
     // A request head (request line and headers) over the limit is refused
     // with 431 before any route runs; without a limit hyper stops only at
-    // its read buffer's size (about 400 KiB, more when a head arrives in one
-    // read), and a 100 KB header reached the handlers.
+    // its read buffer's size, and a header of any size a read buffer holds
+    // would reach the handlers.
     let conn = hyper::server::conn::http1::Builder::new()
         .max_header_size(MAX_REQUEST_HEAD_BYTES)
         .half_close(true)

@@ -8,6 +8,7 @@
 //! `429` and `Retry-After` until the window ends. Pending rows also expire
 //! (`login_ttl`) and are purged by the background pass.
 
+use spotoken::core::sync::LockUnpoisoned as _;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -87,10 +88,7 @@ impl LoginLimiter {
     /// Counts a login from `client` at `now`; `Err(wait)` when a bound is
     /// reached (nothing is counted then).
     pub(crate) fn admit(&self, client: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
-        let mut w = self
-            .window
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = self.window.lock_unpoisoned();
         let started = match w.started {
             Some(s) if now.saturating_duration_since(s) < self.limits.window => s,
             _ => {

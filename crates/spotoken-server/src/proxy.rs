@@ -222,6 +222,9 @@ fn upstream_headers(st: &AppState, headers: &HeaderMap, bearer: HeaderValue) -> 
     forward
 }
 
+/// Sends the browser's request upstream with the session's token and
+/// answers with the upstream's response, its headers made fit for the
+/// browser.
 async fn forward<B>(
     st: &AppState,
     cookie: &str,
@@ -240,26 +243,66 @@ where
     // The path is checked above, so it is appended to the configured (and
     // start-up-checked) API base as it is: no parse-and-join per request.
     let target = st.upstream.target(path, parts.uri.query());
-    let body = if body.is_end_stream() {
-        Bytes::new()
+    let body = read_body(body, st.config.max_body).await?;
+    let headers = upstream_headers(st, &parts.headers, view.bearer);
+    let upstream = send_with_retry(
+        st,
+        cookie,
+        &view.record.account,
+        parts,
+        &target,
+        headers,
+        &body,
+    )
+    .await?;
+    let status = upstream.status();
+    let missing = if status == StatusCode::FORBIDDEN {
+        missing_scopes(st, &view.record.account, parts.method.as_str(), path).await
     } else {
-        use http_body_util::BodyExt as _;
-        match http_body_util::Limited::new(body, st.config.max_body)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(AppError::TooLarge),
-            Err(_) => return Err(AppError::BadRequest("the request body was cut off".into())),
-        }
+        None
     };
-    let mut headers = upstream_headers(st, &parts.headers, view.bearer);
+    let (mut parts, upstream_body) = upstream.into_parts();
+    answer_headers(&mut parts.headers, missing);
+    st.metrics.proxied(status.as_u16(), started.elapsed());
+    Ok(Response::from_parts(parts, Body::new(upstream_body)))
+}
+
+/// The request's body, whole (the upstream client sends it in one write),
+/// refused past `max` bytes.
+async fn read_body<B>(body: B, max: usize) -> Result<Bytes, AppError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AppError::TooLarge),
+        Err(_) => Err(AppError::BadRequest("the request body was cut off".into())),
+    }
+}
+
+/// Sends the request upstream: once more on a new connection when a reused
+/// one turns out closed (idempotent requests only), and once more with a
+/// new token when the API refuses the one sent (401).
+async fn send_with_retry(
+    st: &AppState,
+    cookie: &str,
+    account: &str,
+    parts: &axum::http::request::Parts,
+    target: &str,
+    mut headers: HeaderMap,
+    body: &[u8],
+) -> Result<Response<crate::upstream::UpstreamBody>, AppError> {
     let mut retried = false;
     let mut on_new = false;
-    let upstream = loop {
+    loop {
         let sent = st
             .upstream
-            .send(&parts.method, &target, &headers, &body, on_new);
+            .send(&parts.method, target, &headers, body, on_new);
         let resp = match tokio::time::timeout(st.config.upstream_timeout, sent).await {
             Err(_) => return Err(AppError::UpstreamTimeout),
             // The upstream closed a kept-alive connection as it was
@@ -270,88 +313,80 @@ where
                 on_new = true;
                 continue;
             }
-            Ok(Err(SendError::Failed(e))) if e.is::<crate::http1::Malformed>() => {
-                return Err(AppError::Spotoken(spotoken::Error::Protocol {
-                    status: None,
-                    message: format!("the Web API's answer was refused ({e})"),
-                    snippet: String::new(),
-                }));
-            }
-            Ok(Err(e)) => {
-                return Err(AppError::Spotoken(spotoken::Error::temporary(
-                    format!("network: cannot reach the Web API ({e})"),
-                    None,
-                )));
-            }
+            Ok(Err(e)) => return Err(send_failed(e)),
             Ok(Ok(r)) => r,
         };
-        if resp.status() == StatusCode::UNAUTHORIZED && !retried {
-            retried = true;
-            st.drop_view(cookie);
-            let rejected = headers[header::AUTHORIZATION]
-                .to_str()
-                .ok()
-                .and_then(|b| b.strip_prefix("Bearer "))
-                .map(AccessToken::new)
-                .ok_or_else(|| {
-                    AppError::Spotoken(spotoken::Error::Internal(
-                        "the bearer header lost its token".into(),
-                    ))
-                })?;
-            // None: the token is moments old; the 401 goes back as it is.
-            let Some(token) = st
-                .tokens
-                .refresh_after_rejection(&view.record.account, &rejected)
-                .await?
-            else {
-                break resp;
-            };
-            headers.insert(header::AUTHORIZATION, crate::state::bearer(&token)?);
-            continue;
+        if resp.status() != StatusCode::UNAUTHORIZED || retried {
+            return Ok(resp);
         }
-        break resp;
+        retried = true;
+        st.drop_view(cookie);
+        let rejected = headers[header::AUTHORIZATION]
+            .to_str()
+            .ok()
+            .and_then(|b| b.strip_prefix("Bearer "))
+            .map(AccessToken::new)
+            .ok_or_else(|| spotoken::Error::Internal("the bearer header lost its token".into()))?;
+        // None: the token is moments old; the 401 goes back as it is.
+        let Some(token) = st
+            .tokens
+            .refresh_after_rejection(account, &rejected)
+            .await?
+        else {
+            return Ok(resp);
+        };
+        headers.insert(header::AUTHORIZATION, crate::state::bearer(&token)?);
+    }
+}
+
+/// What a failed upstream exchange tells the browser: an answer our parser
+/// refused is the API's protocol error, anything else a network failure.
+fn send_failed(e: SendError) -> AppError {
+    let e = match e {
+        SendError::Failed(e) if e.is::<crate::http1::Malformed>() => spotoken::Error::Protocol {
+            status: None,
+            message: format!("the Web API's answer was refused ({e})"),
+            snippet: String::new(),
+        },
+        e => spotoken::Error::temporary(format!("network: cannot reach the Web API ({e})"), None),
     };
-    let status = upstream.status();
-    let missing = if status == StatusCode::FORBIDDEN {
-        missing_scopes(st, &view.record.account, parts.method.as_str(), path).await
-    } else {
-        None
-    };
-    let (mut parts, upstream_body) = upstream.into_parts();
-    let upstream_listed = connection_listed(&parts.headers);
+    e.into()
+}
+
+/// The upstream answer's headers as the browser gets them: no hop-by-hop
+/// fields or fields its `Connection` names, none of [`NEVER_RETURNED`], no
+/// CORS grants; the missing scope when a 403 names one, and the mark that
+/// the answer is the API's.
+fn answer_headers(headers: &mut HeaderMap, missing: Option<HeaderValue>) {
+    let upstream_listed = connection_listed(headers);
     // One pass over the (few) fields the answer has, rather than a lookup
     // for each of the fourteen names on every proxied request.
     let unwanted = |k: &header::HeaderName| {
         let n = k.as_str();
         hop_by_hop(n) || NEVER_RETURNED.contains(&n)
     };
-    if parts.headers.keys().any(unwanted) {
+    if headers.keys().any(unwanted) {
         for name in HOP_BY_HOP.into_iter().chain(NEVER_RETURNED) {
-            parts.headers.remove(name);
+            headers.remove(name);
         }
     }
     for name in upstream_listed {
-        parts.headers.remove(name.as_str());
+        headers.remove(name.as_str());
     }
     // The Web API allows any origin (`Access-Control-Allow-Origin: *`); the
     // proxy is for this origin alone, and says nothing to others.
-    let cors: Vec<header::HeaderName> = parts
-        .headers
+    let cors: Vec<header::HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with("access-control-"))
         .cloned()
         .collect();
     for name in cors {
-        parts.headers.remove(name);
+        headers.remove(name);
     }
     if let Some(missing) = missing {
-        parts.headers.insert(MISSING_SCOPE, missing);
+        headers.insert(MISSING_SCOPE, missing);
     }
-    parts
-        .headers
-        .insert(FROM_UPSTREAM, HeaderValue::from_static("1"));
-    st.metrics.proxied(status.as_u16(), started.elapsed());
-    Ok(Response::from_parts(parts, Body::new(upstream_body)))
+    headers.insert(FROM_UPSTREAM, HeaderValue::from_static("1"));
 }
 
 /// Marks an answer that depends on the session: no shared cache may keep

@@ -23,6 +23,7 @@ use crate::config::ServerConfig;
 use crate::cookies;
 use crate::error::AppError;
 use crate::metrics::Metrics;
+use spotoken::core::sync::LockUnpoisoned as _;
 
 /// Session id (the cookie's value) → (session, when it was read from the
 /// store). Keyed by the id itself, so a cached request computes no SHA-256;
@@ -59,6 +60,8 @@ pub struct Shared {
     pub(crate) logins: crate::limits::LoginLimiter,
     /// What answers the paths that are not spotoken's own.
     pub(crate) front: Front,
+    /// Accounts in use, for the background refresher.
+    pub(crate) activity: crate::activity::Activity,
     cache: Mutex<SessionCache>,
     identities: Mutex<HashMap<String, (Arc<Identity>, Instant)>>,
     /// The last token endpoint probe for `/readyz`: when, and whether it
@@ -74,10 +77,9 @@ pub struct Shared {
 /// its own views of the sessions it served, valid until the session cache's
 /// time-to-live, the token's freshness or the session's end, whichever comes
 /// first, and all dropped at a logout on this instance. A proxied request
-/// then takes no lock shared with the other event loops, computes no SipHash
-/// and builds no header (the shared caches behind it cost a fifth of the
-/// proxy's own instructions, and a cache-line transfer between cores per
-/// lock).
+/// then takes no lock shared with the other event loops (each such lock moves
+/// a cache line between cores), computes no SipHash and builds no header
+/// (what the shared caches cost: docs/BENCHMARKS.md).
 #[derive(Clone)]
 pub(crate) struct View {
     /// The session.
@@ -111,11 +113,8 @@ pub(crate) fn bearer(token: &spotoken::core::secret::AccessToken) -> Result<Head
     let mut v = String::with_capacity("Bearer ".len() + token.len());
     v.push_str("Bearer ");
     v.push_str(token);
-    let mut v = HeaderValue::try_from(v).map_err(|_| {
-        AppError::Spotoken(spotoken::Error::Internal(
-            "token is not a header value".into(),
-        ))
-    })?;
+    let mut v = HeaderValue::try_from(v)
+        .map_err(|_| spotoken::Error::Internal("token is not a header value".into()))?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -174,6 +173,7 @@ impl AppState {
             sessions,
             logins: crate::limits::LoginLimiter::new(config.login_limits),
             front,
+            activity: crate::activity::Activity::default(),
             config: Arc::new(config),
             upstream,
             metrics,
@@ -210,27 +210,22 @@ impl Shared {
     ) -> Result<Option<(Arc<SessionRecord>, Instant)>, AppError> {
         let now = self.tokens.now();
         let ttl = self.config.session_cache_ttl;
-        if let Some((s, at)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(cookie_value)
+        if let Some((s, at)) = self.cache.lock_unpoisoned().get(cookie_value)
             && at.elapsed() < ttl
             && s.expires_at > now
         {
+            self.activity.note(&s.account, now);
             return Ok(Some((s.clone(), *at)));
         }
         let id_hash = hash(cookie_value);
         let mut found = self.sessions.get_session(&id_hash, now).await?;
         if let Some(s) = &mut found {
             self.touch(&id_hash, s, now).await?;
+            self.activity.note(&s.account, now);
         }
         let found = found.map(Arc::new);
         let read_at = Instant::now();
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.cache.lock_unpoisoned();
         match &found {
             // Checked under the cache's lock, which logouts bump it under.
             Some(_) if self.generation.load(Ordering::Acquire) != generation => {}
@@ -312,11 +307,7 @@ impl Shared {
     /// and the granted scopes, cached as long as sessions are.
     pub(crate) async fn identity(&self, account: &str) -> Result<Option<Arc<Identity>>, AppError> {
         let ttl = self.config.session_cache_ttl;
-        if let Some((id, at)) = self
-            .identities
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(account)
+        if let Some((id, at)) = self.identities.lock_unpoisoned().get(account)
             && at.elapsed() < ttl
         {
             return Ok(Some(id.clone()));
@@ -331,10 +322,7 @@ impl Shared {
             user: status.user_id.and_then(|u| HeaderValue::from_str(&u).ok()),
             scopes: HeaderValue::from_str(&status.scopes.to_wire()).ok(),
         });
-        let mut ids = self
-            .identities
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ids = self.identities.lock_unpoisoned();
         if ids.len() > 100_000 {
             ids.retain(|_, (_, at)| at.elapsed() < ttl);
         }
@@ -390,14 +378,8 @@ impl Shared {
     /// Forgets every cached session, on every thread: another instance
     /// deleted a session, and only its hash is known here.
     pub(crate) fn forget_all(&self) {
-        self.identities
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.identities.lock_unpoisoned().clear();
+        let mut cache = self.cache.lock_unpoisoned();
         cache.clear();
         // Under the lock: a record read before this cannot be cached after it.
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -416,10 +398,7 @@ impl Shared {
     /// deleted (a logout on this instance): deleting first means no request
     /// can cache it again from the store afterwards.
     pub(crate) fn forget(&self, cookie_value: &str) {
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.cache.lock_unpoisoned();
         cache.remove(cookie_value);
         // Under the lock: a record read before this cannot be cached after
         // it; and every thread drops its views at its next request.

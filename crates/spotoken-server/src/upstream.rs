@@ -451,7 +451,7 @@ fn lost(e: std::io::Error, reused: bool) -> SendError {
 
 /// Builds the [`Connector`].
 pub(crate) fn connector() -> Connector {
-    spotoken::http::install_crypto_provider();
+    spotoken::install_crypto_provider();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

@@ -840,6 +840,67 @@ async fn a_logged_out_cookie_no_longer_reaches_the_api() {
     }
 }
 
+/// A logout reaches the three caches a proxied request passes (see
+/// docs/ARCHITECTURE.md): every thread's view of the session, the session
+/// cache, and the engine's token cache, which must not hand out the
+/// logged-out account's token from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_reaches_the_views_the_session_cache_and_the_token_cache() {
+    let env = Env::new().await;
+    let url = &env.server.url;
+    let mut b = Browser::default();
+    b.login(url).await;
+    let account = env
+        .server
+        .state
+        .tokens()
+        .accounts()
+        .await
+        .expect("accounts")[0]
+        .account
+        .clone();
+    // Fills all three: views on the threads that serve these, the session
+    // cache, and the token cache.
+    let api = format!("{url}/api/v1/me");
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (mut browser, api) = (b.clone(), api.clone());
+            tokio::spawn(async move { browser.get(&api).await.status })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.expect("call"), StatusCode::OK);
+    }
+    let old = b.clone();
+    let r = b
+        .send(
+            reqwest::Method::POST,
+            &format!("{url}/auth/logout"),
+            &[("X-CSRF", "1")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for _ in 0..4 {
+        let r = old.clone().get(&api).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "views: {}", r.body);
+    }
+    let s = old.clone().get(&format!("{url}/auth/session")).await;
+    assert_eq!(
+        s.status,
+        StatusCode::UNAUTHORIZED,
+        "session cache: {}",
+        s.body
+    );
+    let e = env
+        .server
+        .state
+        .tokens()
+        .access_token(&account)
+        .await
+        .expect_err("token cache: no token after the logout");
+    assert_eq!(e.kind(), spotoken::ErrorKind::AuthorizationNeeded);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_sessions_are_told_to_reauthorize() {
     let env = Env::new().await;
@@ -1343,8 +1404,20 @@ impl SessionStore for Gated {
     async fn session_accounts(&self, now: i64) -> Result<Vec<String>, spotoken::Error> {
         self.inner.session_accounts(now).await
     }
-    async fn purge_expired(&self, now: i64) -> Result<Vec<String>, spotoken::Error> {
-        self.inner.purge_expired(now).await
+    async fn purge_expired(&self, now: i64, limit: u32) -> Result<Vec<String>, spotoken::Error> {
+        self.inner.purge_expired(now, limit).await
+    }
+    async fn note_used(&self, accounts: &[String], at: i64) -> Result<(), spotoken::Error> {
+        self.inner.note_used(accounts, at).await
+    }
+    async fn claim_due(
+        &self,
+        q: spotoken::store::DueQuery,
+    ) -> Result<spotoken::store::DueBatch, spotoken::Error> {
+        self.inner.claim_due(q).await
+    }
+    async fn census(&self, now: i64) -> Result<spotoken::store::Census, spotoken::Error> {
+        self.inner.census(now).await
     }
 }
 

@@ -86,6 +86,8 @@ pub(crate) const STATIC_DIR_ENV: &str = "SPOTOKEN_STATIC_DIR";
 pub(crate) const APP_UPSTREAM_ENV: &str = "SPOTOKEN_APP_UPSTREAM";
 /// `serve --trusted-proxy`.
 pub(crate) const TRUSTED_PROXY_ENV: &str = "SPOTOKEN_TRUSTED_PROXY";
+/// `serve --refresh-window`.
+pub(crate) const REFRESH_WINDOW_ENV: &str = "SPOTOKEN_REFRESH_WINDOW";
 /// `serve --upstream-ca`.
 pub(crate) const UPSTREAM_CA_ENV: &str = "SPOTOKEN_UPSTREAM_CA";
 /// `serve --upstream-http2`.

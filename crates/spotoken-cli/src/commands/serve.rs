@@ -51,6 +51,8 @@ pub(crate) struct Settings {
     pub(crate) same_site: Option<SameSite>,
     /// Proxies whose X-Forwarded-For is believed.
     pub(crate) trusted_proxies: Vec<std::net::IpAddr>,
+    /// The background refresher's active window; `None`: its default.
+    pub(crate) refresh_window: Option<Duration>,
     /// Extra roots for the Web API upstream (flag or environment only).
     pub(crate) upstream_ca: Option<std::path::PathBuf>,
     /// HTTP/2 to the Web API (flag or environment only).
@@ -86,6 +88,22 @@ impl Settings {
         } else {
             args.trusted_proxies.clone()
         };
+        let refresh_window = match (args.refresh_window, &file.refresh_window) {
+            (Some(d), _) => Some(d),
+            (None, Some(s)) => {
+                Some(parse_duration_arg(s).map_err(|e| in_file("refresh_window", e))?)
+            }
+            (None, None) => None,
+        };
+        // Uses are recorded at most every few minutes (see
+        // spotoken_server::activity): a shorter window would lose active users.
+        let least = 2 * spotoken_server::activity::NOTE_EVERY_SECS as u64;
+        if refresh_window.is_some_and(|w| w.as_secs() < least) {
+            return Err(Error::Configuration(format!(
+                "the refresh window must be at least {} minutes",
+                least / 60
+            )));
+        }
         let static_dir = args.static_dir.clone().or(file.static_dir);
         let app_upstream = args.app_upstream.clone().or(file.app_upstream);
         let demo = args.demo || file.demo.unwrap_or(false);
@@ -124,6 +142,7 @@ impl Settings {
             session_idle,
             same_site,
             trusted_proxies,
+            refresh_window,
             upstream_ca: args.upstream_ca.clone(),
             upstream_http2: args.upstream_http2,
         })
@@ -236,10 +255,15 @@ pub(crate) async fn exec(cfg: &Resolved, args: ServeArgs) -> Result<u8, Error> {
         emulator_url: emulator.as_ref().map(spotoken_emulator::Emulator::url),
     };
     announce(cfg.output, &settings, &started);
+    let defaults = RefresherConfig::default();
+    let refresher = RefresherConfig {
+        window: settings.refresh_window.unwrap_or(defaults.window),
+        ..defaults
+    };
     spotoken_server::serve_on_threads(
         listener,
         state,
-        RefresherConfig::default(),
+        refresher,
         crate::commands::emulate::shutdown_signal(),
         threads,
     )
@@ -456,6 +480,7 @@ mod tests {
             session_idle: Some("2h".into()),
             same_site: Some("strict".into()),
             trusted_proxies: Some(vec!["127.0.0.1".into()]),
+            refresh_window: Some("2h".into()),
         };
         let s = Settings::resolve(
             &ServeArgs::default(),
@@ -480,6 +505,7 @@ mod tests {
         assert_eq!(s.session_idle, Some(Duration::from_secs(7200)));
         assert_eq!(s.same_site, Some(SameSite::Strict));
         assert_eq!(s.trusted_proxies, [std::net::IpAddr::from([127, 0, 0, 1])]);
+        assert_eq!(s.refresh_window, Some(Duration::from_secs(7200)));
 
         let flags = ServeArgs {
             bind: Some("127.0.0.1:0".into()),
@@ -529,6 +555,25 @@ mod tests {
         let e = Settings::resolve(&ServeArgs::default(), &resolved(Some(file), None))
             .expect_err("refused");
         assert!(e.to_string().contains("[serve] same_site"), "{e}");
+    }
+
+    #[test]
+    fn the_refresh_window_defaults_to_the_refreshers_and_is_not_too_short() {
+        let s = Settings::resolve(&ServeArgs::default(), &resolved(None, None)).expect("ok");
+        assert_eq!(s.refresh_window, None, "the refresher's own default");
+        let short = ServeArgs {
+            refresh_window: Some(Duration::from_secs(60)),
+            ..ServeArgs::default()
+        };
+        let e = Settings::resolve(&short, &resolved(None, None)).expect_err("refused");
+        assert!(e.to_string().contains("refresh window"), "{e}");
+        let file = ServeFile {
+            refresh_window: Some("later".into()),
+            ..ServeFile::default()
+        };
+        let e = Settings::resolve(&ServeArgs::default(), &resolved(Some(file), None))
+            .expect_err("refused");
+        assert!(e.to_string().contains("[serve] refresh_window"), "{e}");
     }
 
     #[test]
