@@ -932,7 +932,7 @@ async fn realistic() -> Result<(), Box<dyn std::error::Error>> {
     let emu_url = word_after("listening on")?;
     let tls_url = word_after("tls url:")?;
     let tls_port = tls_url.rsplit(':').next().ok_or("no TLS port")?.to_owned();
-    spotoken::http::install_crypto_provider();
+    spotoken::install_crypto_provider();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -1260,7 +1260,7 @@ async fn fleet() -> Result<(), Box<dyn std::error::Error>> {
             "not offered by this build".into()
         }
     );
-    spotoken::http::install_crypto_provider();
+    spotoken::install_crypto_provider();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(64)

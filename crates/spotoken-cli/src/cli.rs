@@ -311,15 +311,6 @@ pub(crate) struct ServeArgs {
     /// page; no Spotify app, no client id); sessions go to serve-emulator.db in the home
     #[arg(long)]
     pub(crate) emulator: bool,
-    /// Also trust the CA certificates in this PEM file for the Web API upstream
-    /// (tests and benchmarks against `spotoken emulate --tls-port`); the system's
-    /// roots stay trusted and certificates are always verified
-    #[arg(long, value_name = "FILE", env = UPSTREAM_CA_ENV)]
-    pub(crate) upstream_ca: Option<PathBuf>,
-    /// Speak HTTP/2 to the Web API (HTTPS only) through hyper's client instead of
-    /// HTTP/1.1 keep-alive connections (measured in docs/BENCHMARKS.md)
-    #[arg(long, env = UPSTREAM_HTTP2_ENV)]
-    pub(crate) upstream_http2: bool,
 }
 
 /// Options of `spotoken emulate`.

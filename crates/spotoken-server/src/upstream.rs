@@ -479,7 +479,7 @@ fn tls_config(
 ) -> Result<rustls::ClientConfig, spotoken::Error> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
-    spotoken::http::install_crypto_provider();
+    spotoken::install_crypto_provider();
     let Some(file) = extra_roots else {
         use rustls_platform_verifier::BuilderVerifierExt as _;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
