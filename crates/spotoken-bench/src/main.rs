@@ -1163,7 +1163,7 @@ async fn fleet() -> Result<(), Box<dyn std::error::Error>> {
     // The refresher refreshes a token with less than this left (its default).
     const AHEAD: i64 = 600;
     // Seeding and start-up happen before the first token comes due.
-    const MARGIN: i64 = 240;
+    let margin: i64 = env_or("SPOTOKEN_BENCH_FLEET_MARGIN_SECS", 240);
     let admin_url = std::env::var("SPOTOKEN_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let name = format!("spotoken_fleet_{}", std::process::id());
@@ -1203,7 +1203,7 @@ async fn fleet() -> Result<(), Box<dyn std::error::Error>> {
         // Due evenly over the hour, active and idle alike (i spread by a
         // stride so that each tenth of the hour has its share of both).
         let slot = (i * 7919) % sessions;
-        let expires = start + MARGIN + AHEAD + (slot as i64 * hour as i64) / sessions as i64;
+        let expires = start + margin + AHEAD + (slot as i64 * hour as i64) / sessions as i64;
         let (store, keys, permit) = (
             store.clone(),
             keys.clone(),
@@ -1310,7 +1310,7 @@ async fn fleet() -> Result<(), Box<dyn std::error::Error>> {
     let cpu0: Vec<f64> = pids.iter().map(|p| cpu_secs(&[*p])).collect();
     let refreshes0 = emu.counters().token_requests_for("refresh_token");
     let api401_0 = emu.counters().api_status(401);
-    let end = start + MARGIN + hour as i64 + 30;
+    let end = start + margin + hour as i64 + 30;
     let mut per_second: Vec<u64> = Vec::new();
     let mut last = refreshes0;
     let (mut sampled, mut sample_failures) = (0u64, 0u64);

@@ -225,21 +225,11 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    /// For the API base URL (already checked: HTTPS, or HTTP to loopback).
+    /// For the API base URL (already checked: HTTPS, or HTTP to loopback),
+    /// the system's roots, HTTP/1.1 ([`Upstream::configured`] without options).
     #[cfg(test)]
     fn new(api_base: &url::Url) -> Result<Self, spotoken::Error> {
         Self::with_connector(api_base, connector())
-    }
-
-    /// For the API base URL, trusting the CA certificates in the PEM file
-    /// `extra_roots` besides the system's (`--upstream-ca`: an emulator's
-    /// test CA in tests and benchmarks). Verification stays on.
-    #[cfg(test)]
-    fn trusting(
-        api_base: &url::Url,
-        extra_roots: &std::path::Path,
-    ) -> Result<Self, spotoken::Error> {
-        Self::configured(api_base, Some(extra_roots), false)
     }
 
     /// With another connector (tests: one trusting a test CA).
@@ -264,8 +254,10 @@ impl Upstream {
         })
     }
 
-    /// As configured by `--upstream-ca` (extra roots, a PEM file) and
-    /// `--upstream-http2` (HTTP/2 over TLS, negotiated by ALPN).
+    /// For the API base URL (already checked: HTTPS, or HTTP to loopback),
+    /// as configured by `--upstream-ca` (roots besides the system's, a PEM
+    /// file; verification stays on) and `--upstream-http2` (HTTP/2 over TLS,
+    /// negotiated by ALPN).
     pub(crate) fn configured(
         api_base: &url::Url,
         extra_roots: Option<&std::path::Path>,
@@ -927,7 +919,7 @@ mod tests {
     #[tokio::test]
     async fn upstream_ca_adds_a_root_and_verification_stays_on() {
         let (emu, dir, ca, url) = tls_emulator(false).await;
-        let up = Upstream::trusting(&url, &ca).expect("upstream");
+        let up = Upstream::configured(&url, Some(&ca), false).expect("upstream");
         // No token: the emulator's 401, over a verified TLS connection, reused.
         for _ in 0..3 {
             assert_eq!(status_of(&up, "/v1/me").await.expect("answer"), 401);
@@ -941,7 +933,7 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate").expect("write");
         assert!(matches!(
-            Upstream::trusting(&url, &empty),
+            Upstream::configured(&url, Some(&empty), false),
             Err(spotoken::Error::Configuration(_))
         ));
     }
