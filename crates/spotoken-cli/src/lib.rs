@@ -12,6 +12,9 @@
 //! The library is these two programs and nothing else: its modules are
 //! private, each executable calls one function.
 
+// Functions a reader can hold (the threshold is in clippy.toml); tests may
+// be longer.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 // The clap structs' doc comments are the --help text: `[default: …]` and bare
 // URLs there are for a terminal, not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]

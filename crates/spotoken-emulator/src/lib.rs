@@ -23,6 +23,7 @@
 //! `docs/EMULATOR.md` lists what it answers like Spotify, with the public
 //! source of each answer, and what it deliberately does not model.
 
+
 mod authorize;
 mod catalogue;
 pub mod control;
