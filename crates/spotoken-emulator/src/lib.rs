@@ -23,7 +23,6 @@
 //! `docs/EMULATOR.md` lists what it answers like Spotify, with the public
 //! source of each answer, and what it deliberately does not model.
 
-
 mod authorize;
 mod catalogue;
 pub mod control;

@@ -53,7 +53,7 @@ pub use cookies::SameSite;
 pub use error::CODES as ERROR_CODES;
 pub use limits::LoginLimits;
 pub use metrics::Metrics;
-pub use refresher::RefresherConfig;
+pub use refresher::{PassReport, RefresherConfig, pass_report};
 pub use state::AppState;
 
 /// The checks the fuzz targets run (`fuzz/`); not a promise to users.

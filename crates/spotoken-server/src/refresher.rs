@@ -95,10 +95,7 @@ pub(crate) async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration
 }
 
 /// [`pass`], with what it did.
-pub(crate) async fn pass_report(
-    st: &AppState,
-    cfg: RefresherConfig,
-) -> (Option<Duration>, PassReport) {
+pub async fn pass_report(st: &AppState, cfg: RefresherConfig) -> (Option<Duration>, PassReport) {
     let started = Instant::now();
     let now = st.tokens.now();
     record_uses(st, now).await;

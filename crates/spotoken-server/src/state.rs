@@ -120,6 +120,12 @@ pub(crate) fn bearer(token: &spotoken::core::secret::AccessToken) -> Result<Head
 }
 
 impl AppState {
+    /// Forgets every session this process cached, on every thread (an
+    /// embedder that deleted sessions in the store behind the server's back).
+    pub fn forget_cached_sessions(&self) {
+        self.0.forget_all();
+    }
+
     /// The token engine.
     pub fn tokens(&self) -> &Tokens {
         &self.0.tokens

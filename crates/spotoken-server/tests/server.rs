@@ -3180,7 +3180,7 @@ async fn copies_of(
 }
 
 async fn first_account(state: &AppState) -> String {
-    state.tokens.accounts().await.expect("accounts")[0]
+    state.tokens().accounts().await.expect("accounts")[0]
         .account
         .clone()
 }
@@ -3189,7 +3189,7 @@ async fn first_account(state: &AppState) -> String {
 /// refreshes those 10 and reads no other row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_touches_only_due_accounts() {
-    use spotoken_server::refresher::{RefresherConfig, pass_report};
+    use spotoken_server::{RefresherConfig, pass_report};
     let emu = Emulator::start().await.expect("emulator");
     let dir = tempfile::tempdir().expect("tmp");
     let store = Arc::new(Sqlite::open(dir.path().join("server.db")).expect("store"));
@@ -3199,7 +3199,7 @@ async fn a_pass_touches_only_due_accounts() {
     let mut b = Browser::default();
     b.login(&server.url).await;
     let from = first_account(&server.state).await;
-    let now = server.state.tokens.now();
+    let now = server.state.tokens().now();
     let names = copies_of(
         store.clone(),
         store.clone(),
@@ -3269,7 +3269,7 @@ async fn a_pass_touches_only_due_accounts() {
 /// in use again and the refresher keeps it fresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_are_refreshed_on_their_next_request_not_by_the_refresher() {
-    use spotoken_server::refresher::{RefresherConfig, pass_report};
+    use spotoken_server::{RefresherConfig, pass_report};
     let env = Env::new().await;
     let cfg = RefresherConfig::default();
     let me = format!("{}/api/v1/me", env.server.url);
@@ -3283,7 +3283,7 @@ async fn idle_sessions_are_refreshed_on_their_next_request_not_by_the_refresher(
     // Two hours without a request: past the window, the token long expired.
     env.server.advance(2 * 3600);
     env.emu.expire_access_tokens();
-    env.server.state.forget_all();
+    env.server.state.forget_cached_sessions();
     let (_, idle) = pass_report(&env.server.state, cfg).await;
     assert_eq!(idle.due, 0, "an idle session is not due");
     assert_eq!(refreshes(), 0, "the refresher left the idle session alone");
@@ -3305,7 +3305,7 @@ async fn idle_sessions_are_refreshed_on_their_next_request_not_by_the_refresher(
 /// first is held mid-batch while the second runs, so the split is certain).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_never_refresh_the_same_account() {
-    use spotoken_server::refresher::{RefresherConfig, pass_report};
+    use spotoken_server::{RefresherConfig, pass_report};
     let Ok(url) = std::env::var("SPOTOKEN_TEST_DATABASE_URL") else {
         eprintln!(
             "SKIPPED: SPOTOKEN_TEST_DATABASE_URL is unset; the two-instance refresher test did not run"
@@ -3338,7 +3338,7 @@ async fn two_instances_never_refresh_the_same_account() {
     let mut browser = Browser::default();
     browser.login(&b.url).await;
     let from = first_account(&b.state).await;
-    let now = b.state.tokens.now();
+    let now = b.state.tokens().now();
     let names = copies_of(
         pg_b.clone(),
         pg_b.clone(),
