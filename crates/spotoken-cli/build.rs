@@ -1,21 +1,21 @@
 //! Link-time tuning for the `spotoken` binary.
 //!
-//! `spotoken token` is called from scripts in loops, so its start-up matters.
-//! Most of a PIE Rust binary's start-up beyond a bare process is the dynamic
-//! loader reading hundreds of KiB of relative relocations. Packed relative
-//! relocations (`-z pack-relative-relocs`, glibc ≥ 2.36) shrink them about
-//! fiftyfold. The flag is used only when this machine's linker and C library
-//! both accept it (checked by building and running a tiny program), so older
-//! systems build as before.
+//! `spotoken token` is called from scripts in loops, so its start-up matters,
+//! and most of a PIE Rust binary's start-up beyond a bare process is the
+//! dynamic loader's work. Two link options cut it (docs/BENCHMARKS.md has the
+//! figures):
 //!
-//! The unwinder is linked statically (libgcc_eh) instead of loading
-//! libgcc_s.so: Rust's standard library asks for `-lgcc_s`, and a one-line
-//! linker script named `libgcc_s.a`, found first on the search path, answers
-//! it with the static archive gcc ships for exactly this (`-static-libgcc`).
-//! libgcc_s.so runs a constructor at load that probes the CPU with a dozen
-//! CPUID instructions, each a trap to the hypervisor on a virtual machine:
-//! ~75 µs of every `spotoken token`, for an unwinder only a panic would use.
-//! Used only when the C compiler knows where libgcc_eh.a is.
+//! - packed relative relocations (`-z pack-relative-relocs`, glibc ≥ 2.36)
+//!   shrink the tables the loader reads; used only when this machine's linker
+//!   and C library both accept it (checked by building and running a tiny
+//!   program), so older systems build as before;
+//! - the unwinder is linked statically (libgcc_eh) instead of loading
+//!   libgcc_s.so, whose load-time constructor probes the CPU (a trap to the
+//!   hypervisor on a virtual machine) for an unwinder only a panic would use.
+//!   Rust's standard library asks for `-lgcc_s`; a one-line linker script
+//!   named `libgcc_s.a`, found first on the search path, answers it with the
+//!   static archive gcc ships for exactly this (`-static-libgcc`). Used only
+//!   when the C compiler knows where libgcc_eh.a is.
 
 use std::process::Command;
 

@@ -9,18 +9,23 @@
 use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 
+use crate::cli::defs::{
+    BROWSER_ENV, CLIENT_SECRET_ENV, DATABASE_URL_ENV, EMULATOR_CLIENT_SECRET_ENV,
+    FAST_PATH_TRIED_ENV, MASTER_KEY_ENV,
+};
+
 /// The environment variables a child must not see.
-pub const SECRET_VARIABLES: &[&str] = &[
-    spotoken::crypto::MASTER_KEY_ENV,
-    "SPOTOKEN_CLIENT_SECRET",
-    "SPOTOKEN_EMULATOR_CLIENT_SECRET",
+pub(crate) const SECRET_VARIABLES: &[&str] = &[
+    MASTER_KEY_ENV,
+    CLIENT_SECRET_ENV,
+    EMULATOR_CLIENT_SECRET_ENV,
     // May carry a password (postgres://user:password@host/db).
-    "SPOTOKEN_DATABASE_URL",
+    DATABASE_URL_ENV,
     "PGPASSWORD",
 ];
 
 /// A command for `program` whose environment lacks [`SECRET_VARIABLES`].
-pub fn command(program: impl AsRef<OsStr>) -> Command {
+pub(crate) fn command(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     scrub(&mut cmd);
     cmd
@@ -30,12 +35,14 @@ fn scrub(cmd: &mut Command) {
     for name in SECRET_VARIABLES {
         cmd.env_remove(name);
     }
+    // Not a secret, but meant for this program's own hand-over only.
+    cmd.env_remove(FAST_PATH_TRIED_ENV);
 }
 
 /// Opens `url` with `SPOTOKEN_BROWSER` (a shell command that gets the URL as
 /// `$1`) or the desktop's opener, without waiting for it.
-pub fn open_url(url: &str) -> std::io::Result<()> {
-    let commands = match std::env::var("SPOTOKEN_BROWSER") {
+pub(crate) fn open_url(url: &str) -> std::io::Result<()> {
+    let commands = match std::env::var(BROWSER_ENV) {
         Ok(cmd) if !cmd.is_empty() => {
             let mut sh = command("sh");
             sh.arg("-c").arg(format!("{cmd} \"$1\"")).arg("sh").arg(url);

@@ -3,7 +3,6 @@
 //! contract). Parse first, then resolve; commands only see [`Resolved`].
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use spotoken::Error;
@@ -12,88 +11,94 @@ use spotoken::core::scope::Scopes;
 use spotoken::core::secret::ClientSecret;
 use spotoken::crypto::KeyRing;
 
+use crate::cli::defs::{
+    CLIENT_ID, CLIENT_ID_ENV, CLIENT_SECRET_ENV, DEFAULT_ACCOUNT, HOME, HOME_ENV, MASTER_KEY_ENV,
+};
 use crate::cli::{Global, Output};
 
 /// `config.toml`: every field optional.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConfigFile {
+pub(crate) struct ConfigFile {
     /// The Spotify app's client id.
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     /// Redirect URI registered with the app (login listens there).
-    pub redirect_uri: Option<String>,
+    pub(crate) redirect_uri: Option<String>,
     /// Scopes to request at login, comma- or space-separated.
-    pub scopes: Option<String>,
+    pub(crate) scopes: Option<String>,
     /// Accounts service base URL.
-    pub accounts_url: Option<String>,
+    pub(crate) accounts_url: Option<String>,
     /// Web API base URL.
-    pub api_url: Option<String>,
+    pub(crate) api_url: Option<String>,
     /// RFC 7009 revocation endpoint, for providers that have one.
-    pub revocation_url: Option<String>,
+    pub(crate) revocation_url: Option<String>,
     /// Another OAuth 2.0 provider, by its issuer URL (endpoints discovered).
-    pub issuer: Option<String>,
+    pub(crate) issuer: Option<String>,
     /// Authorization endpoint, for a provider without discovery.
-    pub authorization_url: Option<String>,
+    pub(crate) authorization_url: Option<String>,
     /// Token endpoint, for a provider without discovery.
-    pub token_url: Option<String>,
+    pub(crate) token_url: Option<String>,
     /// RFC 8628 device authorization endpoint, for a provider without discovery.
-    pub device_authorization_url: Option<String>,
+    pub(crate) device_authorization_url: Option<String>,
     /// Command the daemon runs when an account needs re-authorization.
-    pub notify_cmd: Option<String>,
+    pub(crate) notify_cmd: Option<String>,
     /// Where the master key comes from: `file` (default) or `env`.
-    pub key_source: Option<String>,
+    pub(crate) key_source: Option<String>,
     /// The account used when `--account` is not given.
-    pub default_account: Option<String>,
+    pub(crate) default_account: Option<String>,
     /// `spotoken serve`'s settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serve: Option<ServeFile>,
+    pub(crate) serve: Option<ServeFile>,
 }
 
 /// The `[serve]` table of `config.toml`: what `spotoken serve` takes when
 /// neither its flags nor the environment say.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServeFile {
+pub(crate) struct ServeFile {
     /// Address to listen on.
-    pub bind: Option<String>,
+    pub(crate) bind: Option<String>,
     /// The origin browsers use.
-    pub public_url: Option<String>,
+    pub(crate) public_url: Option<String>,
     /// Redirect URI registered with the app (overrides the top-level one,
     /// which is the CLI login's).
-    pub redirect_uri: Option<String>,
+    pub(crate) redirect_uri: Option<String>,
     /// Scopes requested at login (overrides the top-level `scopes`).
-    pub scopes: Option<String>,
+    pub(crate) scopes: Option<String>,
     /// `postgres://…` or a SQLite file path.
-    pub database_url: Option<String>,
+    pub(crate) database_url: Option<String>,
     /// API path prefixes the proxy forwards.
-    pub allow_prefixes: Option<Vec<String>>,
+    pub(crate) allow_prefixes: Option<Vec<String>>,
     /// How long a browser session lasts (`30d`, `12h`, seconds).
-    pub session_ttl: Option<String>,
+    pub(crate) session_ttl: Option<String>,
     /// Threads serving requests.
-    pub threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     /// Serve the demo page at `/`.
-    pub demo: Option<bool>,
+    pub(crate) demo: Option<bool>,
     /// A separate address for `/metrics`.
-    pub metrics_bind: Option<String>,
+    pub(crate) metrics_bind: Option<String>,
     /// The app's built files, served for every other path.
-    pub static_dir: Option<String>,
+    pub(crate) static_dir: Option<String>,
     /// The app's own server, reached for every other path.
-    pub app_upstream: Option<String>,
+    pub(crate) app_upstream: Option<String>,
     /// A session unused this long ends (`2h`, seconds).
-    pub session_idle: Option<String>,
+    pub(crate) session_idle: Option<String>,
     /// The session cookie's SameSite: `lax` or `strict`.
-    pub same_site: Option<String>,
+    pub(crate) same_site: Option<String>,
     /// Proxies in front whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: Option<Vec<String>>,
+    pub(crate) trusted_proxies: Option<Vec<String>>,
+    /// Keep tokens warm in the background only for sessions used within
+    /// this long (`1h`, seconds).
+    pub(crate) refresh_window: Option<String>,
     /// Token-endpoint requests allowed to the whole fleet (`10/s`, `600/m`).
-    pub token_budget: Option<String>,
+    pub(crate) token_budget: Option<String>,
     /// Web API requests through the proxy allowed to the whole fleet.
-    pub api_budget: Option<String>,
+    pub(crate) api_budget: Option<String>,
 }
 
 /// Where the key comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeySource {
+pub(crate) enum KeySource {
     /// The key file under the home (created on first use).
     File,
     /// `SPOTOKEN_MASTER_KEY` only.
@@ -104,47 +109,47 @@ pub enum KeySource {
 
 /// Settings every command works from.
 #[derive(Debug, Clone)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// Where config.toml is.
-    pub config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     /// The SQLite store.
-    pub store_path: PathBuf,
+    pub(crate) store_path: PathBuf,
     /// The key file.
-    pub key_path: PathBuf,
+    pub(crate) key_path: PathBuf,
     /// The account.
-    pub account: String,
+    pub(crate) account: String,
     /// The client id, if configured anywhere.
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     /// The client secret (environment only).
-    pub client_secret: Option<ClientSecret>,
+    pub(crate) client_secret: Option<ClientSecret>,
     /// Accounts base URL.
-    pub accounts_url: String,
+    pub(crate) accounts_url: String,
     /// API base URL.
-    pub api_url: String,
+    pub(crate) api_url: String,
     /// Revocation endpoint.
-    pub revocation_url: Option<String>,
+    pub(crate) revocation_url: Option<String>,
     /// Issuer to discover.
-    pub issuer: Option<String>,
+    pub(crate) issuer: Option<String>,
     /// Explicit authorization endpoint.
-    pub authorization_url: Option<String>,
+    pub(crate) authorization_url: Option<String>,
     /// Explicit token endpoint.
-    pub token_url: Option<String>,
+    pub(crate) token_url: Option<String>,
     /// Explicit device authorization endpoint.
-    pub device_authorization_url: Option<String>,
+    pub(crate) device_authorization_url: Option<String>,
     /// Configured redirect URI.
-    pub redirect_uri: Option<String>,
+    pub(crate) redirect_uri: Option<String>,
     /// Configured login scopes.
-    pub scopes: Option<Scopes>,
+    pub(crate) scopes: Option<Scopes>,
     /// Notify command.
-    pub notify_cmd: Option<String>,
+    pub(crate) notify_cmd: Option<String>,
     /// Key source.
-    pub key_source: KeySource,
+    pub(crate) key_source: KeySource,
     /// `SPOTOKEN_MASTER_KEY`, if set.
-    pub master_key_env: Option<String>,
+    pub(crate) master_key_env: Option<String>,
     /// Output format.
-    pub output: Output,
+    pub(crate) output: Output,
     /// The parsed config file (for commands that rewrite it).
-    pub file: ConfigFile,
+    pub(crate) file: ConfigFile,
 }
 
 /// The platform's default home: `$XDG_DATA_HOME/spotoken` on Linux.
@@ -152,17 +157,16 @@ fn default_home() -> Result<PathBuf, Error> {
     directories::ProjectDirs::from("", "", "spotoken")
         .map(|d| d.data_dir().to_path_buf())
         .ok_or_else(|| {
-            Error::Configuration(
-                "cannot find a home directory: set SPOTOKEN_HOME or pass --home".into(),
-            )
+            Error::Configuration(format!(
+                "cannot find a home directory: set {HOME_ENV} or pass --{HOME}"
+            ))
         })
 }
 
 /// Reads `config.toml` if it exists.
-pub fn read_config(path: &Path) -> Result<ConfigFile, Error> {
+pub(crate) fn read_config(path: &Path) -> Result<ConfigFile, Error> {
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text)
-            .map_err(|e| Error::Configuration(format!("{} is not valid: {e}", path.display()))),
+        Ok(text) => parse_config(&text, path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
         Err(e) => Err(Error::Configuration(format!(
             "cannot read {}: {e}",
@@ -171,8 +175,34 @@ pub fn read_config(path: &Path) -> Result<ConfigFile, Error> {
     }
 }
 
+/// Parses the text of `config.toml` (at `path`, named in the error).
+///
+/// The error says where and what, never the offending line: toml's own
+/// message quotes that line, and a secret put in the file by mistake (a
+/// `client_secret`, a database URL with its password) would be printed with
+/// it. What toml says is redacted too, since it may quote a value.
+pub(crate) fn parse_config(text: &str, path: &Path) -> Result<ConfigFile, Error> {
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or_else(String::new, |span| {
+            let before = text.as_bytes().get(..span.start).unwrap_or(text.as_bytes());
+            let line_start = before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = String::from_utf8_lossy(&before[line_start..])
+                .chars()
+                .count()
+                + 1;
+            format!(" (line {line}, column {column})")
+        });
+        let what = spotoken::core::redact(e.message().trim());
+        Error::Configuration(format!("{} is not valid{at}: {what}", path.display()))
+    })
+}
+
 /// Writes `config.toml` (0600, atomically).
-pub fn write_config(path: &Path, cfg: &ConfigFile) -> Result<(), Error> {
+pub(crate) fn write_config(path: &Path, cfg: &ConfigFile) -> Result<(), Error> {
     use std::io::Write as _;
     let text = toml::to_string(cfg)
         .map_err(|e| Error::Internal(format!("cannot serialize the config: {e}")))?;
@@ -190,7 +220,7 @@ pub fn write_config(path: &Path, cfg: &ConfigFile) -> Result<(), Error> {
 }
 
 /// Resolves the global options.
-pub fn resolve(g: &Global) -> Result<Resolved, Error> {
+pub(crate) fn resolve(g: &Global) -> Result<Resolved, Error> {
     let home = match &g.home {
         Some(h) => h.clone(),
         None => default_home()?,
@@ -200,7 +230,7 @@ pub fn resolve(g: &Global) -> Result<Resolved, Error> {
     let nonempty = |s: Option<String>| s.filter(|v| !v.trim().is_empty());
     let account = nonempty(g.account.clone())
         .or_else(|| nonempty(file.default_account.clone()))
-        .unwrap_or_else(|| "default".to_owned());
+        .unwrap_or_else(|| DEFAULT_ACCOUNT.to_owned());
     spotoken::account::validate_account_name(&account)?;
     let key_source = match file.key_source.as_deref() {
         None | Some("file") => KeySource::File,
@@ -220,8 +250,7 @@ pub fn resolve(g: &Global) -> Result<Resolved, Error> {
         config_path,
         account,
         client_id: nonempty(g.client_id.clone()).or_else(|| nonempty(file.client_id.clone())),
-        client_secret: nonempty(std::env::var("SPOTOKEN_CLIENT_SECRET").ok())
-            .map(ClientSecret::new),
+        client_secret: nonempty(std::env::var(CLIENT_SECRET_ENV).ok()).map(ClientSecret::new),
         accounts_url: nonempty(g.accounts_url.clone())
             .or_else(|| nonempty(file.accounts_url.clone()))
             .unwrap_or_else(|| SPOTIFY_ACCOUNTS_URL.to_owned()),
@@ -237,7 +266,7 @@ pub fn resolve(g: &Global) -> Result<Resolved, Error> {
         scopes,
         notify_cmd: nonempty(file.notify_cmd.clone()),
         key_source,
-        master_key_env: nonempty(std::env::var(spotoken::crypto::MASTER_KEY_ENV).ok()),
+        master_key_env: nonempty(std::env::var(MASTER_KEY_ENV).ok()),
         output: g.output,
         file,
     })
@@ -245,7 +274,7 @@ pub fn resolve(g: &Global) -> Result<Resolved, Error> {
 
 impl Resolved {
     /// The key ring from the configured source.
-    pub fn key_ring(&self) -> Result<spotoken::crypto::KeyRing, Error> {
+    pub(crate) fn key_ring(&self) -> Result<spotoken::crypto::KeyRing, Error> {
         if let Some(v) = &self.master_key_env {
             return KeyRing::new(spotoken::crypto::parse_keys(
                 v,
@@ -274,7 +303,7 @@ impl Resolved {
     }
 
     /// The engine over the SQLite store under the home.
-    pub fn tokens(&self) -> Result<spotoken::Tokens, Error> {
+    pub(crate) fn tokens(&self) -> Result<spotoken::Tokens, Error> {
         // After a login the store knows the client id, so later commands need no flag.
         let stored = || {
             spotoken::store::Sqlite::load_blocking(&self.store_path, &self.account)
@@ -284,7 +313,7 @@ impl Resolved {
         };
         let client_id = self.client_id.clone().or_else(stored).ok_or_else(|| {
             Error::Configuration(
-                "no client id: pass --client-id, set SPOTOKEN_CLIENT_ID, or put client_id in config.toml".into(),
+                format!("no client id: pass --{CLIENT_ID}, set {CLIENT_ID_ENV}, or put client_id in config.toml"),
             )
         })?;
         let mut b = self
@@ -303,7 +332,7 @@ impl Resolved {
     /// Sets the configured provider: explicit endpoints when `token_url` is
     /// given, else the issuer's discovery document (fetched when first
     /// needed), else Spotify's paths under the accounts URL.
-    pub fn with_provider(
+    pub(crate) fn with_provider(
         &self,
         b: spotoken::TokensBuilder,
     ) -> Result<spotoken::TokensBuilder, Error> {
@@ -338,7 +367,7 @@ impl Resolved {
     /// daemon, accounts): they work even when no client id is configured,
     /// since the engine refreshes and revokes each account with the client id
     /// it was logged in with (the placeholder id is never sent).
-    pub fn tokens_for_logout(&self) -> Result<spotoken::Tokens, Error> {
+    pub(crate) fn tokens_for_logout(&self) -> Result<spotoken::Tokens, Error> {
         if self.client_id.is_some()
             || spotoken::store::Sqlite::load_blocking(&self.store_path, &self.account)
                 .ok()
@@ -353,7 +382,42 @@ impl Resolved {
     }
 }
 
-/// Parses a duration option (`90`, `90s`, `5m`, `2h`).
-pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    spotoken::core::wait::parse_duration(s)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "AQDxJ3k9_Lq-7rVbN0pZ2sWcT8yHfGmUe4iKoA";
+
+    #[test]
+    fn a_config_error_never_quotes_a_secret_on_the_bad_line() {
+        for text in [
+            format!("client_secret = \"{SECRET}\"\n"),
+            format!("client_id = \"cid\"\n[serve]\ndatabase_url = \"postgres://u:{SECRET}@db/x\n"),
+            format!("[serve]\nthreads = \"{SECRET}\"\n"),
+        ] {
+            let e = parse_config(&text, Path::new("/h/config.toml")).expect_err("invalid");
+            let s = e.to_string();
+            assert!(!s.contains(SECRET), "{s}");
+            assert!(s.contains("/h/config.toml is not valid (line "), "{s}");
+        }
+        let e = parse_config("\nclient_id = 1\n", Path::new("c.toml")).expect_err("invalid");
+        assert!(e.to_string().contains("(line 2, column 13)"), "{e}");
+    }
+
+    #[test]
+    fn a_written_config_reads_back_the_same() {
+        let cfg = ConfigFile {
+            client_id: Some("cid \"quoted\" \\ tab\t".into()),
+            notify_cmd: Some("notify-send 'spotoken' \"$ACCOUNT\"\n".into()),
+            serve: Some(ServeFile {
+                allow_prefixes: Some(vec!["v1/me".into(), String::new()]),
+                threads: Some(4),
+                ..ServeFile::default()
+            }),
+            ..ConfigFile::default()
+        };
+        let text = toml::to_string(&cfg).expect("serializes");
+        let back = parse_config(&text, Path::new("c.toml")).expect("reads back");
+        assert_eq!(format!("{back:?}"), format!("{cfg:?}"));
+    }
 }

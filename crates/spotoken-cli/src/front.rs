@@ -11,8 +11,10 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::cli::defs::FAST_PATH_TRIED_ENV;
+
 /// The full program's file name (without the platform's executable suffix).
-pub const FULL: &str = "spotoken-full";
+pub(crate) const FULL: &str = "spotoken-full";
 
 /// Where the full program is: beside this executable, symlinks resolved.
 fn full_program() -> std::io::Result<PathBuf> {
@@ -22,7 +24,9 @@ fn full_program() -> std::io::Result<PathBuf> {
 
 /// Runs `spotoken-full` with this process's arguments; returns only on failure
 /// to start it (on Unix: exit code 2), or with its exit code (elsewhere).
-pub fn hand_over(mut args: impl Iterator<Item = OsString>) -> u8 {
+/// `fast_path_tried`: the fast path read the token and could not answer, so
+/// `spotoken-full` starts past it ([`FAST_PATH_TRIED_ENV`]).
+pub(crate) fn hand_over(mut args: impl Iterator<Item = OsString>, fast_path_tried: bool) -> u8 {
     let arg0 = args.next().unwrap_or_else(|| OsString::from("spotoken"));
     let path = match full_program() {
         Ok(p) => p,
@@ -30,6 +34,9 @@ pub fn hand_over(mut args: impl Iterator<Item = OsString>) -> u8 {
     };
     let mut cmd = Command::new(&path);
     cmd.args(args);
+    if fast_path_tried {
+        cmd.env(FAST_PATH_TRIED_ENV, "1");
+    }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt as _;

@@ -1,9 +1,9 @@
 //! Log lines written by a thread of their own, for `spotoken serve`.
 //!
 //! The server logs one line per request. Written where it is made, each
-//! line is a `write(2)` on the event loop that serves the request: with
-//! them, the proxy served 0.72× nginx's requests a second instead of 1.16×
-//! (docs/BENCHMARKS.md). Here the event loop only formats the line and hands
+//! line is a `write(2)` on the event loop that serves the request, which
+//! cost the proxy a large share of its throughput (docs/BENCHMARKS.md has the
+//! figures). Here the event loop only formats the line and hands
 //! it over; a writer thread writes whatever has queued up in one go. The
 //! queue is bounded (a server that logs faster than stderr drains waits,
 //! rather than growing without end or dropping lines), and [`Flush`] writes
@@ -23,13 +23,13 @@ enum Msg {
 /// A `MakeWriter` for tracing-subscriber that queues each event's line for
 /// the writer thread.
 #[derive(Clone)]
-pub struct Queued(SyncSender<Msg>);
+pub(crate) struct Queued(SyncSender<Msg>);
 
 /// Writes out the queued lines when dropped (at the end of `main`).
-pub struct Flush(SyncSender<Msg>);
+pub(crate) struct Flush(SyncSender<Msg>);
 
 /// Starts the writer thread over `out` (stderr).
-pub fn start(out: impl std::io::Write + Send + 'static) -> std::io::Result<(Queued, Flush)> {
+pub(crate) fn start(out: impl std::io::Write + Send + 'static) -> std::io::Result<(Queued, Flush)> {
     let (tx, rx) = sync_channel(QUEUE);
     std::thread::Builder::new()
         .name("spotoken-log".into())
@@ -63,7 +63,7 @@ fn write_lines(rx: Receiver<Msg>, out: impl std::io::Write) {
 }
 
 /// One event's line, queued when tracing drops it.
-pub struct Line {
+pub(crate) struct Line {
     buf: Vec<u8>,
     tx: SyncSender<Msg>,
 }

@@ -10,13 +10,13 @@ use spotoken::core::wait::human_duration;
 use crate::cli::Output;
 
 /// Prints a line on stdout; a closed pipe (`spotoken token | head -c0`) is fine.
-pub fn line(s: &str) {
+pub(crate) fn line(s: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{s}").and_then(|()| out.flush());
 }
 
 /// Prints a JSON value on stdout.
-pub fn json(v: &serde_json::Value) {
+pub(crate) fn json(v: &serde_json::Value) {
     line(&v.to_string());
 }
 
@@ -24,7 +24,7 @@ pub fn json(v: &serde_json::Value) {
 /// With `--output json` it is one JSON line instead, which the language
 /// bindings read: `{"error": {"kind", "exit_code", "message", "retry_after"?,
 /// "missing_scopes"?}}` (the wait in seconds).
-pub fn report(e: &Error, format: Output) -> u8 {
+pub(crate) fn report(e: &Error, format: Output) -> u8 {
     match format {
         Output::Text => {
             eprintln!("error: {e}");
@@ -85,7 +85,7 @@ fn hint(e: &Error) -> Option<&'static str> {
 }
 
 /// "in 42 min" / "3 min ago" for a unix time relative to now.
-pub fn relative(at: i64, now: i64) -> String {
+pub(crate) fn relative(at: i64, now: i64) -> String {
     if at >= now {
         format!(
             "in {}",

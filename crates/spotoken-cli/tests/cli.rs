@@ -6,7 +6,7 @@ mod interop;
 use std::collections::HashMap;
 use std::process::Stdio;
 
-use common::{BIN, Env, age_account, browser, listening, refresh_tokens_seen, serve_login};
+use common::{BIN, Env, age_account, browser, listening, output, refresh_tokens_seen, serve_login};
 use serde_json::Value;
 use spotoken_emulator::{Endpoint, Failure, Rotation};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -506,6 +506,38 @@ async fn the_small_executable_answers_fresh_tokens_alone_and_hands_over_the_rest
     assert!(v.stdout.starts_with("spotoken "), "{}", v.stdout);
     let bad = env.run(&["token", "--min-valid", "soon"]).await;
     assert_eq!(bad.code, 2, "usage error from clap in spotoken-full");
+}
+
+/// A stale token is read and decrypted by a fast path once (issue 18):
+/// `spotoken` tries it, finds the token stale and hands the call over marked
+/// as tried, and `spotoken-full` starts past its own fast path (its debug log
+/// says so) to refresh. Called directly, `spotoken-full` still answers a
+/// fresh token on its fast path, before any logging is set up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_token_goes_through_the_fast_path_once() {
+    const FULL: &str = env!("CARGO_BIN_EXE_spotoken-full");
+    let env = Env::new().await;
+    assert_eq!(env.login(&[], |l| l).await.code, 0);
+    age_account(&env).await;
+    let stale = env.run(&["token"]).await;
+    assert_eq!(stale.code, 0, "{}", stale.stderr);
+    assert!(
+        stale
+            .stderr
+            .contains("spotoken tried the fast path; starting past it"),
+        "{}",
+        stale.stderr
+    );
+    assert_eq!(env.emu.counters().token_requests_for("refresh_token"), 1);
+
+    let direct = output(env.cmd_program(FULL, &["token"])).await;
+    assert_eq!(direct.code, 0, "{}", direct.stderr);
+    assert_eq!(direct.stdout, stale.stdout, "the refreshed token, cached");
+    assert!(
+        direct.stderr.is_empty(),
+        "answered before logging: {}",
+        direct.stderr
+    );
 }
 
 /// `spotoken serve` as deployed: several event loops, the binary's own signal

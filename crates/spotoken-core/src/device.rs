@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::error::{Error, ReauthReason};
+use crate::error::{Error, ErrorKind, ReauthReason};
 use crate::protocol::{
     ClientAuth, FormRequest, HttpAnswer, TokenSet, classify_token_error, form_request,
     parse_token_answer,
@@ -176,10 +176,12 @@ pub fn classify_poll(answer: HttpAnswer<'_>, account: &str) -> PollAnswer {
         Some("access_denied") => PollAnswer::Denied,
         Some("expired_token") => PollAnswer::Expired,
         _ => {
+            // By kind, not variant: a 429 is `RateLimited`, as temporary as a 503.
             let e = classify_token_error(answer, account);
-            match e {
-                Error::Temporary { .. } => PollAnswer::Temporary(e),
-                e => PollAnswer::Failed(e),
+            if e.kind() == ErrorKind::Temporary {
+                PollAnswer::Temporary(e)
+            } else {
+                PollAnswer::Failed(e)
             }
         }
     }
@@ -406,6 +408,25 @@ mod tests {
             ),
             PollAnswer::Tokens(_)
         ));
+    }
+
+    #[test]
+    fn a_429_while_polling_backs_off_instead_of_ending_the_login() {
+        // A rate limit is `Error::RateLimited`, which the poll took for a
+        // final failure (fuzz/fuzz_targets/error_body.rs now checks this).
+        let limited = classify_poll(
+            HttpAnswer {
+                status: 429,
+                retry_after: Some(SECS(30)),
+                body: br#"{"error":{"status":429,"message":"API rate limit exceeded"}}"#,
+            },
+            "a",
+        );
+        let PollAnswer::Temporary(e) = limited else {
+            panic!("a 429 is temporary: {limited:?}")
+        };
+        let mut p = DevicePoll::new(&auth(5, 600), 0, "a");
+        assert_eq!(p.after(PollAnswer::Temporary(e), 5), Next::PollIn(SECS(30)));
     }
 
     #[test]

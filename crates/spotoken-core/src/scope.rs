@@ -35,6 +35,10 @@ pub const SPOTIFY_SCOPES: &[&str] = &[
     "soa-create-partner",
 ];
 
+/// What a login asks for when nobody says: the least that identifies the user
+/// (`/v1/me`), so an app asks for more only when it needs more.
+pub const DEFAULT_SCOPES: &str = "user-read-private";
+
 /// Whether Spotify knows this scope name.
 pub fn is_spotify_scope(s: &str) -> bool {
     SPOTIFY_SCOPES.contains(&s)

@@ -18,7 +18,7 @@ use crate::Shared;
 use crate::model::{CodeRec, Consent, Endpoint, PendingConsent, random_token};
 
 /// The page or redirect for an authorization request.
-pub async fn authorize(
+pub(crate) async fn authorize(
     State(shared): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response<Body> {
@@ -52,25 +52,11 @@ pub async fn authorize(
         ]);
     }
     let challenge = get("code_challenge").map(str::to_owned);
-    match (get("code_challenge_method"), &challenge) {
-        (Some("S256"), Some(c)) if (43..=128).contains(&c.len()) => {}
-        // Without PKCE the code exchange needs the app's secret.
-        (None, None) => {}
-        (Some(m), Some(_)) if m != "S256" => {
-            return back(&[
-                ("error", "invalid_request"),
-                ("error_description", "code_challenge_method must be S256"),
-            ]);
-        }
-        _ => {
-            return back(&[
-                ("error", "invalid_request"),
-                (
-                    "error_description",
-                    "code_challenge and code_challenge_method=S256 are required",
-                ),
-            ]);
-        }
+    if let Err(description) = check_pkce(get("code_challenge_method"), challenge.as_deref()) {
+        return back(&[
+            ("error", "invalid_request"),
+            ("error_description", description),
+        ]);
     }
     let requested = Scopes::parse(get("scope").unwrap_or(""));
     if !requested.unknown().is_empty() {
@@ -85,17 +71,7 @@ pub async fn authorize(
     if w.user(&user).is_none() {
         return error_page(&format!("Unknown emulator user {user:?}"));
     }
-    let granted = match &w.settings.grant_only {
-        Some(only) => Scopes(
-            requested
-                .0
-                .iter()
-                .filter(|s| only.contains(s))
-                .cloned()
-                .collect(),
-        ),
-        None => requested,
-    };
+    let granted = grant(requested, w.settings.grant_only.as_deref());
     let pending = PendingConsent {
         client_id: client.id.clone(),
         redirect_uri: redirect_uri.to_owned(),
@@ -116,15 +92,50 @@ pub async fn authorize(
     }
 }
 
+/// The length bounds RFC 7636 sets on a code verifier, applied to the
+/// challenge (an S256 challenge is 43 characters).
+const PKCE_CHALLENGE_LEN: std::ops::RangeInclusive<usize> = 43..=128;
+
+/// Checks the PKCE parameters: an S256 challenge, or none at all. The error is
+/// the `error_description` of the `invalid_request` redirect.
+fn check_pkce(method: Option<&str>, challenge: Option<&str>) -> Result<(), &'static str> {
+    match (method, challenge) {
+        (Some("S256"), Some(c)) if PKCE_CHALLENGE_LEN.contains(&c.len()) => Ok(()),
+        // Without PKCE the code exchange needs the app's secret.
+        (None, None) => Ok(()),
+        (Some(m), Some(_)) if m != "S256" => Err("code_challenge_method must be S256"),
+        _ => Err("code_challenge and code_challenge_method=S256 are required"),
+    }
+}
+
+/// The scopes granted for `requested`: all of them, or only those in the
+/// `grant_only` setting.
+fn grant(requested: Scopes, grant_only: Option<&[String]>) -> Scopes {
+    match grant_only {
+        Some(only) => Scopes(
+            requested
+                .0
+                .iter()
+                .filter(|s| only.contains(s))
+                .cloned()
+                .collect(),
+        ),
+        None => requested,
+    }
+}
+
 /// The form posted by the consent page's buttons.
 #[derive(serde::Deserialize)]
-pub struct Decision {
+pub(crate) struct Decision {
     request: String,
     decision: String,
 }
 
 /// `POST /authorize/decide`: the consent page's Approve or Deny.
-pub async fn decide(State(shared): State<Shared>, Form(d): Form<Decision>) -> Response<Body> {
+pub(crate) async fn decide(
+    State(shared): State<Shared>,
+    Form(d): Form<Decision>,
+) -> Response<Body> {
     let mut w = shared.lock();
     let Some(p) = w.pending.remove(&d.request) else {
         return error_page("This authorization request has expired or was already answered.");
@@ -162,7 +173,7 @@ fn approve(w: &mut crate::model::World, p: PendingConsent) -> Response<Body> {
 /// Checks a redirect URI against the registered ones, Spotify's way: exact match,
 /// except that a registered loopback IP URI without a port matches any port;
 /// `localhost` and plain `http://` to anything else are insecure.
-pub fn check_redirect_uri(uri: &str, registered: &[String]) -> Result<(), String> {
+pub(crate) fn check_redirect_uri(uri: &str, registered: &[String]) -> Result<(), String> {
     let parsed = Url::parse(uri).map_err(|_| "INVALID_CLIENT: Invalid redirect URI".to_owned())?;
     if let Err(e) = secure_redirect(&parsed) {
         return Err(e.to_owned());
@@ -187,7 +198,7 @@ pub fn check_redirect_uri(uri: &str, registered: &[String]) -> Result<(), String
 }
 
 /// Whether a redirect URI is acceptable at all (used when registering clients too).
-pub fn secure_redirect(u: &Url) -> Result<(), &'static str> {
+pub(crate) fn secure_redirect(u: &Url) -> Result<(), &'static str> {
     if u.host_str() == Some("localhost") {
         return Err(
             "INVALID_CLIENT: Insecure redirect URI (localhost is not allowed, use 127.0.0.1 or [::1])",

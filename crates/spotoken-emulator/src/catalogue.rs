@@ -12,14 +12,14 @@ use serde_json::{Value, json};
 use crate::model::{AppMode, User};
 
 /// An artist of the catalogue.
-pub struct Artist {
+pub(crate) struct Artist {
     pub id: &'static str,
     pub name: &'static str,
     pub genres: &'static [&'static str],
 }
 
 /// An album: its artist and its four track names.
-pub struct Album {
+pub(crate) struct Album {
     pub id: &'static str,
     pub name: &'static str,
     pub artist: usize,
@@ -28,7 +28,7 @@ pub struct Album {
 }
 
 /// The artists.
-pub const ARTISTS: &[Artist] = &[
+pub(crate) const ARTISTS: &[Artist] = &[
     Artist {
         id: "0EmuArtistEmulators001",
         name: "The Emulators",
@@ -52,7 +52,7 @@ pub const ARTISTS: &[Artist] = &[
 ];
 
 /// The albums, two per artist.
-pub const ALBUMS: &[Album] = &[
+pub(crate) const ALBUMS: &[Album] = &[
     Album {
         id: "1EmuAlbumLoopback00001",
         name: "Loopback",
@@ -127,58 +127,58 @@ pub const ALBUMS: &[Album] = &[
 ];
 
 /// How many tracks the catalogue has.
-pub const TRACK_COUNT: usize = 32;
+pub(crate) const TRACK_COUNT: usize = 32;
 
 /// A track, by its index in the catalogue (album-major order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Track(pub usize);
+pub(crate) struct Track(pub usize);
 
 impl Track {
-    pub fn album(self) -> &'static Album {
+    pub(crate) fn album(self) -> &'static Album {
         &ALBUMS[self.0 / 4]
     }
-    pub fn artist(self) -> &'static Artist {
+    pub(crate) fn artist(self) -> &'static Artist {
         &ARTISTS[self.album().artist]
     }
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         self.album().tracks[self.0 % 4]
     }
-    pub fn id(self) -> String {
+    pub(crate) fn id(self) -> String {
         format!("2EmuTrack{:013}", self.0 + 1)
     }
-    pub fn uri(self) -> String {
+    pub(crate) fn uri(self) -> String {
         format!("spotify:track:{}", self.id())
     }
-    pub fn duration_ms(self) -> i64 {
+    pub(crate) fn duration_ms(self) -> i64 {
         150_000 + (self.0 as i64 * 7_919) % 120_000
     }
     /// Every track, in catalogue order.
-    pub fn all() -> impl Iterator<Item = Track> {
+    pub(crate) fn all() -> impl Iterator<Item = Track> {
         (0..TRACK_COUNT).map(Track)
     }
     /// The track with this id.
-    pub fn by_id(id: &str) -> Option<Track> {
+    pub(crate) fn by_id(id: &str) -> Option<Track> {
         Track::all().find(|t| t.id() == id)
     }
     /// The track with this `spotify:track:` URI.
-    pub fn by_uri(uri: &str) -> Option<Track> {
+    pub(crate) fn by_uri(uri: &str) -> Option<Track> {
         uri.strip_prefix("spotify:track:").and_then(Track::by_id)
     }
 }
 
 /// An album's index by id.
-pub fn album_by_id(id: &str) -> Option<usize> {
+pub(crate) fn album_by_id(id: &str) -> Option<usize> {
     ALBUMS.iter().position(|a| a.id == id)
 }
 
 /// An artist's index by id.
-pub fn artist_by_id(id: &str) -> Option<usize> {
+pub(crate) fn artist_by_id(id: &str) -> Option<usize> {
     ARTISTS.iter().position(|a| a.id == id)
 }
 
 /// A user's playlist.
 #[derive(Debug, Clone)]
-pub struct Playlist {
+pub(crate) struct Playlist {
     pub id: String,
     pub name: String,
     pub description: String,
@@ -189,7 +189,7 @@ pub struct Playlist {
 }
 
 /// Two playlists per user: a private one and a public one.
-pub fn default_playlists(users: &[User]) -> Vec<Playlist> {
+pub(crate) fn default_playlists(users: &[User]) -> Vec<Playlist> {
     let mut out = Vec::new();
     for (n, u) in users.iter().enumerate() {
         let pick = |start: usize, len: usize| -> Vec<Track> {
@@ -220,7 +220,7 @@ pub fn default_playlists(users: &[User]) -> Vec<Playlist> {
 }
 
 /// A 22-character base62 id for a user's `n`th playlist.
-pub fn playlist_id(user: &str, n: usize) -> String {
+pub(crate) fn playlist_id(user: &str, n: usize) -> String {
     let stem: String = format!("3Pl{user}")
         .chars()
         .filter(char::is_ascii_alphanumeric)
@@ -231,7 +231,7 @@ pub fn playlist_id(user: &str, n: usize) -> String {
 
 /// Renders objects for one request: where the API lives (for `href`s and
 /// paging links) and which mode the app is in.
-pub struct Shapes<'a> {
+pub(crate) struct Shapes<'a> {
     /// The API's origin, such as `http://127.0.0.1:43123`.
     pub base: &'a str,
     pub mode: AppMode,
@@ -246,7 +246,7 @@ impl Shapes<'_> {
         format!("{}/v1/{path}", self.base)
     }
 
-    pub fn artist_simple(&self, i: usize) -> Value {
+    pub(crate) fn artist_simple(&self, i: usize) -> Value {
         let a = &ARTISTS[i];
         json!({
             "external_urls": {"spotify": format!("https://open.spotify.com/artist/{}", a.id)},
@@ -256,7 +256,7 @@ impl Shapes<'_> {
         })
     }
 
-    pub fn artist(&self, i: usize) -> Value {
+    pub(crate) fn artist(&self, i: usize) -> Value {
         let mut v = self.artist_simple(i);
         v["genres"] = json!(ARTISTS[i].genres);
         v["images"] = json!([]);
@@ -267,7 +267,7 @@ impl Shapes<'_> {
         v
     }
 
-    pub fn album_simple(&self, i: usize) -> Value {
+    pub(crate) fn album_simple(&self, i: usize) -> Value {
         let a = &ALBUMS[i];
         let mut v = json!({
             "album_type": "album", "total_tracks": a.tracks.len(),
@@ -284,7 +284,7 @@ impl Shapes<'_> {
         v
     }
 
-    pub fn album(&self, i: usize) -> Value {
+    pub(crate) fn album(&self, i: usize) -> Value {
         let mut v = self.album_simple(i);
         let tracks: Vec<Track> = (i * 4..i * 4 + 4).map(Track).collect();
         v["tracks"] = self.page(
@@ -300,7 +300,7 @@ impl Shapes<'_> {
         v
     }
 
-    pub fn track(&self, t: Track) -> Value {
+    pub(crate) fn track(&self, t: Track) -> Value {
         let mut v = json!({
             "album": self.album_simple(t.0 / 4),
             "artists": [self.artist_simple(t.album().artist)],
@@ -332,7 +332,7 @@ impl Shapes<'_> {
         if self.extended() { "tracks" } else { "items" }
     }
 
-    pub fn playlist_simple(&self, p: &Playlist, owner_name: Option<&str>) -> Value {
+    pub(crate) fn playlist_simple(&self, p: &Playlist, owner_name: Option<&str>) -> Value {
         let mut v = json!({
             "collaborative": false, "description": p.description,
             "external_urls": {"spotify": format!("https://open.spotify.com/playlist/{}", p.id)},
@@ -350,7 +350,7 @@ impl Shapes<'_> {
         v
     }
 
-    pub fn playlist(&self, p: &Playlist, owner_name: Option<&str>) -> Value {
+    pub(crate) fn playlist(&self, p: &Playlist, owner_name: Option<&str>) -> Value {
         let mut v = self.playlist_simple(p, owner_name);
         let field = self.list_field();
         v["followers"] = json!({"href": null, "total": 0});
@@ -359,7 +359,7 @@ impl Shapes<'_> {
     }
 
     /// A page of a playlist's entries.
-    pub fn playlist_items(
+    pub(crate) fn playlist_items(
         &self,
         p: &Playlist,
         owner_name: Option<&str>,
@@ -384,7 +384,7 @@ impl Shapes<'_> {
     }
 
     /// A paging object over `all`, with `next`/`previous` links back here.
-    pub fn page<T>(
+    pub(crate) fn page<T>(
         &self,
         path: &str,
         all: &[T],
@@ -397,7 +397,7 @@ impl Shapes<'_> {
 
     /// [`Shapes::page`] for a path whose links carry more query parameters
     /// (`query` is already encoded, without a leading `&`).
-    pub fn page_with_query<T>(
+    pub(crate) fn page_with_query<T>(
         &self,
         path: &str,
         query: &str,
@@ -422,7 +422,7 @@ impl Shapes<'_> {
 
 /// Whether every word of a search query appears in `text` (case-insensitive).
 /// Field filters such as `artist:name` count as their value.
-pub fn matches(query: &str, text: &str) -> bool {
+pub(crate) fn matches(query: &str, text: &str) -> bool {
     let text = text.to_lowercase();
     query
         .split_whitespace()

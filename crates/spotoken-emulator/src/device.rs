@@ -22,15 +22,15 @@ use crate::model::{World, random_token};
 use crate::{Shared, json_response};
 
 /// Where the device authorization endpoint is.
-pub const DEVICE_AUTHORIZATION_PATH: &str = "/oauth2/device_authorization";
+pub(crate) const DEVICE_AUTHORIZATION_PATH: &str = "/oauth2/device_authorization";
 /// Where the RFC 7009 revocation endpoint is.
-pub const REVOCATION_PATH: &str = "/oauth2/revoke";
+pub(crate) const REVOCATION_PATH: &str = "/oauth2/revoke";
 /// How long device codes live.
 const DEVICE_CODE_LIFETIME_SECS: i64 = 600;
 
 /// One device login.
 #[derive(Debug, Clone)]
-pub struct DeviceRec {
+pub(crate) struct DeviceRec {
     client_id: String,
     scopes: Scopes,
     issued_at_ms: i64,
@@ -50,7 +50,7 @@ fn origin(headers: &HeaderMap) -> String {
 
 /// `GET /.well-known/oauth-authorization-server`: the emulator's endpoints,
 /// its issuer being the origin it was reached at.
-pub async fn metadata(State(shared): State<Shared>, headers: HeaderMap) -> Response<Body> {
+pub(crate) async fn metadata(State(shared): State<Shared>, headers: HeaderMap) -> Response<Body> {
     shared.lock().counters.discovery_requests += 1;
     let issuer = origin(&headers);
     let mut r = json_response(
@@ -78,7 +78,7 @@ pub async fn metadata(State(shared): State<Shared>, headers: HeaderMap) -> Respo
 }
 
 /// `POST /oauth2/device_authorization`: a device code and a user code.
-pub async fn authorize(
+pub(crate) async fn authorize(
     State(shared): State<Shared>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -123,7 +123,10 @@ pub async fn authorize(
 
 /// `POST /oauth2/revoke`: revokes a refresh token's whole grant (an access
 /// token's too); 200 whatever the token was, as RFC 7009 §2.2 says.
-pub async fn revoke(State(shared): State<Shared>, body: axum::body::Bytes) -> Response<Body> {
+pub(crate) async fn revoke(
+    State(shared): State<Shared>,
+    body: axum::body::Bytes,
+) -> Response<Body> {
     let failure = shared
         .lock()
         .take_failure(crate::model::Endpoint::Any, None, REVOCATION_PATH);

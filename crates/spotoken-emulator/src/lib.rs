@@ -17,8 +17,15 @@
 //! ```
 //!
 //! Every switch is also reachable over HTTP under `/_emulator/` (see [`control`]).
+//! [`Emulator::builder`] also serves the same world over TLS on a second
+//! port (with a test CA, HTTP/2 by ALPN if asked) and adds Web API latency,
+//! to stand in for a far-away `api.spotify.com`.
 //! `docs/EMULATOR.md` lists what it answers like Spotify, with the public
 //! source of each answer, and what it deliberately does not model.
+
+// Functions a reader can hold (the threshold is in clippy.toml); tests may
+// be longer.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 mod authorize;
 mod catalogue;
@@ -27,6 +34,7 @@ mod device;
 mod model;
 mod player;
 pub mod serve;
+mod tls;
 mod token;
 mod webapi;
 
@@ -46,6 +54,8 @@ pub use model::{
     DEFAULT_CLIENT_SECRET, DEFAULT_REDIRECT_URIS, Endpoint, Failure, RateLimit, Rotation, Settings,
     UNAUTHORIZED_MESSAGE, User, new_secret,
 };
+use spotoken_core::sync::LockUnpoisoned as _;
+pub use tls::TestCa;
 pub use webapi::{ECHO_PREFIX, OWNER_PREMIUM_REQUIRED, USER_NOT_REGISTERED};
 
 /// [`Emulator::authorize`] did not redirect back: the status of what it
@@ -94,9 +104,7 @@ impl Shared {
     /// Locks the world. A panic while holding the lock cannot leave it half
     /// updated in a way that matters to a test double, so poisoning is ignored.
     pub(crate) fn lock(&self) -> MutexGuard<'_, World> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.lock_unpoisoned()
     }
 }
 
@@ -171,9 +179,101 @@ async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Resp
 /// A running emulator on `127.0.0.1`. Dropping it stops the server.
 pub struct Emulator {
     addr: SocketAddr,
+    tls: Option<(SocketAddr, TestCa)>,
     shared: Shared,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How to start an [`Emulator`]: [`Emulator::builder`].
+#[derive(Debug, Default)]
+pub struct EmulatorBuilder {
+    port: u16,
+    extra_client: Option<Client>,
+    tls_port: Option<u16>,
+    http2: bool,
+    api_latency: std::time::Duration,
+}
+
+impl EmulatorBuilder {
+    /// The plain HTTP port on 127.0.0.1 (default 0: a free one).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Registers an extra client besides the default ones.
+    pub fn client(mut self, client: Client) -> Self {
+        self.extra_client = Some(client);
+        self
+    }
+
+    /// Also serves the same world over TLS on `port` (0: a free one), with
+    /// a certificate from a test CA made at start ([`Emulator::tls_ca`]).
+    pub fn tls_port(mut self, port: u16) -> Self {
+        self.tls_port = Some(port);
+        self
+    }
+
+    /// Offers HTTP/2 on the TLS port (ALPN `h2`, as api.spotify.com does).
+    pub fn http2(mut self, on: bool) -> Self {
+        self.http2 = on;
+        self
+    }
+
+    /// Added delay before every Web API answer ([`Settings::api_latency_ms`]).
+    pub fn api_latency(mut self, latency: std::time::Duration) -> Self {
+        self.api_latency = latency;
+        self
+    }
+
+    /// Binds the ports and starts serving.
+    pub async fn start(self) -> std::io::Result<Emulator> {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Shared::new(self.extra_client);
+        shared.lock().settings.api_latency_ms = self.api_latency.as_millis() as u64;
+        let router = app(shared.clone());
+        let mut stops = Vec::new();
+        let mut tasks = Vec::new();
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push(stop);
+        tasks.push(tokio::spawn(serve::serve(
+            listener,
+            router.clone(),
+            shared.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        )));
+        let tls = match self.tls_port {
+            None => None,
+            Some(port) => {
+                let ca = TestCa::new(self.http2)?;
+                let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+                let tls_addr = listener.local_addr()?;
+                let (stop, stopped) = oneshot::channel::<()>();
+                stops.push(stop);
+                tasks.push(tokio::spawn(serve::serve_with(
+                    listener,
+                    router,
+                    shared.clone(),
+                    Some(ca.acceptor()),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )));
+                Some((tls_addr, ca))
+            }
+        };
+        Ok(Emulator {
+            addr,
+            tls,
+            shared,
+            stops,
+            tasks,
+        })
+    }
 }
 
 impl Emulator {
@@ -184,20 +284,14 @@ impl Emulator {
 
     /// Starts on `port` (0 for ephemeral), optionally registering an extra client.
     pub async fn start_on(port: u16, extra_client: Option<Client>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        let addr = listener.local_addr()?;
-        let shared = Shared::new(extra_client);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let router = app(shared.clone());
-        let task = tokio::spawn(serve::serve(listener, router, shared.clone(), async move {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            addr,
-            shared,
-            stop: Some(stop),
-            task,
-        })
+        let mut b = Self::builder().port(port);
+        b.extra_client = extra_client;
+        b.start().await
+    }
+
+    /// Options beyond [`start_on`](Self::start_on): a TLS port, HTTP/2, latency.
+    pub fn builder() -> EmulatorBuilder {
+        EmulatorBuilder::default()
     }
 
     /// Base URL, serving both the Accounts service and the Web API.
@@ -208,6 +302,16 @@ impl Emulator {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TLS port's base URL (`https://127.0.0.1:PORT`), when started with one.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls.as_ref().map(|(a, _)| format!("https://{a}"))
+    }
+
+    /// The test CA that signed the TLS port's certificate.
+    pub fn tls_ca(&self) -> Option<&TestCa> {
+        self.tls.as_ref().map(|(_, ca)| ca)
     }
 
     /// The shared world (for embedding the routes elsewhere).
@@ -297,6 +401,20 @@ impl Emulator {
         all
     }
 
+    /// Starts a grant of `user` to the default client, as a completed
+    /// PKCE login would, without the browser's round trips; returns its
+    /// first access and refresh tokens. For benchmarks that need many
+    /// logged-in accounts quickly.
+    pub fn issue_grant(&self, user: &str, scopes: &str) -> (String, String) {
+        let (_, access, refresh) = self.shared.lock().new_grant(
+            DEFAULT_CLIENT_ID,
+            user,
+            spotoken_core::scope::Scopes::parse(scopes),
+            true,
+        );
+        (access, refresh)
+    }
+
     /// Moves the emulator's clock forward.
     pub fn advance(&self, by: std::time::Duration) {
         self.shared.lock().offset_ms += by.as_millis() as i64;
@@ -361,21 +479,25 @@ impl Emulator {
         all
     }
 
-    /// Stops the server and waits for the accept loop to end.
+    /// Stops the server and waits for the accept loops to end.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
+        for stop in self.stops.drain(..) {
             let _ = stop.send(());
         }
-        let _ = (&mut self.task).await;
+        for task in &mut self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for Emulator {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        for stop in self.stops.drain(..) {
             let _ = stop.send(());
         }
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 

@@ -167,7 +167,7 @@ pub struct RateLimit {
 
 /// A rate limit that was hit: how long to wait, and which kind it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limited {
+pub(crate) struct Limited {
     /// Seconds until the window has room again (`Retry-After`).
     pub retry_after_secs: u64,
     /// The development-mode quota rather than the rolling window.
@@ -357,6 +357,19 @@ pub struct Counters {
     /// few).
     #[serde(default)]
     pub connections: u64,
+    /// TLS handshakes completed in full on the TLS port (a client that
+    /// resumes sessions or keeps connections alive makes few).
+    #[serde(default)]
+    pub tls_full_handshakes: u64,
+    /// TLS handshakes that resumed an earlier session.
+    #[serde(default)]
+    pub tls_resumed_handshakes: u64,
+    /// TLS handshakes that failed.
+    #[serde(default)]
+    pub tls_failed_handshakes: u64,
+    /// TLS connections on which the client chose HTTP/2 (ALPN `h2`).
+    #[serde(default)]
+    pub http2_connections: u64,
     /// Requests for the discovery document.
     #[serde(default)]
     pub discovery_requests: u64,
@@ -426,7 +439,7 @@ impl Counters {
 
 /// One user's consent to one client: the thing a refresh-token family belongs to.
 #[derive(Debug, Clone)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub client_id: String,
     pub user: String,
     pub scopes: Scopes,
@@ -437,13 +450,13 @@ pub struct Grant {
 
 /// Where a refresh token stands.
 #[derive(Debug, Clone)]
-pub enum RefreshState {
+pub(crate) enum RefreshState {
     Active,
     Rotated { at_ms: i64, successor: String },
 }
 
 #[derive(Debug, Clone)]
-pub struct RefreshRec {
+pub(crate) struct RefreshRec {
     pub grant: u64,
     pub state: RefreshState,
 }
@@ -451,14 +464,14 @@ pub struct RefreshRec {
 /// An access token: a user's (from a grant) or the app's own (client
 /// credentials, no grant and no user).
 #[derive(Debug, Clone)]
-pub struct AccessRec {
+pub(crate) struct AccessRec {
     pub grant: Option<u64>,
     pub client_id: String,
     pub expires_at_ms: i64,
 }
 
 #[derive(Debug, Clone)]
-pub struct CodeRec {
+pub(crate) struct CodeRec {
     pub client_id: String,
     pub redirect_uri: String,
     pub challenge: Option<String>,
@@ -470,7 +483,7 @@ pub struct CodeRec {
 
 /// A request waiting on the consent page.
 #[derive(Debug, Clone)]
-pub struct PendingConsent {
+pub(crate) struct PendingConsent {
     pub client_id: String,
     pub redirect_uri: String,
     pub state: Option<String>,
@@ -481,7 +494,7 @@ pub struct PendingConsent {
 
 /// The whole mutable world.
 #[derive(Debug)]
-pub struct World {
+pub(crate) struct World {
     pub clients: Vec<Client>,
     pub users: Vec<User>,
     pub settings: Settings,
@@ -517,7 +530,7 @@ pub struct World {
 
 impl World {
     /// A fresh world with the default clients (plus `extra`, if given) and users.
-    pub fn new(extra: Option<Client>) -> Self {
+    pub(crate) fn new(extra: Option<Client>) -> Self {
         let uris: Vec<String> = DEFAULT_REDIRECT_URIS
             .iter()
             .map(|s| (*s).to_owned())
@@ -560,7 +573,7 @@ impl World {
 
     /// A random failure for a request to `endpoint` (`Token` or `Api`), if
     /// [`Settings::chaos`] is on and the dice say so; counted.
-    pub fn chaos_failure(&mut self, endpoint: Endpoint) -> Option<Failure> {
+    pub(crate) fn chaos_failure(&mut self, endpoint: Endpoint) -> Option<Failure> {
         use rand::SeedableRng as _;
         let chaos = self.settings.chaos.clone()?;
         if self
@@ -633,7 +646,7 @@ impl World {
 
     /// Notes a refresh request for `grant`: counts it if it came before the
     /// `Retry-After` of a 429 sent to the grant had elapsed.
-    pub fn note_refresh_timing(&mut self, grant: u64) {
+    pub(crate) fn note_refresh_timing(&mut self, grant: u64) {
         let now = self.now_ms();
         if let Some(until) = self.retry_after_until.get(&grant).copied() {
             if now < until {
@@ -646,13 +659,13 @@ impl World {
     }
 
     /// Remembers that a 429 told `grant` to wait `secs`.
-    pub fn note_retry_after(&mut self, grant: u64, secs: u64) {
+    pub(crate) fn note_retry_after(&mut self, grant: u64, secs: u64) {
         let until = self.now_ms() + i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         self.retry_after_until.insert(grant, until);
     }
 
     /// Emulated wall-clock time in milliseconds since the epoch.
-    pub fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         let real = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -660,17 +673,17 @@ impl World {
     }
 
     /// Looks up a client.
-    pub fn client(&self, id: &str) -> Option<&Client> {
+    pub(crate) fn client(&self, id: &str) -> Option<&Client> {
         self.clients.iter().find(|c| c.id == id)
     }
 
     /// Looks up a user.
-    pub fn user(&self, id: &str) -> Option<&User> {
+    pub(crate) fn user(&self, id: &str) -> Option<&User> {
         self.users.iter().find(|u| u.id == id)
     }
 
     /// Takes the first queued failure that matches, counting down its `times`.
-    pub fn take_failure(
+    pub(crate) fn take_failure(
         &mut self,
         endpoint: Endpoint,
         grant: Option<&str>,
@@ -695,7 +708,7 @@ impl World {
     }
 
     /// Replaces the settings; changed rate limits start with empty windows.
-    pub fn set_settings(&mut self, new: Settings) {
+    pub(crate) fn set_settings(&mut self, new: Settings) {
         if new.rate_limits != self.settings.rate_limits {
             self.rate_window.clear();
         }
@@ -703,7 +716,11 @@ impl World {
     }
 
     /// Makes `device` the user's active device, or leaves the user with none.
-    pub fn set_active_device(&mut self, user: &str, device: Option<&str>) -> Result<(), String> {
+    pub(crate) fn set_active_device(
+        &mut self,
+        user: &str,
+        device: Option<&str>,
+    ) -> Result<(), String> {
         if self.user(user).is_none() {
             return Err(format!("no user {user:?}"));
         }
@@ -724,7 +741,7 @@ impl World {
     /// Counts a request to `endpoint` (the token endpoint or the Web API)
     /// against the rate limits, on the emulator's clock; `Some` when over one.
     /// A refused request does not count.
-    pub fn rate_limited(&mut self, endpoint: Endpoint, client_id: &str) -> Option<Limited> {
+    pub(crate) fn rate_limited(&mut self, endpoint: Endpoint, client_id: &str) -> Option<Limited> {
         let now = self.now_ms();
         let limits = self.settings.rate_limits.clone();
         let covering: Vec<(usize, &RateLimit)> = limits
@@ -761,7 +778,7 @@ impl World {
 
     /// Counts a token request's arrival in its second of the emulator's
     /// clock (which only moves forward), for the per-second peak.
-    pub fn count_token_arrival(&mut self) {
+    pub(crate) fn count_token_arrival(&mut self) {
         let second = self.now_ms().div_euclid(1000);
         let c = &mut self.counters;
         c.token_second = match c.token_second {
@@ -772,7 +789,7 @@ impl World {
     }
 
     /// Records one token request's outcome.
-    pub fn count_token(&mut self, grant: &str, outcome: &str) {
+    pub(crate) fn count_token(&mut self, grant: &str, outcome: &str) {
         *self
             .counters
             .token_requests
@@ -783,7 +800,7 @@ impl World {
     }
 
     /// Records one Web API response.
-    pub fn count_api(&mut self, status: u16) {
+    pub(crate) fn count_api(&mut self, status: u16) {
         *self
             .counters
             .api_requests
@@ -792,7 +809,7 @@ impl World {
     }
 
     /// Starts a grant (a successful code exchange) and issues its first tokens.
-    pub fn new_grant(
+    pub(crate) fn new_grant(
         &mut self,
         client_id: &str,
         user: &str,
@@ -819,7 +836,7 @@ impl World {
     }
 
     /// A new access token for a grant.
-    pub fn issue_access(&mut self, grant: u64) -> String {
+    pub(crate) fn issue_access(&mut self, grant: u64) -> String {
         let client_id = self
             .grants
             .get(&grant)
@@ -829,7 +846,7 @@ impl World {
     }
 
     /// A new access token for the app itself (client credentials).
-    pub fn issue_app_access(&mut self, client_id: &str) -> String {
+    pub(crate) fn issue_app_access(&mut self, client_id: &str) -> String {
         self.insert_access(None, client_id.to_owned())
     }
 
@@ -849,7 +866,7 @@ impl World {
     }
 
     /// The active (never rotated) refresh tokens of `user`'s live grants.
-    pub fn current_refresh_tokens(&self, user: &str) -> Vec<String> {
+    pub(crate) fn current_refresh_tokens(&self, user: &str) -> Vec<String> {
         let mut tokens: Vec<String> = self
             .refresh
             .iter()
@@ -866,7 +883,7 @@ impl World {
     }
 
     /// A new refresh token for a grant.
-    pub fn issue_refresh(&mut self, grant: u64) -> String {
+    pub(crate) fn issue_refresh(&mut self, grant: u64) -> String {
         let token = random_token("AQ", 128);
         self.refresh.insert(
             token.clone(),
@@ -879,7 +896,7 @@ impl World {
     }
 
     /// Revokes every grant (or one user's): refresh and access tokens stop working.
-    pub fn revoke(&mut self, user: Option<&str>) -> usize {
+    pub(crate) fn revoke(&mut self, user: Option<&str>) -> usize {
         let mut n = 0;
         for g in self.grants.values_mut() {
             if !g.revoked && user.is_none_or(|u| u == g.user) {
@@ -891,14 +908,14 @@ impl World {
     }
 
     /// Revokes one grant (reuse detection).
-    pub fn revoke_grant(&mut self, grant: u64) {
+    pub(crate) fn revoke_grant(&mut self, grant: u64) {
         if let Some(g) = self.grants.get_mut(&grant) {
             g.revoked = true;
         }
     }
 
     /// Makes every access token expired now.
-    pub fn expire_access_tokens(&mut self) -> usize {
+    pub(crate) fn expire_access_tokens(&mut self) -> usize {
         let now = self.now_ms();
         for a in self.access.values_mut() {
             a.expires_at_ms = a.expires_at_ms.min(now - 1);
@@ -908,7 +925,7 @@ impl World {
 }
 
 /// A random token with Spotify's look: a two-letter prefix and base64url text.
-pub fn random_token(prefix: &str, len: usize) -> String {
+pub(crate) fn random_token(prefix: &str, len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut rng = rand::rng();
     let mut s = String::with_capacity(len);

@@ -18,7 +18,7 @@ use crate::webapi::{Ctx, api_error, no_content, ok, reasoned};
 
 /// A device on the user's account (a Spotify client that could play).
 #[derive(Debug, Clone, Serialize)]
-pub struct Device {
+pub(crate) struct Device {
     pub id: String,
     pub name: String,
     #[serde(rename = "type")]
@@ -27,7 +27,7 @@ pub struct Device {
 }
 
 /// The devices every user has.
-pub fn default_devices() -> Vec<Device> {
+pub(crate) fn default_devices() -> Vec<Device> {
     let d = |id: &str, name: &str, kind: &str, volume_percent| Device {
         id: id.into(),
         name: name.into(),
@@ -58,7 +58,7 @@ pub fn default_devices() -> Vec<Device> {
 
 /// One user's playback.
 #[derive(Debug, Clone)]
-pub struct Player {
+pub(crate) struct Player {
     /// The active device's id (None: no Spotify client is active).
     pub active: Option<String>,
     pub is_playing: bool,
@@ -79,7 +79,7 @@ pub struct Player {
 
 impl Player {
     /// The first device active, the catalogue's first track playing.
-    pub fn new(devices: &[Device], now_ms: i64) -> Self {
+    pub(crate) fn new(devices: &[Device], now_ms: i64) -> Self {
         Self {
             active: devices.first().map(|d| d.id.clone()),
             is_playing: true,
@@ -95,7 +95,7 @@ impl Player {
     }
 
     /// Progress now: playing tracks move with the clock, up to their end.
-    pub fn progress(&self, now_ms: i64) -> i64 {
+    pub(crate) fn progress(&self, now_ms: i64) -> i64 {
         if self.is_playing {
             (self.progress_ms + (now_ms - self.anchor_ms).max(0)).min(self.current.duration_ms())
         } else {
@@ -152,6 +152,51 @@ fn player_error(status: StatusCode, what: &str, reason: &str) -> Response<Body> 
     reasoned(status, &format!("Player command failed: {what}"), reason)
 }
 
+/// How many tracks `GET /v1/me/player/queue` lists at most, as Spotify.
+const QUEUE_LEN: usize = 20;
+/// How many coming tracks of the playing context the queue shows after the
+/// user's queued ones: enough to fill a page, without walking the whole context.
+const QUEUE_CONTEXT_AHEAD: usize = 10;
+
+/// What one player request sees of the world besides its player.
+struct View<'a> {
+    now: i64,
+    /// Whether the user has devices at all (`settings.active_device`).
+    enabled: bool,
+    devices: &'a [Device],
+    /// The active device, if devices are enabled.
+    active: Option<String>,
+    shapes: crate::catalogue::Shapes<'a>,
+}
+
+impl View<'_> {
+    fn device_json(&self, d: &Device) -> Value {
+        json!({
+            "id": d.id, "is_active": Some(&d.id) == self.active.as_ref(),
+            "is_private_session": false, "is_restricted": false, "name": d.name,
+            "type": d.kind, "volume_percent": d.volume_percent, "supports_volume": true,
+        })
+    }
+
+    fn playing(&self, p: &Player) -> Value {
+        let context = match &p.context_uri {
+            Some(uri) => json!({"type": uri.split(':').nth(1), "uri": uri, "href": null,
+                                "external_urls": {}}),
+            None => Value::Null,
+        };
+        json!({
+            "timestamp": self.now, "context": context, "progress_ms": p.progress(self.now),
+            "item": self.shapes.track(p.current), "currently_playing_type": "track",
+            "actions": {"disallows": if p.is_playing { json!({"resuming": true}) } else { json!({"pausing": true}) }},
+            "is_playing": p.is_playing,
+        })
+    }
+
+    fn has_device(&self, id: &str) -> bool {
+        self.enabled && self.devices.iter().any(|d| d.id == id)
+    }
+}
+
 /// Answers `/v1/me/player...`, or `None` when the path is not a player path.
 pub(crate) fn handle(c: &mut Ctx<'_>) -> Option<Response<Body>> {
     let path = c.path.strip_prefix("/v1/me/player")?;
@@ -160,69 +205,84 @@ pub(crate) fn handle(c: &mut Ctx<'_>) -> Option<Response<Body>> {
     let enabled = c.w.settings.active_device;
     let devices = c.w.devices.clone();
     let premium = user.product == "premium";
-    let shapes = crate::catalogue::Shapes {
-        base: &c.base,
-        mode: c.w.settings.app_mode,
-    };
     let p =
         c.w.players
             .entry(user.id.clone())
             .or_insert_with(|| Player::new(&devices, now));
-    let active = if enabled { p.active.clone() } else { None };
-    let device_json = |d: &Device| {
-        json!({
-            "id": d.id, "is_active": Some(&d.id) == active.as_ref(),
-            "is_private_session": false, "is_restricted": false, "name": d.name,
-            "type": d.kind, "volume_percent": d.volume_percent, "supports_volume": true,
-        })
+    let view = View {
+        now,
+        enabled,
+        devices: &devices,
+        active: if enabled { p.active.clone() } else { None },
+        shapes: crate::catalogue::Shapes {
+            base: &c.base,
+            mode: c.w.settings.app_mode,
+        },
     };
-    let context = |p: &Player| -> Value {
-        match &p.context_uri {
-            Some(uri) => json!({"type": uri.split(':').nth(1), "uri": uri, "href": null,
-                                "external_urls": {}}),
-            None => Value::Null,
+    let r = match (c.method, path) {
+        ("GET", _) => read(path, p, &view)?,
+        (m, cmd) if !is_command(m, cmd) => return None,
+        _ if !premium => player_error(
+            StatusCode::FORBIDDEN,
+            "Premium required",
+            "PREMIUM_REQUIRED",
+        ),
+        ("PUT", "" | "/") => transfer(p, c.body, &view),
+        (m, cmd) => {
+            let target = match c.query.get("device_id") {
+                Some(id) if view.has_device(id) => Some(id.clone()),
+                Some(_) => return Some(api_error(StatusCode::NOT_FOUND, "Device not found")),
+                None => view.active.clone(),
+            };
+            let Some(target) = target else {
+                return Some(player_error(
+                    StatusCode::NOT_FOUND,
+                    "No active device found",
+                    "NO_ACTIVE_DEVICE",
+                ));
+            };
+            p.active = Some(target);
+            command(m, cmd, p, &c.query, c.body, now)
         }
     };
-    let playing = |p: &Player| -> Value {
-        json!({
-            "timestamp": now, "context": context(p), "progress_ms": p.progress(now),
-            "item": shapes.track(p.current), "currently_playing_type": "track",
-            "actions": {"disallows": if p.is_playing { json!({"resuming": true}) } else { json!({"pausing": true}) }},
-            "is_playing": p.is_playing,
-        })
-    };
-    let method = c.method;
-    let r = match (method, path) {
-        ("GET", "" | "/") => match active
+    Some(r)
+}
+
+/// The `GET` paths: playback state, devices, what is playing, the queue;
+/// `None` for any other path.
+fn read(path: &str, p: &Player, view: &View<'_>) -> Option<Response<Body>> {
+    let r = match path {
+        "" | "/" => match view
+            .active
             .as_ref()
-            .and_then(|a| devices.iter().find(|d| d.id == *a))
+            .and_then(|a| view.devices.iter().find(|d| d.id == *a))
         {
             None => no_content(),
             Some(d) => {
-                let mut v = playing(p);
-                v["device"] = device_json(d);
+                let mut v = view.playing(p);
+                v["device"] = view.device_json(d);
                 v["shuffle_state"] = json!(false);
                 v["smart_shuffle"] = json!(false);
                 v["repeat_state"] = json!("off");
                 ok(v)
             }
         },
-        ("GET", "/devices") => {
-            let list: Vec<Value> = if enabled {
-                devices.iter().map(device_json).collect()
+        "/devices" => {
+            let list: Vec<Value> = if view.enabled {
+                view.devices.iter().map(|d| view.device_json(d)).collect()
             } else {
                 Vec::new()
             };
             ok(json!({ "devices": list }))
         }
-        ("GET", "/currently-playing") => {
-            if active.is_none() {
+        "/currently-playing" => {
+            if view.active.is_none() {
                 no_content()
             } else {
-                ok(playing(p))
+                ok(view.playing(p))
             }
         }
-        ("GET", "/queue") => {
+        "/queue" => {
             let queue: Vec<Value> = p
                 .queue
                 .iter()
@@ -233,87 +293,75 @@ pub(crate) fn handle(c: &mut Ctx<'_>) -> Option<Response<Body>> {
                         .copied()
                         .cycle()
                         .skip(p.position + 1)
-                        .take(10),
+                        .take(QUEUE_CONTEXT_AHEAD),
                 )
-                .take(20)
-                .map(|t| shapes.track(t))
+                .take(QUEUE_LEN)
+                .map(|t| view.shapes.track(t))
                 .collect();
-            let current = active.as_ref().map(|_| shapes.track(p.current));
+            let current = view.active.as_ref().map(|_| view.shapes.track(p.current));
             ok(json!({"currently_playing": current, "queue": queue}))
         }
-        ("GET", _) => return None,
-        (m, cmd) if !is_command(m, cmd) => return None,
-        _ if !premium => player_error(
-            StatusCode::FORBIDDEN,
-            "Premium required",
-            "PREMIUM_REQUIRED",
-        ),
-        ("PUT", "" | "/") => {
-            // Transfer playback.
-            let body: Value = serde_json::from_slice(c.body).unwrap_or(Value::Null);
-            let Some(id) = body["device_ids"].get(0).and_then(Value::as_str) else {
-                return Some(api_error(
-                    StatusCode::BAD_REQUEST,
-                    "Required field device_ids missing",
-                ));
-            };
-            if !enabled || !devices.iter().any(|d| d.id == id) {
-                return Some(api_error(StatusCode::NOT_FOUND, "Device not found"));
-            }
-            p.freeze(now);
-            p.active = Some(id.to_owned());
-            if body["play"].as_bool() == Some(true) {
-                p.is_playing = true;
-            }
-            no_content()
-        }
-        (m, cmd) => {
-            let target = match c.query.get("device_id") {
-                Some(id) if enabled && devices.iter().any(|d| d.id == *id) => Some(id.clone()),
-                Some(_) => return Some(api_error(StatusCode::NOT_FOUND, "Device not found")),
-                None => active,
-            };
-            let Some(target) = target else {
-                return Some(player_error(
-                    StatusCode::NOT_FOUND,
-                    "No active device found",
-                    "NO_ACTIVE_DEVICE",
-                ));
-            };
-            p.active = Some(target);
-            match (m, cmd) {
-                ("PUT", "/play") => match play(p, c.body, now) {
-                    Ok(()) => no_content(),
-                    Err(r) => *r,
-                },
-                ("PUT", "/pause") if !p.is_playing => {
-                    player_error(StatusCode::FORBIDDEN, "Restriction violated", "UNKNOWN")
-                }
-                ("PUT", "/pause") => {
-                    p.freeze(now);
-                    p.is_playing = false;
-                    no_content()
-                }
-                ("POST", "/next") => {
-                    p.next(now);
-                    no_content()
-                }
-                ("POST", "/previous") => {
-                    p.previous(now);
-                    no_content()
-                }
-                // POST /queue, the last command `is_command` lets through.
-                _ => match c.query.get("uri").and_then(|u| Track::by_uri(u)) {
-                    Some(t) => {
-                        p.queue.push_back(t);
-                        no_content()
-                    }
-                    None => api_error(StatusCode::BAD_REQUEST, "Invalid track uri"),
-                },
-            }
-        }
+        _ => return None,
     };
     Some(r)
+}
+
+/// `PUT /v1/me/player`: transfer playback to `device_ids[0]`.
+fn transfer(p: &mut Player, body: &[u8], view: &View<'_>) -> Response<Body> {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let Some(id) = body["device_ids"].get(0).and_then(Value::as_str) else {
+        return api_error(StatusCode::BAD_REQUEST, "Required field device_ids missing");
+    };
+    if !view.has_device(id) {
+        return api_error(StatusCode::NOT_FOUND, "Device not found");
+    }
+    p.freeze(view.now);
+    p.active = Some(id.to_owned());
+    if body["play"].as_bool() == Some(true) {
+        p.is_playing = true;
+    }
+    no_content()
+}
+
+/// A playback command on the target device (already made active).
+fn command(
+    m: &str,
+    cmd: &str,
+    p: &mut Player,
+    query: &std::collections::HashMap<String, String>,
+    body: &[u8],
+    now: i64,
+) -> Response<Body> {
+    match (m, cmd) {
+        ("PUT", "/play") => match play(p, body, now) {
+            Ok(()) => no_content(),
+            Err(r) => *r,
+        },
+        ("PUT", "/pause") if !p.is_playing => {
+            player_error(StatusCode::FORBIDDEN, "Restriction violated", "UNKNOWN")
+        }
+        ("PUT", "/pause") => {
+            p.freeze(now);
+            p.is_playing = false;
+            no_content()
+        }
+        ("POST", "/next") => {
+            p.next(now);
+            no_content()
+        }
+        ("POST", "/previous") => {
+            p.previous(now);
+            no_content()
+        }
+        // POST /queue, the last command `is_command` lets through.
+        _ => match query.get("uri").and_then(|u| Track::by_uri(u)) {
+            Some(t) => {
+                p.queue.push_back(t);
+                no_content()
+            }
+            None => api_error(StatusCode::BAD_REQUEST, "Invalid track uri"),
+        },
+    }
 }
 
 /// The player commands the emulator knows (transfer is `PUT` on the root).

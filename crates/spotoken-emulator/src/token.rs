@@ -23,7 +23,7 @@ use crate::serve::DropConnection;
 use crate::{Shared, json_response};
 
 /// The token endpoint.
-pub async fn token(
+pub(crate) async fn token(
     State(shared): State<Shared>,
     hangup: Option<Extension<DropConnection>>,
     headers: HeaderMap,
@@ -91,29 +91,7 @@ pub async fn token(
     }
 
     // Track refreshes in flight per user across the emulated latency.
-    let account = if grant == "refresh_token" {
-        let mut w = shared.lock();
-        let user = form
-            .get("refresh_token")
-            .and_then(|t| w.refresh.get(t))
-            .and_then(|r| w.grants.get(&r.grant))
-            .map_or_else(|| "unknown".to_owned(), |g| g.user.clone());
-        let n = w.in_flight_refreshes.entry(user.clone()).or_default();
-        *n += 1;
-        let now = *n;
-        let peak = w
-            .counters
-            .peak_concurrent_refreshes
-            .entry(user.clone())
-            .or_default();
-        *peak = (*peak).max(now);
-        Some(InFlight {
-            shared: shared.clone(),
-            user,
-        })
-    } else {
-        None
-    };
+    let account = (grant == "refresh_token").then(|| InFlight::start(&shared, &form));
     crate::latency(latency).await;
     std::mem::drop(account);
 
@@ -168,6 +146,32 @@ fn answer(
                 None => json!({ "error": e.error }),
             };
             json_response(StatusCode::BAD_REQUEST, &body)
+        }
+    }
+}
+
+impl InFlight {
+    /// Counts a refresh in flight for the user the refresh token belongs to
+    /// (`unknown` if none), and raises that user's peak.
+    fn start(shared: &Shared, form: &HashMap<String, String>) -> Self {
+        let mut w = shared.lock();
+        let user = form
+            .get("refresh_token")
+            .and_then(|t| w.refresh.get(t))
+            .and_then(|r| w.grants.get(&r.grant))
+            .map_or_else(|| "unknown".to_owned(), |g| g.user.clone());
+        let n = w.in_flight_refreshes.entry(user.clone()).or_default();
+        *n += 1;
+        let now = *n;
+        let peak = w
+            .counters
+            .peak_concurrent_refreshes
+            .entry(user.clone())
+            .or_default();
+        *peak = (*peak).max(now);
+        InFlight {
+            shared: shared.clone(),
+            user,
         }
     }
 }

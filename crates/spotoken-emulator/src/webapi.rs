@@ -26,7 +26,7 @@ use spotoken_core::scope::{self, Scopes};
 use crate::catalogue::{
     ALBUMS, ARTISTS, Playlist, Shapes, Track, album_by_id, artist_by_id, matches, playlist_id,
 };
-use crate::model::{AppMode, Endpoint, User, World};
+use crate::model::{AppMode, Endpoint, Grant, User, World};
 use crate::serve::DropConnection;
 use crate::{Shared, json_response};
 
@@ -103,7 +103,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn shapes(&self) -> Shapes<'_> {
+    pub(crate) fn shapes(&self) -> Shapes<'_> {
         Shapes {
             base: &self.base,
             mode: self.w.settings.app_mode,
@@ -120,7 +120,7 @@ impl Ctx<'_> {
 }
 
 /// Every request under `/v1/`.
-pub async fn api(
+pub(crate) async fn api(
     State(shared): State<Shared>,
     hangup: Option<Extension<DropConnection>>,
     method: Method,
@@ -142,7 +142,7 @@ pub async fn api(
 }
 
 /// Every request under `/_echo/`: checked like the Web API, then echoed.
-pub async fn echo(
+pub(crate) async fn echo(
     State(shared): State<Shared>,
     hangup: Option<Extension<DropConnection>>,
     method: Method,
@@ -214,48 +214,10 @@ fn answer(
     base: String,
     echo: bool,
 ) -> Response<Body> {
-    let Some(auth) = headers.get(header::AUTHORIZATION) else {
-        return unauthorized(w, "missing_token", "No token provided");
+    let grant = match authenticate(w, headers) {
+        Ok(grant) => grant,
+        Err(r) => return *r,
     };
-    let auth = auth.to_str().unwrap_or_default();
-    let Some(token) = auth
-        .get(..7)
-        .filter(|p| p.eq_ignore_ascii_case("bearer "))
-        .and_then(|_| auth.get(7..))
-        .map(str::trim)
-    else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "Only valid bearer authentication supported",
-        );
-    };
-    let Some(rec) = w.access.get(token).cloned() else {
-        return unauthorized(w, "invalid_token", "Invalid access token");
-    };
-    let grant = match rec.grant {
-        Some(id) => match w.grants.get(&id).cloned() {
-            Some(g) if !g.revoked => Some(g),
-            _ => return unauthorized(w, "invalid_token", "The access token was revoked"),
-        },
-        None => None,
-    };
-    if w.now_ms() >= rec.expires_at_ms {
-        return unauthorized(w, "invalid_token", "The access token expired");
-    }
-    if let Some(hit) = w.rate_limited(Endpoint::Api, &rec.client_id) {
-        let mut r = if hit.quota {
-            reasoned(
-                StatusCode::TOO_MANY_REQUESTS,
-                "API rate limit exceeded",
-                "QUOTA_EXCEEDED",
-            )
-        } else {
-            api_error(StatusCode::TOO_MANY_REQUESTS, "API rate limit exceeded")
-        };
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, hit.retry_after_secs.into());
-        return r;
-    }
     let development = w.settings.app_mode == AppMode::Development;
     if development && !w.settings.owner_premium {
         return plain(StatusCode::FORBIDDEN, OWNER_PREMIUM_REQUIRED);
@@ -283,15 +245,7 @@ fn answer(
         })
         .unwrap_or_default();
     if echo {
-        if !scope::missing_for(method.as_str(), path, &scopes).is_empty() {
-            return api_error(StatusCode::FORBIDDEN, "Insufficient client scope");
-        }
-        let text = String::from_utf8_lossy(body).into_owned();
-        let body_json = serde_json::from_slice(body).unwrap_or(Value::String(text));
-        return ok(json!({
-            "method": method.as_str(), "path": path, "query": query.unwrap_or(""),
-            "body": body_json, "user": user.map(|u| u.id),
-        }));
+        return echo_answer(method, path, query, body, user, &scopes);
     }
     if let Some(status) = withdrawn(method.as_str(), path, development) {
         let message = if status == StatusCode::NOT_FOUND {
@@ -322,6 +276,97 @@ fn answer(
         scopes,
     };
     route(&mut c).unwrap_or_else(|| api_error(StatusCode::NOT_FOUND, "Service not found"))
+}
+
+/// The `Authorization` scheme the Web API takes (compared ignoring case).
+const BEARER: &str = "bearer ";
+
+/// Checks the bearer token: present, known, not revoked, not expired, and
+/// the app not rate limited. The token's grant, or None for an app token
+/// (client credentials); the error answer otherwise.
+fn authenticate(w: &mut World, headers: &HeaderMap) -> Result<Option<Grant>, Box<Response<Body>>> {
+    let Some(auth) = headers.get(header::AUTHORIZATION) else {
+        return Err(Box::new(unauthorized(
+            w,
+            "missing_token",
+            "No token provided",
+        )));
+    };
+    let auth = auth.to_str().unwrap_or_default();
+    let Some(token) = auth
+        .get(..BEARER.len())
+        .filter(|p| p.eq_ignore_ascii_case(BEARER))
+        .and_then(|_| auth.get(BEARER.len()..))
+        .map(str::trim)
+    else {
+        return Err(Box::new(api_error(
+            StatusCode::BAD_REQUEST,
+            "Only valid bearer authentication supported",
+        )));
+    };
+    let Some(rec) = w.access.get(token).cloned() else {
+        return Err(Box::new(unauthorized(
+            w,
+            "invalid_token",
+            "Invalid access token",
+        )));
+    };
+    let grant = match rec.grant {
+        Some(id) => match w.grants.get(&id).cloned() {
+            Some(g) if !g.revoked => Some(g),
+            _ => {
+                return Err(Box::new(unauthorized(
+                    w,
+                    "invalid_token",
+                    "The access token was revoked",
+                )));
+            }
+        },
+        None => None,
+    };
+    if w.now_ms() >= rec.expires_at_ms {
+        return Err(Box::new(unauthorized(
+            w,
+            "invalid_token",
+            "The access token expired",
+        )));
+    }
+    if let Some(hit) = w.rate_limited(Endpoint::Api, &rec.client_id) {
+        let mut r = if hit.quota {
+            reasoned(
+                StatusCode::TOO_MANY_REQUESTS,
+                "API rate limit exceeded",
+                "QUOTA_EXCEEDED",
+            )
+        } else {
+            api_error(StatusCode::TOO_MANY_REQUESTS, "API rate limit exceeded")
+        };
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, hit.retry_after_secs.into());
+        return Err(Box::new(r));
+    }
+    Ok(grant)
+}
+
+/// The echo endpoint's answer: the request as the emulator understood it,
+/// after the scope check the real path would make.
+fn echo_answer(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+    user: Option<User>,
+    scopes: &Scopes,
+) -> Response<Body> {
+    if !scope::missing_for(method.as_str(), path, scopes).is_empty() {
+        return api_error(StatusCode::FORBIDDEN, "Insufficient client scope");
+    }
+    let text = String::from_utf8_lossy(body).into_owned();
+    let body_json = serde_json::from_slice(body).unwrap_or(Value::String(text));
+    ok(json!({
+        "method": method.as_str(), "path": path, "query": query.unwrap_or(""),
+        "body": body_json, "user": user.map(|u| u.id),
+    }))
 }
 
 /// Endpoints an app may no longer call: recommendations, audio features and
@@ -408,72 +453,16 @@ fn route(c: &mut Ctx<'_>) -> Option<Response<Body>> {
     let r = match (c.method, segs.as_slice()) {
         ("GET", ["me"]) => ok(me(c)),
         ("GET", ["search"]) => search(c),
-        ("GET", ["me", "playlists"]) => {
-            let user = c.user.as_ref()?;
-            let (offset, limit) = match paging(&c.query, 20, 50) {
-                Ok(p) => p,
-                Err(r) => return Some(*r),
-            };
-            let own: Vec<&Playlist> =
-                c.w.playlists
-                    .iter()
-                    .filter(|p| p.owner == user.id)
-                    .collect();
-            ok(shapes.page("me/playlists", &own, offset, limit, |p| {
-                shapes.playlist_simple(p, Some(&user.display_name))
-            }))
-        }
+        ("GET", ["me", "playlists"]) => my_playlists(c)?,
         ("POST", ["me", "playlists"]) => create_playlist(c),
         ("GET", ["playlists", id]) => {
             let p = c.w.playlists.iter().find(|p| p.id == *id)?;
             ok(shapes.playlist(p, c.display_name(&p.owner).as_deref()))
         }
-        ("GET", ["playlists", id, field @ ("items" | "tracks")]) => {
-            let p = c.w.playlists.iter().find(|p| p.id == *id)?;
-            let own = c.user.as_ref().is_some_and(|u| u.id == p.owner);
-            if c.mode() == AppMode::Development && !own {
-                return Some(api_error(StatusCode::FORBIDDEN, "Forbidden"));
-            }
-            let (offset, limit) = match paging(&c.query, 20, 50) {
-                Ok(p) => p,
-                Err(r) => return Some(*r),
-            };
-            let name = c.display_name(&p.owner);
-            ok(shapes.playlist_items(p, name.as_deref(), field, offset, limit))
-        }
+        ("GET", ["playlists", id, field @ ("items" | "tracks")]) => playlist_items(c, id, field)?,
         ("POST", ["playlists", id, "items"]) => add_items(c, id),
-        ("GET", ["me", "library", "contains"]) => {
-            let saved = c
-                .user
-                .as_ref()
-                .and_then(|u| c.w.library.get(&u.id))
-                .cloned()
-                .unwrap_or_default();
-            let list: Vec<bool> = library_uris(&c.query, &[])
-                .iter()
-                .map(|u| saved.contains(u))
-                .collect();
-            ok(json!(list))
-        }
-        (m @ ("PUT" | "DELETE"), ["me", "library"]) => {
-            let uris = library_uris(&c.query, c.body);
-            if uris.is_empty() {
-                return Some(api_error(StatusCode::BAD_REQUEST, "Missing uris"));
-            }
-            let user = c.user.as_ref()?.id.clone();
-            let saved = c.w.library.entry(user).or_default();
-            for u in uris {
-                if m == "PUT" {
-                    saved.insert(u);
-                } else {
-                    saved.remove(&u);
-                }
-            }
-            // 200 with no body, as the per-type endpoints it replaced.
-            let mut r = Response::new(Body::empty());
-            *r.status_mut() = StatusCode::OK;
-            r
-        }
+        ("GET", ["me", "library", "contains"]) => library_contains(c),
+        (m @ ("PUT" | "DELETE"), ["me", "library"]) => edit_library(c, m == "PUT")?,
         ("GET", ["tracks", id]) => ok(shapes.track(Track::by_id(id)?)),
         ("GET", ["albums", id]) => ok(shapes.album(album_by_id(id)?)),
         ("GET", ["albums", id, "tracks"]) => {
@@ -506,19 +495,7 @@ fn route(c: &mut Ctx<'_>) -> Option<Response<Body>> {
                 .collect();
             ok(json!({ "tracks": tracks }))
         }
-        ("GET", [kind @ ("tracks" | "albums" | "artists")]) => {
-            let ids = c.query.get("ids").cloned().unwrap_or_default();
-            let items: Vec<Value> = ids
-                .split(',')
-                .map(|id| match *kind {
-                    "tracks" => Track::by_id(id).map(|t| shapes.track(t)),
-                    "albums" => album_by_id(id).map(|i| shapes.album(i)),
-                    _ => artist_by_id(id).map(|i| shapes.artist(i)),
-                })
-                .map(|v| v.unwrap_or(Value::Null))
-                .collect();
-            ok(json!({ *kind: items }))
-        }
+        ("GET", [kind @ ("tracks" | "albums" | "artists")]) => batch(c, kind),
         ("GET", ["users", id]) => {
             let u = c.w.user(id)?;
             ok(json!({
@@ -530,6 +507,103 @@ fn route(c: &mut Ctx<'_>) -> Option<Response<Body>> {
         _ => return None,
     };
     Some(r)
+}
+
+/// Spotify's default `limit` for pages of playlists and of playlist items.
+const PLAYLIST_PAGE_DEFAULT: usize = 20;
+/// The largest `limit` Spotify takes for those pages.
+const PLAYLIST_PAGE_MAX: usize = 50;
+
+/// `GET /v1/me/playlists`: the user's own playlists, one page.
+fn my_playlists(c: &Ctx<'_>) -> Option<Response<Body>> {
+    let user = c.user.as_ref()?;
+    let shapes = c.shapes();
+    let (offset, limit) = match paging(&c.query, PLAYLIST_PAGE_DEFAULT, PLAYLIST_PAGE_MAX) {
+        Ok(p) => p,
+        Err(r) => return Some(*r),
+    };
+    let own: Vec<&Playlist> =
+        c.w.playlists
+            .iter()
+            .filter(|p| p.owner == user.id)
+            .collect();
+    Some(ok(shapes.page("me/playlists", &own, offset, limit, |p| {
+        shapes.playlist_simple(p, Some(&user.display_name))
+    })))
+}
+
+/// `GET /v1/playlists/{id}/items` (or the old `/tracks`): one page; only the
+/// owner's in development mode.
+fn playlist_items(c: &Ctx<'_>, id: &str, field: &str) -> Option<Response<Body>> {
+    let p = c.w.playlists.iter().find(|p| p.id == id)?;
+    let own = c.user.as_ref().is_some_and(|u| u.id == p.owner);
+    if c.mode() == AppMode::Development && !own {
+        return Some(api_error(StatusCode::FORBIDDEN, "Forbidden"));
+    }
+    let (offset, limit) = match paging(&c.query, PLAYLIST_PAGE_DEFAULT, PLAYLIST_PAGE_MAX) {
+        Ok(p) => p,
+        Err(r) => return Some(*r),
+    };
+    let name = c.display_name(&p.owner);
+    Some(ok(c.shapes().playlist_items(
+        p,
+        name.as_deref(),
+        field,
+        offset,
+        limit,
+    )))
+}
+
+/// `GET /v1/me/library/contains`: whether each URI is saved.
+fn library_contains(c: &Ctx<'_>) -> Response<Body> {
+    let saved = c
+        .user
+        .as_ref()
+        .and_then(|u| c.w.library.get(&u.id))
+        .cloned()
+        .unwrap_or_default();
+    let list: Vec<bool> = library_uris(&c.query, &[])
+        .iter()
+        .map(|u| saved.contains(u))
+        .collect();
+    ok(json!(list))
+}
+
+/// `PUT` (save) or `DELETE` (remove) on `/v1/me/library`.
+fn edit_library(c: &mut Ctx<'_>, save: bool) -> Option<Response<Body>> {
+    let uris = library_uris(&c.query, c.body);
+    if uris.is_empty() {
+        return Some(api_error(StatusCode::BAD_REQUEST, "Missing uris"));
+    }
+    let user = c.user.as_ref()?.id.clone();
+    let saved = c.w.library.entry(user).or_default();
+    for u in uris {
+        if save {
+            saved.insert(u);
+        } else {
+            saved.remove(&u);
+        }
+    }
+    // 200 with no body, as the per-type endpoints it replaced.
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::OK;
+    Some(r)
+}
+
+/// `GET /v1/{tracks,albums,artists}?ids=`: a batch lookup, null for unknown ids.
+fn batch(c: &Ctx<'_>, kind: &str) -> Response<Body> {
+    let shapes = c.shapes();
+    let ids = c.query.get("ids").cloned().unwrap_or_default();
+    let items: Vec<Value> = ids
+        .split(',')
+        .map(|id| match kind {
+            "tracks" => Track::by_id(id).map(|t| shapes.track(t)),
+            "albums" => album_by_id(id).map(|i| shapes.album(i)),
+            _ => artist_by_id(id).map(|i| shapes.artist(i)),
+        })
+        .map(|v| v.unwrap_or(Value::Null))
+        .collect();
+    ok(json!({ kind: items }))
 }
 
 /// `limit` and `offset` from the query, within `max` (400 `Invalid limit` /

@@ -1749,3 +1749,88 @@ async fn search_pages_by_following_next() {
     let (_, lists) = get(&emu, "/v1/search?q=loopback%20sessions&type=playlist", &at).await;
     assert_eq!(lists["playlists"]["total"], 4, "every user's public one");
 }
+
+/// A client that trusts only the emulator's test CA.
+fn tls_client(emu: &Emulator, http1_only: bool) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = emu.tls_ca().expect("started with TLS").ca_pem();
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).expect("PEM")]);
+    if http1_only {
+        b = b.http1_only();
+    }
+    b.build().expect("client")
+}
+
+#[tokio::test]
+async fn tls_port_serves_the_same_world_over_http1_and_http2_and_counts_handshakes() {
+    let emu = Emulator::builder()
+        .tls_port(0)
+        .http2(true)
+        .api_latency(std::time::Duration::from_millis(1))
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(emu.settings().api_latency_ms, 1);
+    let base = emu.tls_url().expect("TLS URL");
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    for (http1_only, version) in [
+        (true, reqwest::Version::HTTP_11),
+        (false, reqwest::Version::HTTP_2),
+    ] {
+        let client = tls_client(&emu, http1_only);
+        for _ in 0..3 {
+            let r = client
+                .get(format!("{base}/v1/me"))
+                .send()
+                .await
+                .expect("request over TLS");
+            assert_eq!(r.version(), version);
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+    let c = emu.counters();
+    assert_eq!(c.api_status(401), 6, "the same world answers on both ports");
+    assert_eq!(c.tls_full_handshakes + c.tls_resumed_handshakes, 2, "{c:?}");
+    assert_eq!(c.http2_connections, 1, "{c:?}");
+    assert_eq!(c.tls_failed_handshakes, 0);
+}
+
+#[tokio::test]
+async fn tls_port_refuses_a_client_that_does_not_trust_the_test_ca() {
+    let emu = Emulator::builder()
+        .tls_port(0)
+        .start()
+        .await
+        .expect("start");
+    let r = http()
+        .get(format!("{}/v1/me", emu.tls_url().expect("TLS URL")))
+        .send()
+        .await;
+    assert!(r.is_err(), "the system roots do not hold the test CA");
+}
+
+#[tokio::test]
+async fn an_issued_grant_refreshes_like_a_logged_in_one() {
+    let emu = Emulator::start().await.expect("start");
+    let (access, refresh) = emu.issue_grant("alice", "user-read-private");
+    let me = http()
+        .get(format!("{}/v1/me", emu.url()))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.status(), StatusCode::OK);
+    let r = http()
+        .post(format!("{}/api/token", emu.url()))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+            ("client_id", DEFAULT_CLIENT_ID),
+        ])
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(emu.counters().refresh_token_uses_of(&refresh), 1);
+}

@@ -26,6 +26,10 @@
 //! A spotoken error reaches the app as `ClientError::Io` whose inner error
 //! is the [`spotoken::Error`] (`io.get_ref()` then `downcast_ref`).
 
+// Functions a reader can hold (the threshold is in clippy.toml); tests may
+// be longer.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -34,12 +34,12 @@ use crate::proxy::{FROM_UPSTREAM, connection_listed, hop_by_hop, is_safe};
 use crate::state::{AppState, ClientAddr};
 
 /// `Spotoken-User`: the logged-in Spotify user id, for the app's server.
-pub const USER: HeaderName = HeaderName::from_static("spotoken-user");
+pub(crate) const USER: HeaderName = HeaderName::from_static("spotoken-user");
 /// `Spotoken-Scopes`: the scopes the user granted, space-separated.
-pub const SCOPES: HeaderName = HeaderName::from_static("spotoken-scopes");
+pub(crate) const SCOPES: HeaderName = HeaderName::from_static("spotoken-scopes");
 
 /// The team's server.
-pub struct AppUpstream {
+pub(crate) struct AppUpstream {
     client: Client<crate::upstream::Connector, Body>,
     scheme: String,
     authority: String,
@@ -58,7 +58,7 @@ impl AppUpstream {
     /// For `url` (`http://` or `https://`; a path is a prefix put before
     /// every request's). Plain HTTP is allowed to any host: the app's server
     /// usually runs beside this one, on loopback or a private network.
-    pub fn new(url: &url::Url, head_timeout: Duration) -> Result<Self, spotoken::Error> {
+    pub(crate) fn new(url: &url::Url, head_timeout: Duration) -> Result<Self, spotoken::Error> {
         let bad =
             |why: &str| spotoken::Error::Configuration(format!("--app-upstream {url}: {why}"));
         if !matches!(url.scheme(), "http" | "https") {
@@ -87,10 +87,11 @@ impl AppUpstream {
 
     /// Forwards `req` and returns the app's answer (or a JSON error of ours
     /// when the app cannot be reached).
-    pub async fn answer(&self, st: &AppState, mut req: Request<Body>) -> Response<Body> {
+    pub(crate) async fn answer(&self, st: &AppState, mut req: Request<Body>) -> Response<Body> {
         let upgrade = requested_upgrade(req.headers());
         let from_browser = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let identity = identity_for(st, req.headers(), req.method(), upgrade.is_some()).await;
+        let identified = identity.is_some();
         let client = req.extensions().get::<ClientAddr>().and_then(|c| c.0);
         let (parts, body) = req.into_parts();
         let target = format!(
@@ -103,7 +104,47 @@ impl AppUpstream {
         let Ok(uri) = target.parse::<Uri>() else {
             return AppError::BadRequest("the path cannot be forwarded".into()).into_response();
         };
-        let mut headers = forwarded_headers(&parts.headers);
+        let mut out = Request::new(body);
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = self.request_headers(st, &parts.headers, client, identity, upgrade);
+        let mut resp = match tokio::time::timeout(self.head_timeout, self.client.request(out)).await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, upstream = %self.authority, "the app's server cannot be reached");
+                return AppError::AppUnavailable.into_response();
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %self.authority, "the app's server did not answer in time");
+                return AppError::AppUnavailable.into_response();
+            }
+        };
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            let Some(from_browser) = from_browser else {
+                tracing::warn!("the app's server switched protocols unasked");
+                return AppError::AppUnavailable.into_response();
+            };
+            splice(from_browser, hyper::upgrade::on(&mut resp));
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        answer_headers(&mut rparts.headers, switching, identified);
+        Response::from_parts(rparts, Body::new(rbody))
+    }
+
+    /// The headers the app's server gets: the browser's (less what is ours
+    /// alone), the forwarding fields, the session's identity and the upgrade
+    /// asked for.
+    fn request_headers(
+        &self,
+        st: &AppState,
+        from_browser: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+        identity: Option<std::sync::Arc<crate::state::Identity>>,
+        upgrade: Option<HeaderValue>,
+    ) -> HeaderMap {
+        let mut headers = forwarded_headers(from_browser);
         headers.insert(header::HOST, self.host.clone());
         if let Some(ip) = client
             && let Ok(v) = HeaderValue::from_str(&ip.to_string())
@@ -123,7 +164,6 @@ impl AppUpstream {
                 headers.insert(HeaderName::from_static("x-forwarded-host"), v);
             }
         }
-        let identified = identity.is_some();
         if let Some(id) = identity {
             if let Some(u) = &id.user {
                 headers.insert(USER, u.clone());
@@ -132,81 +172,62 @@ impl AppUpstream {
                 headers.insert(SCOPES, s.clone());
             }
         }
-        if let Some(proto) = &upgrade {
+        if let Some(proto) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, proto.clone());
+            headers.insert(header::UPGRADE, proto);
         }
-        let mut out = Request::new(body);
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
-        *out.headers_mut() = headers;
-        let mut resp = match tokio::time::timeout(self.head_timeout, self.client.request(out)).await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, upstream = %self.authority, "the app's server cannot be reached");
-                return AppError::AppUnavailable.into_response();
-            }
-            Err(_) => {
-                tracing::warn!(upstream = %self.authority, "the app's server did not answer in time");
-                return AppError::AppUnavailable.into_response();
-            }
-        };
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switching {
-            let Some(from_browser) = from_browser else {
-                tracing::warn!("the app's server switched protocols unasked");
-                return AppError::AppUnavailable.into_response();
-            };
-            let from_app = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(from_browser, from_app) {
-                    Ok((browser, app)) => {
-                        let (mut browser, mut app) = (TokioIo::new(browser), TokioIo::new(app));
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut browser, &mut app).await
-                        {
-                            tracing::debug!(error = %e, "an upgraded connection ended");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "an upgrade did not complete"),
+        headers
+    }
+}
+
+/// Joins an upgraded connection from the browser to the one from the app's
+/// server, bytes both ways until either ends.
+fn splice(from_browser: hyper::upgrade::OnUpgrade, from_app: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match tokio::try_join!(from_browser, from_app) {
+            Ok((browser, app)) => {
+                let (mut browser, mut app) = (TokioIo::new(browser), TokioIo::new(app));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut browser, &mut app).await {
+                    tracing::debug!(error = %e, "an upgraded connection ended");
                 }
-            });
-        }
-        let (mut rparts, rbody) = resp.into_parts();
-        let listed = connection_listed(&rparts.headers);
-        let kept_for_upgrade = |name: &str| switching && matches!(name, "connection" | "upgrade");
-        let names: Vec<HeaderName> = rparts.headers.keys().cloned().collect();
-        for name in names {
-            let n = name.as_str();
-            let drop = (hop_by_hop(n) || listed.iter().any(|l| l == n)) && !kept_for_upgrade(n)
-                || n == "content-length";
-            if drop {
-                rparts.headers.remove(&name);
             }
+            Err(e) => tracing::debug!(error = %e, "an upgrade did not complete"),
         }
-        // The app may set its own cookies, never spotoken's.
-        let cookies: Vec<HeaderValue> = rparts
-            .headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .filter(|c| !c.as_bytes().starts_with(b"__Host-spotoken_"))
-            .cloned()
-            .collect();
-        rparts.headers.remove(header::SET_COOKIE);
-        for c in cookies {
-            rparts.headers.append(header::SET_COOKIE, c);
+    });
+}
+
+/// The app's answer's headers as the browser gets them: no hop-by-hop
+/// fields (but those of a protocol switch) and no length (the body is
+/// streamed again), none of spotoken's cookies, the mark that the answer is
+/// the upstream's, and `Vary: Cookie` when it may depend on the user named.
+fn answer_headers(headers: &mut HeaderMap, switching: bool, identified: bool) {
+    let listed = connection_listed(headers);
+    let kept_for_upgrade = |name: &str| switching && matches!(name, "connection" | "upgrade");
+    let names: Vec<HeaderName> = headers.keys().cloned().collect();
+    for name in names {
+        let n = name.as_str();
+        let drop = (hop_by_hop(n) || listed.iter().any(|l| l == n)) && !kept_for_upgrade(n)
+            || n == "content-length";
+        if drop {
+            headers.remove(&name);
         }
-        rparts
-            .headers
-            .insert(FROM_UPSTREAM, HeaderValue::from_static("1"));
-        // The answer may depend on the user we named: no cache in front may
-        // give it to another cookie.
-        if identified {
-            rparts
-                .headers
-                .append(header::VARY, HeaderValue::from_static("Cookie"));
-        }
-        Response::from_parts(rparts, Body::new(rbody))
+    }
+    // The app may set its own cookies, never spotoken's.
+    let cookies: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|c| !c.as_bytes().starts_with(b"__Host-spotoken_"))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for c in cookies {
+        headers.append(header::SET_COOKIE, c);
+    }
+    headers.insert(FROM_UPSTREAM, HeaderValue::from_static("1"));
+    // The answer may depend on the user we named: no cache in front may
+    // give it to another cookie.
+    if identified {
+        headers.append(header::VARY, HeaderValue::from_static("Cookie"));
     }
 }
 

@@ -27,7 +27,7 @@ use crate::trace::RequestId;
 /// The `/auth` routes.
 /// Every answer here depends on the browser's cookies: none may be cached
 /// or shared (see [`crate::proxy::private_to_session`]).
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/auth/login", routing::get(login))
         .route("/auth/callback", routing::get(callback))
@@ -43,7 +43,7 @@ async fn private_answer(mut r: Response) -> Response {
 }
 
 /// 32 random bytes, base64url: session ids, login bindings.
-pub fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut b = [0u8; 32];
     rand::rng().fill_bytes(&mut b);
     URL_SAFE_NO_PAD.encode(b)
@@ -57,7 +57,7 @@ fn account_name() -> String {
 
 /// Whether `return_to` is a path on this site (and nothing that a browser
 /// could read as another origin).
-pub fn safe_return_to(r: &str) -> bool {
+pub(crate) fn safe_return_to(r: &str) -> bool {
     r.starts_with('/')
         && !r.starts_with("//")
         && !r.starts_with("/\\")
@@ -166,35 +166,14 @@ async fn callback(
     Query(q): Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let fail = |status: StatusCode, msg: &str| {
-        let mut r = page(status, "Login failed", msg);
-        r.headers_mut()
-            .append(header::SET_COOKIE, cookies::clear(cookies::LOGIN));
-        r
-    };
     let Some(state) = q.get("state") else {
-        return fail(StatusCode::BAD_REQUEST, "The callback has no state.");
+        return login_failed(StatusCode::BAD_REQUEST, "The callback has no state.");
     };
     let now = st.tokens.now();
-    let pending = match st.sessions.take_pending(&hash(state), now).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                "This login has expired or was already used. Start again.",
-            );
-        }
-        Err(e) => return AppError::from(e).into_response(),
+    let pending = match bound_pending(&st, state, &headers, now).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    let bound = cookies::get(&headers, cookies::LOGIN).is_some_and(|b| {
-        spotoken::core::callback::constant_time_eq(&hash(b), &pending.binding_hash)
-    });
-    if !bound {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            "This login was started in another browser (or its cookie expired). Start again.",
-        );
-    }
     let login = match st.tokens.open_pending(state, &pending.sealed) {
         Ok(p) => p,
         Err(e) => return AppError::from(e).into_response(),
@@ -207,33 +186,93 @@ async fn callback(
         .await
     {
         Ok(o) => o,
-        Err(e) => {
-            let (status, msg) = match &e {
-                spotoken::Error::AuthorizationNeeded {
-                    reason: spotoken::ReauthReason::AccessDenied,
-                    ..
-                } => (
-                    StatusCode::FORBIDDEN,
-                    "You declined access. Nothing was stored.".to_owned(),
+        Err(e) => return not_completed(&e, &id),
+    };
+    let session = match new_session(&st, &headers, &outcome.account, now).await {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    tracing::info!(
+        user = outcome.user_id.as_deref().unwrap_or("?"),
+        "logged in"
+    );
+    logged_in(&st, &pending.return_to, &session)
+}
+
+/// The failed callback's page; the login cookie is cleared.
+fn login_failed(status: StatusCode, msg: &str) -> Response {
+    let mut r = page(status, "Login failed", msg);
+    r.headers_mut()
+        .append(header::SET_COOKIE, cookies::clear(cookies::LOGIN));
+    r
+}
+
+/// The started login a callback's `state` names, taken (it is used once),
+/// if this browser started it; else the page saying why not.
+async fn bound_pending(
+    st: &AppState,
+    state: &str,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<PendingRecord, Response> {
+    let pending = match st.sessions.take_pending(&hash(state), now).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return Err(login_failed(
+                StatusCode::BAD_REQUEST,
+                "This login has expired or was already used. Start again.",
+            ));
+        }
+        Err(e) => return Err(AppError::from(e).into_response()),
+    };
+    let bound = cookies::get(headers, cookies::LOGIN).is_some_and(|b| {
+        spotoken::core::callback::constant_time_eq(&hash(b), &pending.binding_hash)
+    });
+    if !bound {
+        return Err(login_failed(
+            StatusCode::BAD_REQUEST,
+            "This login was started in another browser (or its cookie expired). Start again.",
+        ));
+    }
+    Ok(pending)
+}
+
+/// The page for a code exchange that failed: a declined access says so;
+/// anything else names the request id, the details staying in the log.
+fn not_completed(e: &spotoken::Error, id: &RequestId) -> Response {
+    let (status, msg) = match e {
+        spotoken::Error::AuthorizationNeeded {
+            reason: spotoken::ReauthReason::AccessDenied,
+            ..
+        } => (
+            StatusCode::FORBIDDEN,
+            "You declined access. Nothing was stored.".to_owned(),
+        ),
+        _ => {
+            // The provider's words and our internals stay in the log.
+            tracing::warn!(error = %e, "login failed");
+            (
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "The login could not be completed. Try again; if it keeps failing, \
+                     give the site's operator this request id: {}.",
+                    id.0
                 ),
-                _ => {
-                    // The provider's words and our internals stay in the log.
-                    tracing::warn!(error = %e, "login failed");
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "The login could not be completed. Try again; if it keeps failing, \
-                             give the site's operator this request id: {}.",
-                            id.0
-                        ),
-                    )
-                }
-            };
-            return fail(status, &msg);
+            )
         }
     };
-    // A new session id, always; the browser's old session (if any) ends.
-    if let Some(old) = cookies::get(&headers, cookies::SESSION) {
+    login_failed(status, &msg)
+}
+
+/// A new session for `account`, always with a new id (returned); the
+/// browser's old session, if any, ends with its tokens.
+async fn new_session(
+    st: &AppState,
+    headers: &HeaderMap,
+    account: &str,
+    now: i64,
+) -> Result<String, AppError> {
+    if let Some(old) = cookies::get(headers, cookies::SESSION) {
         let old_hash = hash(old);
         let deleted = st.sessions.delete_session(&old_hash).await;
         st.forget(old);
@@ -245,29 +284,29 @@ async fn callback(
     let id = random_id();
     let record = SessionRecord {
         id_hash: hash(&id),
-        account: outcome.account.clone(),
+        account: account.to_owned(),
         created_at: now,
         expires_at: st
             .session_end(now, now)
             .unwrap_or(now + st.config.session_ttl.as_secs() as i64),
     };
-    if let Err(e) = st.sessions.put_session(record).await {
-        return AppError::from(e).into_response();
-    }
+    st.sessions.put_session(record).await?;
     st.metrics.session_started();
-    tracing::info!(
-        user = outcome.user_id.as_deref().unwrap_or("?"),
-        "logged in"
-    );
+    Ok(id)
+}
+
+/// The redirect back into the app, setting the session cookie and
+/// clearing the login's.
+fn logged_in(st: &AppState, return_to: &str, session: &str) -> Response {
     let mut r = StatusCode::FOUND.into_response();
-    if let Ok(v) = HeaderValue::from_str(&pending.return_to) {
+    if let Ok(v) = HeaderValue::from_str(return_to) {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r.headers_mut().append(
         header::SET_COOKIE,
         cookies::set(
             cookies::SESSION,
-            &id,
+            session,
             st.config.session_ttl.as_secs(),
             st.config.same_site,
         ),

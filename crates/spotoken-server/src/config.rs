@@ -52,6 +52,13 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-For` names the client (a TLS-terminating
     /// proxy in front, `--trusted-proxy`); from anyone else it is ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// A PEM file of CA certificates the Web API upstream may also chain to,
+    /// besides the system's roots (`--upstream-ca`: tests and benchmarks
+    /// against the emulator's TLS port). Never a way to skip verification.
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// Speak HTTP/2 to the Web API (`--upstream-http2`; HTTPS only) through
+    /// hyper's client, instead of HTTP/1.1 over the proxy's own pool.
+    pub upstream_http2: bool,
 }
 
 impl ServerConfig {
@@ -68,7 +75,7 @@ impl ServerConfig {
         Ok(Self {
             public_url,
             redirect_uri,
-            scopes: Scopes::parse("user-read-private"),
+            scopes: Scopes::parse(spotoken::core::scope::DEFAULT_SCOPES),
             allowed_prefixes: vec!["v1/".into()],
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             login_ttl: Duration::from_secs(600),
@@ -84,6 +91,8 @@ impl ServerConfig {
             session_idle: None,
             same_site: crate::cookies::SameSite::Lax,
             trusted_proxies: Vec::new(),
+            upstream_ca: None,
+            upstream_http2: false,
         })
     }
 

@@ -7,9 +7,9 @@ use axum::http::HeaderMap;
 use axum::http::header::{COOKIE, HeaderValue};
 
 /// The session cookie.
-pub const SESSION: &str = "__Host-spotoken_session";
+pub(crate) const SESSION: &str = "__Host-spotoken_session";
 /// The short-lived cookie binding a started login to the browser that started it.
-pub const LOGIN: &str = "__Host-spotoken_login";
+pub(crate) const LOGIN: &str = "__Host-spotoken_login";
 
 /// The `SameSite` attribute of a cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,7 +46,7 @@ impl std::str::FromStr for SameSite {
 /// A `Set-Cookie` value; `max_age` 0 deletes the cookie. The login binding
 /// is always `Lax`: it must come back on the provider's redirect, a
 /// navigation another site starts.
-pub fn set(name: &str, value: &str, max_age_secs: u64, same_site: SameSite) -> HeaderValue {
+pub(crate) fn set(name: &str, value: &str, max_age_secs: u64, same_site: SameSite) -> HeaderValue {
     let same_site = if name == LOGIN {
         SameSite::Lax
     } else {
@@ -64,13 +64,13 @@ pub fn set(name: &str, value: &str, max_age_secs: u64, same_site: SameSite) -> H
 }
 
 /// Deletes a cookie.
-pub fn clear(name: &str) -> HeaderValue {
+pub(crate) fn clear(name: &str) -> HeaderValue {
     set(name, "", 0, SameSite::Lax)
 }
 
 /// The value of a request cookie (the first of that name; values that are
 /// not UTF-8 are skipped). Read as bytes: only the value found is checked.
-pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     let name = name.as_bytes();
     headers
         .get_all(COOKIE)

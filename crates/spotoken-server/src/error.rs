@@ -9,6 +9,7 @@ use spotoken::{Error, ErrorKind};
 
 /// What a handler fails with.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
 pub enum AppError {
     /// No session cookie: this browser never logged in (or logged out here).
     Unauthenticated,
@@ -39,6 +40,7 @@ pub enum AppError {
 /// response so that the request log's middleware can add the request id
 /// ([`crate::trace::traced`]), which the handler does not know.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
 pub struct ErrorBody(pub serde_json::Value);
 
 impl From<Error> for AppError {
@@ -62,7 +64,7 @@ const LOGIN: &str = "/auth/login";
 
 /// The response for an error body: JSON, with the body set aside for the
 /// request id (see [`ErrorBody`]).
-pub fn respond(status: StatusCode, body: serde_json::Value) -> Response {
+pub(crate) fn respond(status: StatusCode, body: serde_json::Value) -> Response {
     let mut r = (status, Json(body.clone())).into_response();
     r.extensions_mut().insert(ErrorBody(body));
     r
@@ -148,7 +150,7 @@ impl IntoResponse for AppError {
     }
 }
 
-/// Every code [`AppError`] answers with, for the documentation's table (a
+/// Every `error` code the server answers with, for the documentation's table (a
 /// test checks that the README lists each).
 pub const CODES: [&str; 16] = [
     "unauthenticated",

@@ -5,14 +5,13 @@
 //!
 //! Why by hand: hyper's client drives each connection from a task of its own
 //! and hands requests, responses and body chunks across channels between
-//! that task and the request's; on the proxy's hot path that machinery was a
-//! fifth of the instructions and kept `spotoken serve` behind nginx
-//! (docs/BENCHMARKS.md). Parsing is `httparse`'s, as in hyper; what is written
+//! that task and the request's; on the proxy's hot path that machinery cost
+//! more than the proxying (docs/BENCHMARKS.md). Parsing is `httparse`'s, as in hyper; what is written
 //! here is the framing decision and the chunked decoder, both property-tested
 //! and fuzzed (`fuzz/fuzz_targets/upstream_response.rs`).
 
 #[cfg(any(test, feature = "fuzzing"))]
-pub mod differential;
+pub(crate) mod differential;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -21,11 +20,11 @@ use bytes::{Buf as _, Bytes, BytesMut};
 const MAX_HEADERS: usize = 100;
 
 /// Largest response head accepted, and largest chunk-size or trailer line.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 /// A response the proxy cannot take.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Malformed(pub &'static str);
+pub(crate) struct Malformed(pub &'static str);
 
 impl std::fmt::Display for Malformed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,7 +37,7 @@ impl std::error::Error for Malformed {}
 /// Writes a request: request line, `headers` (already valid field names and
 /// values, so nothing can inject a line), `Content-Length` when there is a
 /// body or the method carries one, and the body.
-pub fn encode_request(
+pub(crate) fn encode_request(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
@@ -68,7 +67,7 @@ pub fn encode_request(
 
 /// How a response's body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// No body (HEAD, 1xx, 204, 304).
     Empty,
     /// Exactly this many bytes.
@@ -81,7 +80,7 @@ pub enum Framing {
 
 /// A parsed response head.
 #[derive(Debug)]
-pub struct Head {
+pub(crate) struct Head {
     /// Status.
     pub status: StatusCode,
     /// Header fields, as received (hop-by-hop ones included).
@@ -96,7 +95,7 @@ pub struct Head {
 
 /// Parses a response head from the start of `buf`: `None` until it is
 /// complete. `method` is the request's (a response to HEAD has no body).
-pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed> {
+pub(crate) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let size = match resp.parse(buf) {
@@ -116,12 +115,51 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(Malformed("no valid status"))?;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut transfer_encoding = false;
-    let mut close = resp.version != Some(1);
-    for field in resp.headers.iter() {
+    let fields = read_fields(resp.headers, resp.version != Some(1))?;
+    // RFC 9112 §6.1: Transfer-Encoding is HTTP/1.1's; in an HTTP/1.0
+    // message the framing is faulty (found by the differential test).
+    if fields.transfer_encoding && resp.version == Some(0) {
+        return Err(Malformed("Transfer-Encoding in an HTTP/1.0 response"));
+    }
+    if fields.transfer_encoding && fields.length.is_some() {
+        return Err(Malformed("both Transfer-Encoding and Content-Length"));
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Malformed("101 Switching Protocols was not asked for"));
+    }
+    let (framing, close) = framing(method, status, &fields);
+    Ok(Some(Head {
+        status,
+        headers: fields.headers,
+        framing,
+        reusable: !close && framing != Framing::UntilClose,
+        size,
+    }))
+}
+
+/// What a head's fields say about its message.
+struct Fields {
+    headers: HeaderMap,
+    length: Option<u64>,
+    /// `Transfer-Encoding` is present.
+    transfer_encoding: bool,
+    /// Its last coding is `chunked`.
+    chunked: bool,
+    /// The connection ends after this message.
+    close: bool,
+}
+
+/// The fields of a head as a map, with what they say about framing; `close`
+/// is whether the connection ends after this message whatever they say.
+fn read_fields(fields: &[httparse::Header<'_>], close: bool) -> Result<Fields, Malformed> {
+    let mut out = Fields {
+        headers: HeaderMap::with_capacity(fields.len()),
+        length: None,
+        transfer_encoding: false,
+        chunked: false,
+        close,
+    };
+    for field in fields {
         let name =
             HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| Malformed("field name"))?;
         let value = HeaderValue::from_bytes(field.value).map_err(|_| Malformed("field value"))?;
@@ -129,10 +167,10 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed
             // One field, one decimal number: a list (`7, 7`, `7,`) or a
             // repeated field is refused rather than reconciled, since a
             // recipient that reconciles differently reads another message.
-            if length.is_some() {
+            if out.length.is_some() {
                 return Err(Malformed("repeated Content-Length"));
             }
-            length =
+            out.length =
                 Some(parse_length(field.value.trim_ascii()).ok_or(Malformed("Content-Length"))?);
         } else if name == header::TRANSFER_ENCODING {
             // Framing read from bytes another parser may not read as text
@@ -140,59 +178,45 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, Malformed
             if !field.value.is_ascii() {
                 return Err(Malformed("Transfer-Encoding is not ASCII"));
             }
-            transfer_encoding = true;
+            out.transfer_encoding = true;
             // Only the last coding says how the message ends.
-            chunked = split_list(field.value)
+            out.chunked = split_list(field.value)
                 .last()
                 .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION
             && split_list(field.value).any(|t| t.eq_ignore_ascii_case(b"close"))
         {
-            close = true;
+            out.close = true;
         }
-        headers.append(name, value);
+        out.headers.append(name, value);
     }
-    // RFC 9112 §6.1: Transfer-Encoding is HTTP/1.1's; in an HTTP/1.0
-    // message the framing is faulty (found by the differential test).
-    if transfer_encoding && resp.version == Some(0) {
-        return Err(Malformed("Transfer-Encoding in an HTTP/1.0 response"));
-    }
-    if transfer_encoding && length.is_some() {
-        return Err(Malformed("both Transfer-Encoding and Content-Length"));
-    }
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(Malformed("101 Switching Protocols was not asked for"));
-    }
-    let framing = if *method == Method::HEAD
+    Ok(out)
+}
+
+/// How the body of a response to `method` ends, and whether the connection
+/// ends with it.
+fn framing(method: &Method, status: StatusCode, fields: &Fields) -> (Framing, bool) {
+    if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        Framing::Empty
-    } else if transfer_encoding {
+        (Framing::Empty, fields.close)
+    } else if fields.transfer_encoding {
         // RFC 9112 §6.3 lets a recipient drop Content-Length beside
         // Transfer-Encoding; a response with both is how responses are
         // smuggled, so it is refused (above) instead. A coding other than
         // chunked last ends with the connection.
-        close |= !chunked;
-        if chunked {
-            Framing::Chunked
+        if fields.chunked {
+            (Framing::Chunked, fields.close)
         } else {
-            Framing::UntilClose
+            (Framing::UntilClose, true)
         }
-    } else if let Some(n) = length {
-        Framing::Length(n)
+    } else if let Some(n) = fields.length {
+        (Framing::Length(n), fields.close)
     } else {
-        close = true;
-        Framing::UntilClose
-    };
-    Ok(Some(Head {
-        status,
-        headers,
-        framing,
-        reusable: !close && framing != Framing::UntilClose,
-        size,
-    }))
+        (Framing::UntilClose, true)
+    }
 }
 
 /// The elements of a comma-separated field value, trimmed, empty ones skipped.
@@ -229,7 +253,7 @@ fn parse_length(s: &[u8]) -> Option<u64> {
 
 /// What one step of a body decoder produced.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Body bytes.
     Data(Bytes),
     /// The buffer holds no more of the body yet.
@@ -241,7 +265,7 @@ pub enum Step {
 /// Decodes `Transfer-Encoding: chunked` from a buffer that fills as bytes
 /// arrive; consumes what it decodes, leaves the rest (the next response).
 #[derive(Debug, Default)]
-pub struct Chunked {
+pub(crate) struct Chunked {
     state: ChunkState,
     left: u64,
 }
@@ -258,7 +282,7 @@ enum ChunkState {
 
 impl Chunked {
     /// The next piece of the body from `buf`.
-    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Malformed> {
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Malformed> {
         loop {
             match self.state {
                 ChunkState::Done => return Ok(Step::Done),

@@ -20,22 +20,27 @@
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus |
 //! | anything else | the app: its files (`--static DIR`) or its server (`--app-upstream URL`) |
 
-pub mod app_proxy;
-pub mod auth;
-pub mod budget;
-pub mod config;
-pub mod cookies;
-pub mod error;
-pub mod http1;
-pub mod limits;
-pub mod metrics;
-pub mod ops;
-pub mod proxy;
-pub mod refresher;
-pub mod state;
-pub mod static_files;
-pub mod trace;
-pub mod upstream;
+// Functions a reader can hold (the threshold is in clippy.toml); tests may
+// be longer.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
+mod activity;
+mod app_proxy;
+mod auth;
+mod budget;
+mod config;
+mod cookies;
+mod error;
+mod http1;
+mod limits;
+mod metrics;
+mod ops;
+mod proxy;
+mod refresher;
+mod state;
+mod static_files;
+mod trace;
+mod upstream;
 
 use std::future::Future;
 
@@ -44,18 +49,27 @@ use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::{any, get};
 
+pub use budget::{BROWSER_WAIT, Budgets};
 pub use config::ServerConfig;
+pub use cookies::SameSite;
+pub use error::CODES as ERROR_CODES;
+pub use limits::LoginLimits;
 pub use metrics::Metrics;
+pub use refresher::{PassReport, RefresherConfig, pass_report};
 pub use state::AppState;
 
+/// The checks the fuzz targets run (`fuzz/`); not a promise to users.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 /// The demo page served at `/` with `--demo`.
-pub const DEMO_PAGE: &str = include_str!("demo.html");
+const DEMO_PAGE: &str = include_str!("demo.html");
 
 /// The application: `/api/…` requests go straight to the proxy (with the same
-/// request log and id as every other request), the rest through the router. Proxied calls are the
-/// server's hot path, and the router's matching, boxed route services and
-/// middleware cost a fifth of such a request's instructions (counted with
-/// callgrind, docs/BENCHMARKS.md).
+/// request log and id as every other request), the rest through the router:
+/// proxied calls are the server's hot path, and the router's matching, boxed
+/// route services and middleware were a large share of their cost
+/// (docs/BENCHMARKS.md).
 pub fn app(state: AppState) -> App {
     App {
         router: router(state.clone()),
@@ -72,8 +86,8 @@ pub fn metrics_app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// See [`app`]. A `tower::Service` for `oneshot` in tests, and a make-service
-/// for `axum::serve`.
+/// See [`app`]: a `tower::Service`, for `oneshot` in tests; [`serve`] and
+/// [`serve_on_threads`] serve it.
 #[derive(Clone)]
 pub struct App {
     router: Router,
@@ -126,25 +140,6 @@ impl App {
                 Err(never) => match never {},
             }
         }
-    }
-}
-
-impl<'a, L: axum::serve::Listener> tower::Service<axum::serve::IncomingStream<'a, L>> for App {
-    type Response = App;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<App, std::convert::Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: axum::serve::IncomingStream<'a, L>) -> Self::Future {
-        let mut app = self.clone();
-        app.peer = peer_of(stream.remote_addr());
-        std::future::ready(Ok(app))
     }
 }
 
@@ -205,7 +200,7 @@ async fn demo() -> impl IntoResponse {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    refresher: refresher::RefresherConfig,
+    refresher: RefresherConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_on_threads(listener, state, refresher, shutdown, 1).await
@@ -214,26 +209,25 @@ pub async fn serve(
 /// Blocking threads per server thread. The store's blocking work is short and
 /// mostly serialized (SQLite reads share one connection; writes go to the
 /// writer thread), so more threads only wait, each with its own stack and
-/// malloc arena: uncapped, a login storm grew the server to 60 threads and
-/// its memory from ~35 MB to ~60 MB.
+/// malloc arena (what an uncapped pool cost: docs/BENCHMARKS.md).
 pub const BLOCKING_THREADS: usize = 8;
 
 /// Like [`serve`], with connections served by `threads` threads: this one
 /// and `threads - 1` more, each running its own single-threaded runtime that
 /// serves the connections given to it to the end, upstream calls included
-/// (the upstream pool is per thread, see [`upstream`]). A proxied request
-/// then never crosses threads: no work stealing, no cross-thread wake-ups,
-/// which on a loaded machine cost more than the request itself
-/// (docs/BENCHMARKS.md). Called from a current-thread runtime, that is
-/// nginx's model of one event loop per core. This thread accepts, and gives
-/// each connection to the loop with the fewest open connections: loops that
-/// each accepted from a shared socket took whatever burst of connections
-/// reached them first (one loop could serve 50 of 64 clients and the other
-/// 14). The state (sessions cache, token engine, store) is shared.
+/// (the upstream pool is per thread). A proxied request then never crosses
+/// threads: no work stealing, no cross-thread wake-ups, which on a loaded
+/// machine cost more than the request itself. Called from a current-thread
+/// runtime, that is nginx's model of one event loop per core. This thread
+/// accepts, and gives each connection to the loop with the fewest open
+/// connections: loops that each accepted from a shared socket took whatever
+/// burst of connections reached them first, and ended up unevenly loaded
+/// (docs/BENCHMARKS.md). The state (sessions cache, token engine, store) is
+/// shared.
 pub async fn serve_on_threads(
     listener: tokio::net::TcpListener,
     state: AppState,
-    refresher: refresher::RefresherConfig,
+    refresher: RefresherConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     threads: usize,
 ) -> std::io::Result<()> {
@@ -353,7 +347,7 @@ async fn serve_given(
 
 /// The largest request head (request line and headers) a connection reads;
 /// browsers send a few KiB, and proxies in front usually allow 8 to 32 KiB.
-pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
 /// Serves one connection on this thread with hyper's HTTP/1 server; on
 /// shutdown, idle keep-alive connections close at once and in-flight
@@ -380,8 +374,8 @@ fn serve_connection(graceful: &Graceful, app: &App, tcp: tokio::net::TcpStream, 
     // at a time.
     // A request head (request line and headers) over the limit is refused
     // with 431 before any route runs; without a limit hyper stops only at
-    // its read buffer's size (about 400 KiB, more when a head arrives in one
-    // read), and a 100 KB header reached the handlers.
+    // its read buffer's size, and a header of any size a read buffer holds
+    // would reach the handlers.
     let conn = hyper::server::conn::http1::Builder::new()
         .max_header_size(MAX_REQUEST_HEAD_BYTES)
         .half_close(true)
@@ -424,12 +418,6 @@ impl Graceful {
         self.0.send_replace(());
         self.0.closed().await;
     }
-}
-
-/// The peer of an `axum::serve` connection, when it is a socket address.
-fn peer_of<A: std::any::Any>(addr: &A) -> Option<std::net::SocketAddr> {
-    let addr: &dyn std::any::Any = addr;
-    addr.downcast_ref::<std::net::SocketAddr>().copied()
 }
 
 #[cfg(test)]

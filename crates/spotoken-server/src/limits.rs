@@ -8,6 +8,7 @@
 //! `429` and `Retry-After` until the window ends. Pending rows also expire
 //! (`login_ttl`) and are purged by the background pass.
 
+use spotoken::core::sync::LockUnpoisoned as _;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -36,7 +37,7 @@ impl Default for LoginLimits {
 
 /// Counts started logins against [`LoginLimits`].
 #[derive(Debug)]
-pub struct LoginLimiter {
+pub(crate) struct LoginLimiter {
     limits: LoginLimits,
     window: Mutex<Window>,
 }
@@ -73,7 +74,7 @@ impl From<Option<IpAddr>> for ClientKey {
 
 impl LoginLimiter {
     /// A limiter with these limits.
-    pub fn new(limits: LoginLimits) -> Self {
+    pub(crate) fn new(limits: LoginLimits) -> Self {
         Self {
             limits,
             window: Mutex::new(Window {
@@ -86,11 +87,8 @@ impl LoginLimiter {
 
     /// Counts a login from `client` at `now`; `Err(wait)` when a bound is
     /// reached (nothing is counted then).
-    pub fn admit(&self, client: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
-        let mut w = self
-            .window
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pub(crate) fn admit(&self, client: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
+        let mut w = self.window.lock_unpoisoned();
         let started = match w.started {
             Some(s) if now.saturating_duration_since(s) < self.limits.window => s,
             _ => {

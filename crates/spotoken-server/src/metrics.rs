@@ -1,6 +1,7 @@
 //! Prometheus metrics, rendered by hand: a few counters and one histogram do
 //! not need a registry.
 
+use spotoken::core::sync::LockUnpoisoned as _;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -19,10 +20,14 @@ const BUCKETS: &[f64] = &[
 /// shard; `/metrics` adds them up.
 const SHARDS: usize = 8;
 
+/// Proxied requests are counted per status code below this: every code HTTP
+/// defines (100–599); a status outside is not counted by code.
+const STATUSES: usize = 600;
+
 /// One shard, on cache lines of its own.
 #[repr(align(128))]
 struct Shard {
-    by_status: [AtomicU64; 600],
+    by_status: [AtomicU64; STATUSES],
     /// Requests per latency bucket (not cumulative), the last one `+Inf`.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
@@ -64,8 +69,21 @@ pub struct Metrics {
     /// lists them anyway), moved by logins and logouts here in between, so
     /// a scrape reads two numbers instead of scanning the store.
     sessions: AtomicI64,
-    /// Accounts needing a new login, as the last complete pass found them.
+    /// Accounts needing a new login, as the last census found them.
     reauth_required: AtomicI64,
+    /// The background refresher's passes.
+    passes: Mutex<Passes>,
+    /// When the gauges' last census ran (engine clock; 0: never).
+    census_at: AtomicI64,
+}
+
+/// The background refresher's passes, added up, and the last one.
+#[derive(Default)]
+struct Passes {
+    count: u64,
+    seconds: f64,
+    total: crate::refresher::PassReport,
+    last: crate::refresher::PassReport,
 }
 
 impl Default for Metrics {
@@ -75,6 +93,8 @@ impl Default for Metrics {
             shards: Box::new(std::array::from_fn(|_| Shard::default())),
             sessions: AtomicI64::new(0),
             reauth_required: AtomicI64::new(0),
+            passes: Mutex::default(),
+            census_at: AtomicI64::new(0),
         }
     }
 }
@@ -95,12 +115,7 @@ impl Metrics {
 
     /// Counts a refresh outcome.
     pub fn refresh(&self, outcome: &'static str) {
-        *self
-            .refreshes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(outcome)
-            .or_default() += 1;
+        *self.refreshes.lock_unpoisoned().entry(outcome).or_default() += 1;
     }
 
     /// Counts a proxied request as in flight until the guard is dropped.
@@ -137,14 +152,36 @@ impl Metrics {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// What a background pass counted: the sessions it listed and, when it
-    /// visited them all, the accounts that need a new login.
+    /// What the refresher's census counted: the sessions that have not
+    /// ended and, when known, the accounts that need a new login.
     pub fn counted(&self, sessions: usize, reauth_required: Option<usize>) {
         let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         self.sessions.store(n(sessions), Ordering::Relaxed);
         if let Some(r) = reauth_required {
             self.reauth_required.store(n(r), Ordering::Relaxed);
         }
+    }
+
+    /// Whether the gauges' census is due at `now` (once every `every`
+    /// seconds, the first time at once); claims it if so.
+    pub fn census_due(&self, now: i64, every: i64) -> bool {
+        let last = self.census_at.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= every)
+            && self
+                .census_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// What a background pass did.
+    pub fn pass(&self, report: crate::refresher::PassReport) {
+        let mut p = self.passes.lock_unpoisoned();
+        p.count += 1;
+        p.seconds += report.took.as_secs_f64();
+        p.total.due += report.due;
+        p.total.refreshed += report.refreshed;
+        p.total.skipped += report.skipped;
+        p.last = report;
     }
 
     /// The two gauges: (active sessions, accounts needing a new login).
@@ -160,27 +197,31 @@ impl Metrics {
     /// The Prometheus text format, with gauges computed by the caller.
     pub fn render(&self, active_sessions: usize, reauth_required: usize) -> String {
         let mut s = String::new();
+        self.render_counters(&mut s);
+        self.render_latency(&mut s);
+        self.render_gauges(&mut s, active_sessions, reauth_required);
+        self.render_passes(&mut s);
+        s
+    }
+
+    /// Refreshes by outcome and proxied requests by status.
+    fn render_counters(&self, s: &mut String) {
         describe(
-            &mut s,
+            s,
             "spotoken_refreshes_total",
             "counter",
             "Token refreshes by outcome.",
         );
-        for (k, v) in self
-            .refreshes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for (k, v) in self.refreshes.lock_unpoisoned().iter() {
             let _ = writeln!(s, "spotoken_refreshes_total{{outcome=\"{k}\"}} {v}");
         }
         describe(
-            &mut s,
+            s,
             "spotoken_proxy_requests_total",
             "counter",
             "Proxied Web API requests by status.",
         );
-        for status in 0..600 {
+        for status in 0..STATUSES {
             let v = self.total(|sh| sh.by_status[status].load(Ordering::Relaxed));
             if v > 0 {
                 let _ = writeln!(
@@ -189,8 +230,12 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    /// The proxied requests' latency histogram.
+    fn render_latency(&self, s: &mut String) {
         describe(
-            &mut s,
+            s,
             "spotoken_proxy_request_duration_seconds",
             "histogram",
             "Proxied request latency.",
@@ -214,33 +259,101 @@ impl Metrics {
             self.total(|sh| sh.latency_sum_micros.load(Ordering::Relaxed)) as f64 / 1e6
         );
         let _ = writeln!(s, "spotoken_proxy_request_duration_seconds_count {count}");
+    }
+
+    /// Requests in flight, sessions and accounts needing a login.
+    fn render_gauges(&self, s: &mut String, active_sessions: usize, reauth_required: usize) {
         let in_flight: i64 = self
             .shards
             .iter()
             .map(|sh| sh.in_flight.load(Ordering::Relaxed))
             .sum();
         describe(
-            &mut s,
+            s,
             "spotoken_proxy_in_flight",
             "gauge",
             "Proxied requests being served.",
         );
         let _ = writeln!(s, "spotoken_proxy_in_flight {}", in_flight.max(0));
         describe(
-            &mut s,
+            s,
             "spotoken_active_sessions",
             "gauge",
             "Sessions that have not ended.",
         );
         let _ = writeln!(s, "spotoken_active_sessions {active_sessions}");
         describe(
-            &mut s,
+            s,
             "spotoken_accounts_reauth_required",
             "gauge",
             "Accounts that need a new login.",
         );
         let _ = writeln!(s, "spotoken_accounts_reauth_required {reauth_required}");
-        s
+    }
+
+    /// The background refresher's metrics.
+    fn render_passes(&self, s: &mut String) {
+        let p = self.passes.lock_unpoisoned();
+        describe(
+            s,
+            "spotoken_refresher_pass_duration_seconds",
+            "summary",
+            "Background refresher passes and their time.",
+        );
+        let _ = writeln!(
+            s,
+            "spotoken_refresher_pass_duration_seconds_sum {}",
+            p.seconds
+        );
+        let _ = writeln!(
+            s,
+            "spotoken_refresher_pass_duration_seconds_count {}",
+            p.count
+        );
+        describe(
+            s,
+            "spotoken_refresher_accounts_total",
+            "counter",
+            "Accounts met by background passes: due (claimed by this instance), \
+             refreshed (of those, left with a fresh token), skipped (due, but being \
+             refreshed by another instance).",
+        );
+        let results = |r: &crate::refresher::PassReport| {
+            [
+                ("due", r.due),
+                ("refreshed", r.refreshed),
+                ("skipped", r.skipped),
+            ]
+        };
+        for (result, n) in results(&p.total) {
+            let _ = writeln!(
+                s,
+                "spotoken_refresher_accounts_total{{result=\"{result}\"}} {n}"
+            );
+        }
+        describe(
+            s,
+            "spotoken_refresher_last_pass_accounts",
+            "gauge",
+            "The same, for the last pass alone.",
+        );
+        for (result, n) in results(&p.last) {
+            let _ = writeln!(
+                s,
+                "spotoken_refresher_last_pass_accounts{{result=\"{result}\"}} {n}"
+            );
+        }
+        describe(
+            s,
+            "spotoken_refresher_last_pass_seconds",
+            "gauge",
+            "How long the last background pass took.",
+        );
+        let _ = writeln!(
+            s,
+            "spotoken_refresher_last_pass_seconds {}",
+            p.last.took.as_secs_f64()
+        );
     }
 }
 

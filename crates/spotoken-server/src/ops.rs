@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::state::AppState;
 
 /// Liveness.
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
@@ -24,7 +24,7 @@ pub async fn healthz() -> &'static str {
 /// provider is the same for every instance (a shared pause is seen by all
 /// of them at once), and taking them all out of rotation would also stop
 /// the app's pages and the sessions whose tokens are still fresh.
-pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
     let tokens = st.tokens.store().ping().await;
     let sessions = st.sessions.session_accounts(i64::MAX).await.map(|_| ());
     let store = tokens.and(sessions);
@@ -67,7 +67,7 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
 /// Prometheus metrics. Costs no store query: the gauges are kept as
 /// counters (see [`crate::Metrics`]), so a scrape cannot be made to scan
 /// every session.
-pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let (active, reauth) = st.metrics.gauges();
     let mut body = st.metrics.render(active, reauth);
     body.push_str(&st.budgets.render(st.tokens.token_endpoint_wait()));

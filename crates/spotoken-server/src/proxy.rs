@@ -30,14 +30,15 @@ use spotoken::core::secret::AccessToken;
 /// On a 403: the scopes (space-separated) the endpoint needs that this
 /// session was not granted, from the scope table. Absent when the grant
 /// covers the endpoint or the table does not know it.
-pub const MISSING_SCOPE: header::HeaderName =
+pub(crate) const MISSING_SCOPE: header::HeaderName =
     header::HeaderName::from_static("spotoken-missing-scope");
 
 /// On every answer that comes from an upstream (the Web API, or the app's
 /// server) rather than from spotoken itself: its status and body passed on
 /// unchanged. Without it, the answer is spotoken's own (JSON errors in the
 /// one documented format).
-pub const FROM_UPSTREAM: header::HeaderName = header::HeaderName::from_static("spotoken-upstream");
+pub(crate) const FROM_UPSTREAM: header::HeaderName =
+    header::HeaderName::from_static("spotoken-upstream");
 
 /// Request headers never forwarded to the Web API (names as `http` stores them: lowercase):
 /// the browser's credentials and CSRF proof, framing (we frame the request),
@@ -109,7 +110,7 @@ fn under_prefix(raw: &str, prefix: &str) -> bool {
 }
 
 /// Checks the raw (still percent-encoded) path after `/api/`; returns it if allowed.
-pub fn checked_path<'a>(raw: &'a str, allowed: &[String]) -> Result<&'a str, AppError> {
+pub(crate) fn checked_path<'a>(raw: &'a str, allowed: &[String]) -> Result<&'a str, AppError> {
     let bad = |why: &str| AppError::BadRequest(format!("path refused: {why}"));
     if !raw.is_ascii() || raw.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return Err(bad("bytes outside printable ASCII"));
@@ -165,7 +166,7 @@ pub(crate) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
 
 /// The proxy for a whole request: what [`crate::App`] calls for `/api/…`,
 /// without the router.
-pub async fn handle<B>(st: AppState, req: Request<B>) -> Response<Body>
+pub(crate) async fn handle<B>(st: AppState, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -221,6 +222,9 @@ fn upstream_headers(st: &AppState, headers: &HeaderMap, bearer: HeaderValue) -> 
     forward
 }
 
+/// Sends the browser's request upstream with the session's token and
+/// answers with the upstream's response, its headers made fit for the
+/// browser.
 async fn forward<B>(
     st: &AppState,
     cookie: &str,
@@ -239,78 +243,18 @@ where
     // The path is checked above, so it is appended to the configured (and
     // start-up-checked) API base as it is: no parse-and-join per request.
     let target = st.upstream.target(path, parts.uri.query());
-    let body = if body.is_end_stream() {
-        Bytes::new()
-    } else {
-        use http_body_util::BodyExt as _;
-        match http_body_util::Limited::new(body, st.config.max_body)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(AppError::TooLarge),
-            Err(_) => return Err(AppError::BadRequest("the request body was cut off".into())),
-        }
-    };
-    let mut headers = upstream_headers(st, &parts.headers, view.bearer);
-    let mut retried = false;
-    let mut on_new = false;
-    let upstream = loop {
-        st.budgets.spend_api().await?;
-        let sent = st
-            .upstream
-            .send(&parts.method, &target, &headers, &body, on_new);
-        let resp = match tokio::time::timeout(st.config.upstream_timeout, sent).await {
-            Err(_) => return Err(AppError::UpstreamTimeout),
-            // The upstream closed a kept-alive connection as it was
-            // reused: a request that is safe to repeat goes again, once,
-            // on a new connection.
-            Ok(Err(SendError::Stale(e))) if !on_new && parts.method.is_idempotent() => {
-                tracing::debug!(error = %e, "retrying on a new upstream connection");
-                on_new = true;
-                continue;
-            }
-            Ok(Err(SendError::Failed(e))) if e.is::<crate::http1::Malformed>() => {
-                return Err(AppError::Spotoken(spotoken::Error::Protocol {
-                    status: None,
-                    message: format!("the Web API's answer was refused ({e})"),
-                    snippet: String::new(),
-                }));
-            }
-            Ok(Err(e)) => {
-                return Err(AppError::Spotoken(spotoken::Error::temporary(
-                    format!("network: cannot reach the Web API ({e})"),
-                    None,
-                )));
-            }
-            Ok(Ok(r)) => r,
-        };
-        if resp.status() == StatusCode::UNAUTHORIZED && !retried {
-            retried = true;
-            st.drop_view(cookie);
-            let rejected = headers[header::AUTHORIZATION]
-                .to_str()
-                .ok()
-                .and_then(|b| b.strip_prefix("Bearer "))
-                .map(AccessToken::new)
-                .ok_or_else(|| {
-                    AppError::Spotoken(spotoken::Error::Internal(
-                        "the bearer header lost its token".into(),
-                    ))
-                })?;
-            // None: the token is moments old; the 401 goes back as it is.
-            let Some(token) = st
-                .tokens
-                .refresh_after_rejection(&view.record.account, &rejected)
-                .await?
-            else {
-                break resp;
-            };
-            headers.insert(header::AUTHORIZATION, crate::state::bearer(&token)?);
-            continue;
-        }
-        break resp;
-    };
+    let body = read_body(body, st.config.max_body).await?;
+    let headers = upstream_headers(st, &parts.headers, view.bearer);
+    let upstream = send_with_retry(
+        st,
+        cookie,
+        &view.record.account,
+        parts,
+        &target,
+        headers,
+        &body,
+    )
+    .await?;
     let status = upstream.status();
     st.budgets
         .note_api_answer(status, upstream.headers(), st.tokens.now())
@@ -321,45 +265,137 @@ where
         None
     };
     let (mut parts, upstream_body) = upstream.into_parts();
-    let upstream_listed = connection_listed(&parts.headers);
+    answer_headers(&mut parts.headers, missing);
+    st.metrics.proxied(status.as_u16(), started.elapsed());
+    Ok(Response::from_parts(parts, Body::new(upstream_body)))
+}
+
+/// The request's body, whole (the upstream client sends it in one write),
+/// refused past `max` bytes.
+async fn read_body<B>(body: B, max: usize) -> Result<Bytes, AppError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AppError::TooLarge),
+        Err(_) => Err(AppError::BadRequest("the request body was cut off".into())),
+    }
+}
+
+/// Sends the request upstream: once more on a new connection when a reused
+/// one turns out closed (idempotent requests only), and once more with a
+/// new token when the API refuses the one sent (401).
+async fn send_with_retry(
+    st: &AppState,
+    cookie: &str,
+    account: &str,
+    parts: &axum::http::request::Parts,
+    target: &str,
+    mut headers: HeaderMap,
+    body: &[u8],
+) -> Result<Response<crate::upstream::UpstreamBody>, AppError> {
+    let mut retried = false;
+    let mut on_new = false;
+    loop {
+        st.budgets.spend_api().await?;
+        let sent = st
+            .upstream
+            .send(&parts.method, target, &headers, body, on_new);
+        let resp = match tokio::time::timeout(st.config.upstream_timeout, sent).await {
+            Err(_) => return Err(AppError::UpstreamTimeout),
+            // The upstream closed a kept-alive connection as it was
+            // reused: a request that is safe to repeat goes again, once,
+            // on a new connection.
+            Ok(Err(SendError::Stale(e))) if !on_new && parts.method.is_idempotent() => {
+                tracing::debug!(error = %e, "retrying on a new upstream connection");
+                on_new = true;
+                continue;
+            }
+            Ok(Err(e)) => return Err(send_failed(e)),
+            Ok(Ok(r)) => r,
+        };
+        if resp.status() != StatusCode::UNAUTHORIZED || retried {
+            return Ok(resp);
+        }
+        retried = true;
+        st.drop_view(cookie);
+        let rejected = headers[header::AUTHORIZATION]
+            .to_str()
+            .ok()
+            .and_then(|b| b.strip_prefix("Bearer "))
+            .map(AccessToken::new)
+            .ok_or_else(|| spotoken::Error::Internal("the bearer header lost its token".into()))?;
+        // None: the token is moments old; the 401 goes back as it is.
+        let Some(token) = st
+            .tokens
+            .refresh_after_rejection(account, &rejected)
+            .await?
+        else {
+            return Ok(resp);
+        };
+        headers.insert(header::AUTHORIZATION, crate::state::bearer(&token)?);
+    }
+}
+
+/// What a failed upstream exchange tells the browser: an answer our parser
+/// refused is the API's protocol error, anything else a network failure.
+fn send_failed(e: SendError) -> AppError {
+    let e = match e {
+        SendError::Failed(e) if e.is::<crate::http1::Malformed>() => spotoken::Error::Protocol {
+            status: None,
+            message: format!("the Web API's answer was refused ({e})"),
+            snippet: String::new(),
+        },
+        e => spotoken::Error::temporary(format!("network: cannot reach the Web API ({e})"), None),
+    };
+    e.into()
+}
+
+/// The upstream answer's headers as the browser gets them: no hop-by-hop
+/// fields or fields its `Connection` names, none of [`NEVER_RETURNED`], no
+/// CORS grants; the missing scope when a 403 names one, and the mark that
+/// the answer is the API's.
+fn answer_headers(headers: &mut HeaderMap, missing: Option<HeaderValue>) {
+    let upstream_listed = connection_listed(headers);
     // One pass over the (few) fields the answer has, rather than a lookup
     // for each of the fourteen names on every proxied request.
     let unwanted = |k: &header::HeaderName| {
         let n = k.as_str();
         hop_by_hop(n) || NEVER_RETURNED.contains(&n)
     };
-    if parts.headers.keys().any(unwanted) {
+    if headers.keys().any(unwanted) {
         for name in HOP_BY_HOP.into_iter().chain(NEVER_RETURNED) {
-            parts.headers.remove(name);
+            headers.remove(name);
         }
     }
     for name in upstream_listed {
-        parts.headers.remove(name.as_str());
+        headers.remove(name.as_str());
     }
     // The Web API allows any origin (`Access-Control-Allow-Origin: *`); the
     // proxy is for this origin alone, and says nothing to others.
-    let cors: Vec<header::HeaderName> = parts
-        .headers
+    let cors: Vec<header::HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with("access-control-"))
         .cloned()
         .collect();
     for name in cors {
-        parts.headers.remove(name);
+        headers.remove(name);
     }
     if let Some(missing) = missing {
-        parts.headers.insert(MISSING_SCOPE, missing);
+        headers.insert(MISSING_SCOPE, missing);
     }
-    parts
-        .headers
-        .insert(FROM_UPSTREAM, HeaderValue::from_static("1"));
-    st.metrics.proxied(status.as_u16(), started.elapsed());
-    Ok(Response::from_parts(parts, Body::new(upstream_body)))
+    headers.insert(FROM_UPSTREAM, HeaderValue::from_static("1"));
 }
 
 /// Marks an answer that depends on the session: no shared cache may keep
 /// it or serve it to another cookie, and no browser may guess its type.
-pub fn private_to_session(headers: &mut HeaderMap) {
+pub(crate) fn private_to_session(headers: &mut HeaderMap) {
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
@@ -404,7 +440,7 @@ async fn missing_scopes(
 }
 
 /// `/api` and `/api/` alone.
-pub async fn not_a_path() -> impl IntoResponse {
+pub(crate) async fn not_a_path() -> impl IntoResponse {
     AppError::BadRequest("name an API path, such as /api/v1/me".into())
 }
 

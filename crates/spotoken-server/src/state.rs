@@ -23,6 +23,7 @@ use crate::config::ServerConfig;
 use crate::cookies;
 use crate::error::AppError;
 use crate::metrics::Metrics;
+use spotoken::core::sync::LockUnpoisoned as _;
 
 /// Session id (the cookie's value) → (session, when it was read from the
 /// store). Keyed by the id itself, so a cached request computes no SHA-256;
@@ -42,24 +43,27 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The state's contents.
+/// The state's contents, for this crate's handlers (through `Deref`);
+/// embedders read them through [`AppState`]'s accessors.
 pub struct Shared {
     /// The token engine.
-    pub tokens: Tokens,
+    pub(crate) tokens: Tokens,
     /// Sessions and pending logins.
-    pub sessions: Arc<dyn SessionStore>,
+    pub(crate) sessions: Arc<dyn SessionStore>,
     /// Settings.
-    pub config: Arc<ServerConfig>,
+    pub(crate) config: Arc<ServerConfig>,
     /// The upstream API (each thread pools its own connections).
-    pub upstream: crate::upstream::Upstream,
+    pub(crate) upstream: crate::upstream::Upstream,
     /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Bounds on started logins.
-    pub logins: crate::limits::LoginLimiter,
+    pub(crate) logins: crate::limits::LoginLimiter,
     /// What answers the paths that are not spotoken's own.
-    pub front: Front,
+    pub(crate) front: Front,
+    /// Accounts in use, for the background refresher.
+    pub(crate) activity: crate::activity::Activity,
     /// The app's request budgets, shared with the other instances.
-    pub budgets: crate::budget::Budgets,
+    pub(crate) budgets: crate::budget::Budgets,
     cache: Mutex<SessionCache>,
     identities: Mutex<HashMap<String, (Arc<Identity>, Instant)>>,
     /// The last token endpoint probe for `/readyz`: when, and whether it
@@ -75,12 +79,11 @@ pub struct Shared {
 /// its own views of the sessions it served, valid until the session cache's
 /// time-to-live, the token's freshness or the session's end, whichever comes
 /// first, and all dropped at a logout on this instance. A proxied request
-/// then takes no lock shared with the other event loops, computes no SipHash
-/// and builds no header (the shared caches behind it cost a fifth of the
-/// proxy's own instructions, and a cache-line transfer between cores per
-/// lock).
+/// then takes no lock shared with the other event loops (each such lock moves
+/// a cache line between cores), computes no SipHash and builds no header
+/// (what the shared caches cost: docs/BENCHMARKS.md).
 #[derive(Clone)]
-pub struct View {
+pub(crate) struct View {
     /// The session.
     pub record: Arc<SessionRecord>,
     /// `Bearer …` for its account's token.
@@ -107,21 +110,44 @@ impl Default for Views {
 }
 
 /// `Authorization: Bearer …` for `token`.
-pub fn bearer(token: &spotoken::core::secret::AccessToken) -> Result<HeaderValue, AppError> {
+pub(crate) fn bearer(token: &spotoken::core::secret::AccessToken) -> Result<HeaderValue, AppError> {
     let token = token.expose();
     let mut v = String::with_capacity("Bearer ".len() + token.len());
     v.push_str("Bearer ");
     v.push_str(token);
-    let mut v = HeaderValue::try_from(v).map_err(|_| {
-        AppError::Spotoken(spotoken::Error::Internal(
-            "token is not a header value".into(),
-        ))
-    })?;
+    let mut v = HeaderValue::try_from(v)
+        .map_err(|_| spotoken::Error::Internal("token is not a header value".into()))?;
     v.set_sensitive(true);
     Ok(v)
 }
 
 impl AppState {
+    /// Forgets every session this process cached, on every thread (an
+    /// embedder that deleted sessions in the store behind the server's back).
+    pub fn forget_cached_sessions(&self) {
+        self.0.forget_all();
+    }
+
+    /// The token engine.
+    pub fn tokens(&self) -> &Tokens {
+        &self.0.tokens
+    }
+
+    /// Sessions and pending logins.
+    pub fn sessions(&self) -> &Arc<dyn SessionStore> {
+        &self.0.sessions
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.0.config
+    }
+
+    /// Counters for `/metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+
     /// Builds the state.
     pub fn new(
         tokens: Tokens,
@@ -133,7 +159,7 @@ impl AppState {
     }
 
     /// Builds the state with the app's request budgets (the token budget is
-    /// also `tokens`' own hook: see [`crate::budget`]).
+    /// also `tokens`' own hook: see [`crate::Budgets`]).
     pub fn with_budgets(
         tokens: Tokens,
         sessions: Arc<dyn SessionStore>,
@@ -141,8 +167,12 @@ impl AppState {
         metrics: Arc<Metrics>,
         budgets: crate::budget::Budgets,
     ) -> Result<Self, spotoken::Error> {
-        let upstream = crate::upstream::Upstream::new(tokens.api_base())?
-            .stall_timeout(config.upstream_timeout);
+        let upstream = crate::upstream::Upstream::configured(
+            tokens.api_base(),
+            config.upstream_ca.as_deref(),
+            config.upstream_http2,
+        )?
+        .stall_timeout(config.upstream_timeout);
         let front = match (&config.static_dir, &config.app_upstream) {
             (Some(_), Some(_)) => {
                 return Err(spotoken::Error::Configuration(
@@ -163,6 +193,7 @@ impl AppState {
             sessions,
             logins: crate::limits::LoginLimiter::new(config.login_limits),
             front,
+            activity: crate::activity::Activity::default(),
             budgets,
             config: Arc::new(config),
             upstream,
@@ -178,7 +209,7 @@ impl AppState {
 
 impl Shared {
     /// The session a cookie value names, through the cache.
-    pub async fn session_for(
+    pub(crate) async fn session_for(
         &self,
         cookie_value: &str,
     ) -> Result<Option<Arc<SessionRecord>>, AppError> {
@@ -200,27 +231,22 @@ impl Shared {
     ) -> Result<Option<(Arc<SessionRecord>, Instant)>, AppError> {
         let now = self.tokens.now();
         let ttl = self.config.session_cache_ttl;
-        if let Some((s, at)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(cookie_value)
+        if let Some((s, at)) = self.cache.lock_unpoisoned().get(cookie_value)
             && at.elapsed() < ttl
             && s.expires_at > now
         {
+            self.activity.note(&s.account, now);
             return Ok(Some((s.clone(), *at)));
         }
         let id_hash = hash(cookie_value);
         let mut found = self.sessions.get_session(&id_hash, now).await?;
         if let Some(s) = &mut found {
             self.touch(&id_hash, s, now).await?;
+            self.activity.note(&s.account, now);
         }
         let found = found.map(Arc::new);
         let read_at = Instant::now();
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.cache.lock_unpoisoned();
         match &found {
             // Checked under the cache's lock, which logouts bump it under.
             Some(_) if self.generation.load(Ordering::Acquire) != generation => {}
@@ -256,7 +282,7 @@ impl Shared {
     /// When a session created at `created_at` and used at `now` ends: its
     /// absolute end, or `now + idle` if sooner. `None` without an idle
     /// timeout (the end never moves).
-    pub fn session_end(&self, created_at: i64, now: i64) -> Option<i64> {
+    pub(crate) fn session_end(&self, created_at: i64, now: i64) -> Option<i64> {
         let idle = self.config.session_idle?;
         let absolute = created_at.saturating_add(secs(self.config.session_ttl));
         Some(absolute.min(now.saturating_add(secs(idle))))
@@ -264,7 +290,7 @@ impl Shared {
 
     /// Whether a TCP connection to the token endpoint opens (within 3 s),
     /// probed at most every 10 s whatever the rate of `/readyz` calls.
-    pub async fn token_endpoint_reachable(&self) -> bool {
+    pub(crate) async fn token_endpoint_reachable(&self) -> bool {
         let mut probe = self.probe.lock().await;
         if let Some((at, ok)) = *probe
             && at.elapsed() < Duration::from_secs(10)
@@ -300,13 +326,9 @@ impl Shared {
 
     /// Who a session's account is, for the app's server: the Spotify user
     /// and the granted scopes, cached as long as sessions are.
-    pub async fn identity(&self, account: &str) -> Result<Option<Arc<Identity>>, AppError> {
+    pub(crate) async fn identity(&self, account: &str) -> Result<Option<Arc<Identity>>, AppError> {
         let ttl = self.config.session_cache_ttl;
-        if let Some((id, at)) = self
-            .identities
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(account)
+        if let Some((id, at)) = self.identities.lock_unpoisoned().get(account)
             && at.elapsed() < ttl
         {
             return Ok(Some(id.clone()));
@@ -321,10 +343,7 @@ impl Shared {
             user: status.user_id.and_then(|u| HeaderValue::from_str(&u).ok()),
             scopes: HeaderValue::from_str(&status.scopes.to_wire()).ok(),
         });
-        let mut ids = self
-            .identities
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ids = self.identities.lock_unpoisoned();
         if ids.len() > 100_000 {
             ids.retain(|_, (_, at)| at.elapsed() < ttl);
         }
@@ -334,7 +353,7 @@ impl Shared {
 
     /// What a proxied request needs, through this thread's views (see
     /// [`View`]); `None` when the cookie names no live session.
-    pub async fn view(&self, cookie_value: &str) -> Result<Option<View>, AppError> {
+    pub(crate) async fn view(&self, cookie_value: &str) -> Result<Option<View>, AppError> {
         let now = Instant::now();
         let generation = self.generation.load(Ordering::Acquire);
         {
@@ -379,22 +398,16 @@ impl Shared {
 
     /// Forgets every cached session, on every thread: another instance
     /// deleted a session, and only its hash is known here.
-    pub fn forget_all(&self) {
-        self.identities
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pub(crate) fn forget_all(&self) {
+        self.identities.lock_unpoisoned().clear();
+        let mut cache = self.cache.lock_unpoisoned();
         cache.clear();
         // Under the lock: a record read before this cannot be cached after it.
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Drops this thread's view of a session (its token was refused).
-    pub fn drop_view(&self, cookie_value: &str) {
+    pub(crate) fn drop_view(&self, cookie_value: &str) {
         self.views
             .get_or_default()
             .borrow_mut()
@@ -405,11 +418,8 @@ impl Shared {
     /// Forgets a cached session, by the cookie's value, once its row is
     /// deleted (a logout on this instance): deleting first means no request
     /// can cache it again from the store afterwards.
-    pub fn forget(&self, cookie_value: &str) {
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pub(crate) fn forget(&self, cookie_value: &str) {
+        let mut cache = self.cache.lock_unpoisoned();
         cache.remove(cookie_value);
         // Under the lock: a record read before this cannot be cached after
         // it; and every thread drops its views at its next request.
@@ -420,7 +430,7 @@ impl Shared {
 /// What answers the paths that are not spotoken's own (`/auth/*`, `/api/*`,
 /// the operations routes).
 #[derive(Debug)]
-pub enum Front {
+pub(crate) enum Front {
     /// Nothing: a JSON 404 (and `/` is the demo page with `--demo`).
     None,
     /// The app's built files (`--static`).
@@ -439,7 +449,7 @@ fn secs(d: Duration) -> i64 {
 /// A session's user as the app's server sees it (`Spotoken-User`,
 /// `Spotoken-Scopes`); a field that is not a valid header value is left out.
 #[derive(Debug)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The Spotify user id.
     pub user: Option<HeaderValue>,
     /// The granted scopes, space-separated.
@@ -450,12 +460,12 @@ pub struct Identity {
 /// app's server: the connection's peer, or what a trusted proxy says (see
 /// [`client_addr`]); `None` when unknown.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub Option<std::net::IpAddr>);
+pub(crate) struct ClientAddr(pub Option<std::net::IpAddr>);
 
 /// The client's address: the connection's `peer`, unless the peer is one of
 /// the `trusted` proxies, in which case the last `X-Forwarded-For` entry (the
 /// one that proxy added: entries before it are the client's own claims).
-pub fn client_addr(
+pub(crate) fn client_addr(
     peer: Option<std::net::IpAddr>,
     headers: &axum::http::HeaderMap,
     trusted: &[std::net::IpAddr],
@@ -475,7 +485,7 @@ pub fn client_addr(
 }
 
 /// The logged-in session of a request (401 if there is none).
-pub struct Session {
+pub(crate) struct Session {
     /// The record (shared with the session cache).
     pub record: Arc<SessionRecord>,
 }
@@ -502,7 +512,10 @@ impl FromRequestParts<AppState> for Session {
 /// CSRF check for state-changing routes and `/auth/token`: a custom header
 /// (`X-Requested-With` or `X-CSRF`, any non-empty value), which a cross-site
 /// form cannot send, and when the browser sends `Origin`, our own origin.
-pub fn check_csrf(parts: &axum::http::HeaderMap, config: &ServerConfig) -> Result<(), AppError> {
+pub(crate) fn check_csrf(
+    parts: &axum::http::HeaderMap,
+    config: &ServerConfig,
+) -> Result<(), AppError> {
     let has_header = ["x-requested-with", "x-csrf"]
         .iter()
         .any(|h| parts.get(*h).is_some_and(|v| !v.as_bytes().is_empty()));
@@ -524,7 +537,7 @@ pub fn check_csrf(parts: &axum::http::HeaderMap, config: &ServerConfig) -> Resul
 /// working everywhere at once rather than when the cache entries expire.
 /// Runs until the store stops reporting; returns at once for a store only
 /// this process serves from.
-pub async fn watch_logouts(state: AppState) {
+pub(crate) async fn watch_logouts(state: AppState) {
     let Some(mut logouts) = state.sessions.logouts().await else {
         return;
     };

@@ -32,7 +32,7 @@ use crate::error::AppError;
 
 /// The directory, resolved once at start.
 #[derive(Debug, Clone)]
-pub struct StaticFiles {
+pub(crate) struct StaticFiles {
     root: PathBuf,
 }
 
@@ -48,7 +48,7 @@ struct Found {
 
 impl StaticFiles {
     /// For `dir`, which must be a directory holding `index.html`.
-    pub fn new(dir: &Path) -> Result<Self, spotoken::Error> {
+    pub(crate) fn new(dir: &Path) -> Result<Self, spotoken::Error> {
         let root = std::fs::canonicalize(dir).map_err(|e| {
             spotoken::Error::Configuration(format!("--static {}: {e}", dir.display()))
         })?;
@@ -62,7 +62,7 @@ impl StaticFiles {
     }
 
     /// Answers a request for a path that is not one of spotoken's own.
-    pub async fn answer(&self, req: &Parts) -> Response<Body> {
+    pub(crate) async fn answer(&self, req: &Parts) -> Response<Body> {
         let method = &req.method;
         if method != Method::GET && method != Method::HEAD {
             return AppError::MethodNotAllowed.into_response();
@@ -233,7 +233,7 @@ fn accepted_encodings(headers: &HeaderMap) -> Vec<&'static str> {
 
 /// The content type for a file name (by its extension; the original's, for
 /// a `.br`/`.gz` variant).
-pub fn content_type(name: &str) -> &'static str {
+pub(crate) fn content_type(name: &str) -> &'static str {
     let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
     match ext.to_ascii_lowercase().as_str() {
         "html" | "htm" => "text/html; charset=utf-8",
@@ -269,7 +269,7 @@ pub fn content_type(name: &str) -> &'static str {
 /// a part of the stem, after the last `-` or `.`, of at least 8 letters,
 /// digits or `_`, with a digit or both cases in it. Such a file never
 /// changes under its name, so browsers may keep it for a year.
-pub fn is_hashed(name: &str) -> bool {
+pub(crate) fn is_hashed(name: &str) -> bool {
     let Some((stem, _ext)) = name.rsplit_once('.') else {
         return false;
     };

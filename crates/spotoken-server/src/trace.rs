@@ -17,7 +17,7 @@ use rand::RngCore as _;
 use tracing::Instrument as _;
 
 /// The header carrying the id.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The incoming id when it is short and plain, else a new one: 16 hex digits.
 fn request_id<B>(req: &Request<B>) -> HeaderValue {
@@ -42,10 +42,10 @@ fn request_id<B>(req: &Request<B>) -> HeaderValue {
 /// The request's id, for handlers that show it (an error page the user can
 /// quote to the operator, who finds the log line by it).
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub(crate) struct RequestId(pub String);
 
 /// The middleware.
-pub async fn log_requests(req: Request, next: Next) -> Response {
+pub(crate) async fn log_requests(req: Request, next: Next) -> Response {
     traced(req, |mut req, id| {
         req.extensions_mut()
             .insert(RequestId(id.to_str().unwrap_or("-").to_owned()));
@@ -57,7 +57,7 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
 /// Runs `inner` on `req` inside the request's span, logs the outcome and sets
 /// `X-Request-Id` on the response (the middleware, and the proxy's direct path
 /// in [`crate::App`]).
-pub async fn traced<B, F, Fut>(req: Request<B>, inner: F) -> Response
+pub(crate) async fn traced<B, F, Fut>(req: Request<B>, inner: F) -> Response
 where
     F: FnOnce(Request<B>, &HeaderValue) -> Fut,
     Fut: std::future::Future<Output = Response>,

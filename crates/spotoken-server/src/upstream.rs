@@ -40,14 +40,14 @@ use crate::http1::{self, Chunked, Framing, Malformed, Step};
 /// verifier (HTTPS, or plain HTTP to loopback, as the configured API URL was
 /// checked at start), 10 s to connect. Built once: its TLS configuration (the
 /// system's certificates, read from disk) is shared by every thread.
-pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// What a failed connection reports.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request got no response.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// A kept-alive connection from the pool ended before any of the response
     /// arrived: the upstream most likely closed it, idle, just as it was
     /// reused. The request may have reached it; an idempotent one can be
@@ -211,8 +211,12 @@ fn put_idle(pool: usize, conn: Conn) {
 
 /// The upstream API: where to connect, what to send as `Host`, and the path
 /// every proxied path is appended to.
-pub struct Upstream {
+pub(crate) struct Upstream {
     connector: Connector,
+    /// `--upstream-http2`: hyper's HTTP/2 client instead of the HTTP/1
+    /// connections above, one client (and so one multiplexed connection)
+    /// per thread.
+    h2: Option<Http2>,
     origin: Uri,
     prefix: Box<str>,
     host: HeaderValue,
@@ -221,8 +225,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// For the API base URL (already checked: HTTPS, or HTTP to loopback).
-    pub fn new(api_base: &url::Url) -> Result<Self, spotoken::Error> {
+    /// For the API base URL (already checked: HTTPS, or HTTP to loopback),
+    /// the system's roots, HTTP/1.1 ([`Upstream::configured`] without options).
+    #[cfg(test)]
+    fn new(api_base: &url::Url) -> Result<Self, spotoken::Error> {
         Self::with_connector(api_base, connector())
     }
 
@@ -244,13 +250,39 @@ impl Upstream {
             host: HeaderValue::from_str(&authority).map_err(|_| bad("not a valid host"))?,
             pool: NEXT_POOL.fetch_add(1, Ordering::Relaxed),
             stall: Duration::from_secs(30),
+            h2: None,
         })
+    }
+
+    /// For the API base URL (already checked: HTTPS, or HTTP to loopback),
+    /// as configured by `--upstream-ca` (roots besides the system's, a PEM
+    /// file; verification stays on) and `--upstream-http2` (HTTP/2 over TLS,
+    /// negotiated by ALPN).
+    pub(crate) fn configured(
+        api_base: &url::Url,
+        extra_roots: Option<&std::path::Path>,
+        http2: bool,
+    ) -> Result<Self, spotoken::Error> {
+        let tls = tls_config(extra_roots)?;
+        let mut up = Self::with_connector(api_base, connector_from(tls.clone(), false))?;
+        if http2 {
+            if api_base.scheme() != "https" {
+                return Err(spotoken::Error::Configuration(format!(
+                    "--upstream-http2 needs an https API URL, not {api_base}"
+                )));
+            }
+            up.h2 = Some(Http2 {
+                connector: connector_from(tls, true),
+                clients: thread_local::ThreadLocal::new(),
+            });
+        }
+        Ok(up)
     }
 
     /// How long a response body may wait for its next bytes before it fails
     /// (and its connection is closed); 30 s unless set. The head is the
     /// proxy's to time.
-    pub fn stall_timeout(mut self, stall: Duration) -> Self {
+    pub(crate) fn stall_timeout(mut self, stall: Duration) -> Self {
         self.stall = stall;
         self
     }
@@ -258,7 +290,7 @@ impl Upstream {
     /// The upstream request target for a checked path below the API base
     /// and the query: origin-form. Both come from a URI hyper already
     /// parsed, so they hold no characters a request line cannot.
-    pub fn target(&self, path: &str, query: Option<&str>) -> String {
+    pub(crate) fn target(&self, path: &str, query: Option<&str>) -> String {
         let mut t =
             String::with_capacity(self.prefix.len() + 2 + path.len() + query.map_or(0, str::len));
         t.push_str(&self.prefix);
@@ -272,14 +304,14 @@ impl Upstream {
     }
 
     /// The `Host` header for upstream requests.
-    pub fn host(&self) -> &HeaderValue {
+    pub(crate) fn host(&self) -> &HeaderValue {
         &self.host
     }
 
     /// Sends a request (`headers` with `Host` set) over an idle connection of
     /// this thread, or a new one; only a new one when `fresh` (to send an
     /// idempotent request again after [`SendError::Stale`]).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: &Method,
         target: &str,
@@ -287,6 +319,9 @@ impl Upstream {
         body: &[u8],
         fresh: bool,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        if let Some(h2) = &self.h2 {
+            return Box::pin(self.send_h2(h2, method, target, headers, body)).await;
+        }
         let (mut conn, reused) = match (!fresh).then(|| take_idle(self.pool)).flatten() {
             Some(c) => (c, true),
             // Boxed: connecting (TCP, TLS) is a large future, rarely needed.
@@ -340,6 +375,49 @@ impl Upstream {
         Ok(resp)
     }
 
+    /// The same exchange over this thread's HTTP/2 client.
+    async fn send_h2(
+        &self,
+        h2: &Http2,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let client = h2.clients.get_or(|| {
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build(h2.connector.clone())
+        });
+        let mut uri = Uri::builder().path_and_query(target);
+        if let (Some(scheme), Some(authority)) = (self.origin.scheme(), self.origin.authority()) {
+            uri = uri.scheme(scheme.clone()).authority(authority.clone());
+        }
+        let uri = uri.build().map_err(|e| SendError::Failed(e.into()))?;
+        let mut req =
+            axum::http::Request::new(http_body_util::Full::new(Bytes::copy_from_slice(body)));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers.clone();
+        // HTTP/2 names the authority in its own pseudo-header.
+        req.headers_mut().remove(axum::http::header::HOST);
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| SendError::Failed(e.into()))?;
+        let (parts, incoming) = resp.into_parts();
+        let hint = incoming.size_hint();
+        Ok(Response::from_parts(
+            parts,
+            UpstreamBody {
+                ready: None,
+                rest: None,
+                hint,
+                h2: Some(incoming),
+            },
+        ))
+    }
+
     async fn connect(&self) -> Result<Conn, BoxError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
@@ -373,7 +451,7 @@ fn lost(e: std::io::Error, reused: bool) -> SendError {
 
 /// Builds the [`Connector`].
 pub(crate) fn connector() -> Connector {
-    spotoken::http::install_crypto_provider();
+    spotoken::install_crypto_provider();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -385,18 +463,85 @@ pub(crate) fn connector() -> Connector {
         .wrap_connector(http)
 }
 
+/// `--upstream-http2`: a connector offering only `h2` by ALPN and one
+/// HTTP/2 client per thread over it.
+struct Http2 {
+    connector: Connector,
+    clients: thread_local::ThreadLocal<
+        hyper_util::client::legacy::Client<Connector, http_body_util::Full<Bytes>>,
+    >,
+}
+
+/// The TLS client configuration: the platform's verifier, given the
+/// certificates in the PEM file `extra_roots` as more roots when set.
+fn tls_config(
+    extra_roots: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, spotoken::Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    spotoken::install_crypto_provider();
+    let Some(file) = extra_roots else {
+        use rustls_platform_verifier::BuilderVerifierExt as _;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        return Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_platform_verifier())
+            .map_err(|e| spotoken::Error::Configuration(format!("TLS roots: {e}")))?
+            .with_no_client_auth());
+    };
+    let bad = |why: String| {
+        spotoken::Error::Configuration(format!("--upstream-ca {}: {why}", file.display()))
+    };
+    let roots = CertificateDer::pem_file_iter(file)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if roots.is_empty() {
+        return Err(bad("no certificate in the file".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(roots, provider.clone())
+            .map_err(|e| bad(e.to_string()))?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        // Not a way around verification: the platform's verifier, given more roots.
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+/// A [`Connector`] over `tls`: HTTP/1.1 by ALPN, or only `h2`.
+fn connector_from(tls: rustls::ClientConfig, http2: bool) -> Connector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    if http2 {
+        b.enable_http2().wrap_connector(http)
+    } else {
+        b.enable_http1().wrap_connector(http)
+    }
+}
+
 /// An upstream response body. What arrived with the head is handed out
 /// first; the rest is read from the connection as the body is polled. The
 /// connection goes back to this thread's pool once the body has ended (at
 /// once when it all came with the head); dropped before its end, it closes
 /// the connection (HTTP/1 cannot skip the rest of a response).
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     /// Bytes ready to hand out.
     ready: Option<Bytes>,
     /// The rest, when there is more to read.
     rest: Option<Reading>,
     /// What is still to come, when known.
     hint: SizeHint,
+    /// An HTTP/2 response's body (`--upstream-http2`), read through hyper.
+    h2: Option<hyper::body::Incoming>,
 }
 
 struct Reading {
@@ -458,7 +603,12 @@ impl UpstreamBody {
         } else {
             Some(reading)
         };
-        Self { ready, rest, hint }
+        Self {
+            ready,
+            rest,
+            hint,
+            h2: None,
+        }
     }
 }
 
@@ -471,6 +621,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(h2) = this.h2.as_mut() {
+            return Pin::new(h2).poll_frame(cx).map_err(Into::into);
+        }
         if let Some(b) = this.ready.take() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
@@ -527,11 +680,17 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ready.is_none() && self.rest.is_none()
+        match &self.h2 {
+            Some(h2) => h2.is_end_stream(),
+            None => self.ready.is_none() && self.rest.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint
+        match &self.h2 {
+            Some(h2) => h2.size_hint(),
+            None => self.hint,
+        }
     }
 }
 
@@ -724,6 +883,82 @@ mod tests {
 
     async fn get(up: &Upstream) -> Bytes {
         get_path(up, "v1/me").await
+    }
+
+    /// The emulator with its HTTPS port (HTTP/2 offered if `http2`), its
+    /// test CA in a PEM file in a temporary directory, and the port's URL.
+    async fn tls_emulator(
+        http2: bool,
+    ) -> (
+        spotoken_emulator::Emulator,
+        tempfile::TempDir,
+        std::path::PathBuf,
+        url::Url,
+    ) {
+        let emu = spotoken_emulator::Emulator::builder()
+            .tls_port(0)
+            .http2(http2)
+            .start()
+            .await
+            .expect("emulator");
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, emu.tls_ca().expect("CA").ca_pem()).expect("write");
+        let url = url::Url::parse(&emu.tls_url().expect("TLS URL")).expect("url");
+        (emu, dir, ca, url)
+    }
+
+    /// A GET of `target` with `Host` set; the status, or why there was none.
+    async fn status_of(up: &Upstream, target: &str) -> Result<u16, SendError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(axum::http::header::HOST, up.host().clone());
+        let r = up.send(&Method::GET, target, &headers, b"", false).await?;
+        Ok(r.status().as_u16())
+    }
+
+    #[tokio::test]
+    async fn upstream_ca_adds_a_root_and_verification_stays_on() {
+        let (emu, dir, ca, url) = tls_emulator(false).await;
+        let up = Upstream::configured(&url, Some(&ca), false).expect("upstream");
+        // No token: the emulator's 401, over a verified TLS connection, reused.
+        for _ in 0..3 {
+            assert_eq!(status_of(&up, "/v1/me").await.expect("answer"), 401);
+        }
+        let c = emu.counters();
+        assert_eq!(c.tls_full_handshakes + c.tls_resumed_handshakes, 1);
+        // Without the extra root the certificate is refused.
+        let plain = Upstream::new(&url).expect("upstream");
+        assert!(status_of(&plain, "/v1/me").await.is_err());
+        // A file with no certificate in it is a configuration error.
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate").expect("write");
+        assert!(matches!(
+            Upstream::configured(&url, Some(&empty), false),
+            Err(spotoken::Error::Configuration(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn http2_upstream_carries_every_request_on_one_connection() {
+        let (emu, _dir, ca, url) = tls_emulator(true).await;
+        let up = Upstream::configured(&url, Some(&ca), true).expect("upstream");
+        let mut headers = HeaderMap::new();
+        headers.insert(axum::http::header::HOST, up.host().clone());
+        for _ in 0..3 {
+            let r = up
+                .send(&Method::GET, "/v1/me", &headers, b"", false)
+                .await
+                .expect("answer");
+            // The emulator's own 401 for /v1/me (a wrong path would be a 404).
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            let body = r.into_body().collect().await.expect("body").to_bytes();
+            assert!(body.starts_with(b"{"), "{body:?}");
+        }
+        let c = emu.counters();
+        assert_eq!((c.http2_connections, c.connections), (1, 1), "{c:?}");
+        // Plain HTTP has no ALPN to agree on HTTP/2 with.
+        let plain = url::Url::parse(&emu.url()).expect("url");
+        assert!(Upstream::configured(&plain, None, true).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use spotoken::core::endpoint::Provider;
 use spotoken::crypto::KeyRing;
 use spotoken::store::{SessionStore, Sqlite, TokenStore};
 use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator, Endpoint, Failure};
-use spotoken_server::{AppState, Metrics, ServerConfig, app};
+use spotoken_server::{AppState, Metrics, RefresherConfig, ServerConfig, app};
 use tower::ServiceExt as _;
 
 struct Server {
@@ -127,7 +127,7 @@ async fn start_engine(
             + offset.load(std::sync::atomic::Ordering::SeqCst)
     });
     let budgets = match budgets {
-        Some((ledger, token, api, wait)) => spotoken_server::budget::Budgets::new(
+        Some((ledger, token, api, wait)) => spotoken_server::Budgets::new(
             DEFAULT_CLIENT_ID,
             token,
             api,
@@ -135,7 +135,7 @@ async fn start_engine(
             clock.clone(),
             wait,
         ),
-        None => spotoken_server::budget::Budgets::default(),
+        None => spotoken_server::Budgets::default(),
     };
     let mut builder = Tokens::builder();
     if let Some(margin) = margin {
@@ -159,11 +159,20 @@ async fn start_engine(
         .build()
         .expect("tokens");
     let state = AppState::with_budgets(tokens, sessions, cfg, metrics, budgets).expect("state");
+    // Served as `spotoken serve` serves (hyper per connection, the logout
+    // watcher), with no threads of its own: connections run on the test's
+    // runtime. The background refresher's first pass finds no session, and
+    // the next comes after the test.
+    let refresher = RefresherConfig {
+        interval: std::time::Duration::from_secs(24 * 3600),
+        ..RefresherConfig::default()
+    };
     let s = state.clone();
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app(s)).await;
+        let _ =
+            spotoken_server::serve_on_threads(listener, s, refresher, std::future::pending(), 1)
+                .await;
     });
-    tokio::spawn(spotoken_server::state::watch_logouts(state.clone()));
     Server {
         url,
         state,
@@ -331,7 +340,7 @@ async fn login_sets_a_locked_down_session_cookie_and_proxies() {
     let rows = env
         .server
         .state
-        .sessions
+        .sessions()
         .get_session(
             &spotoken::store::sessions::hash(&id),
             spotoken::store::unix_now(),
@@ -355,12 +364,18 @@ async fn session_and_token_routes_never_show_a_refresh_token() {
     let env = Env::new().await;
     let mut b = Browser::default();
     b.login(&env.server.url).await;
-    let account = env.server.state.tokens.accounts().await.expect("accounts")[0]
+    let account = env
+        .server
+        .state
+        .tokens()
+        .accounts()
+        .await
+        .expect("accounts")[0]
         .account
         .clone();
     env.server
         .state
-        .tokens
+        .tokens()
         .force_refresh(&account)
         .await
         .expect("refresh");
@@ -440,7 +455,7 @@ async fn csrf_header_and_origin_are_required() {
     assert!(
         env.server
             .state
-            .tokens
+            .tokens()
             .accounts()
             .await
             .expect("accounts")
@@ -694,18 +709,7 @@ async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> String {
 async fn idle_and_trickling_connections_are_closed() {
     use tokio::io::AsyncWriteExt as _;
     let env = Env::with(|c| c.header_read_timeout = std::time::Duration::from_millis(200)).await;
-    // The real serving path (hyper's HTTP/1 server per event loop), not
-    // `axum::serve` as in `start`.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(spotoken_server::serve(
-        listener,
-        env.server.state.clone(),
-        spotoken_server::refresher::RefresherConfig::default(),
-        std::future::pending(),
-    ));
+    let addr = env.server.url.trim_start_matches("http://");
     // A header that never ends.
     let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ")
@@ -894,6 +898,67 @@ async fn a_logged_out_cookie_no_longer_reaches_the_api() {
         let r = old.clone().get(&api).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     }
+}
+
+/// A logout reaches the three caches a proxied request passes (see
+/// docs/ARCHITECTURE.md): every thread's view of the session, the session
+/// cache, and the engine's token cache, which must not hand out the
+/// logged-out account's token from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_reaches_the_views_the_session_cache_and_the_token_cache() {
+    let env = Env::new().await;
+    let url = &env.server.url;
+    let mut b = Browser::default();
+    b.login(url).await;
+    let account = env
+        .server
+        .state
+        .tokens()
+        .accounts()
+        .await
+        .expect("accounts")[0]
+        .account
+        .clone();
+    // Fills all three: views on the threads that serve these, the session
+    // cache, and the token cache.
+    let api = format!("{url}/api/v1/me");
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (mut browser, api) = (b.clone(), api.clone());
+            tokio::spawn(async move { browser.get(&api).await.status })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.expect("call"), StatusCode::OK);
+    }
+    let old = b.clone();
+    let r = b
+        .send(
+            reqwest::Method::POST,
+            &format!("{url}/auth/logout"),
+            &[("X-CSRF", "1")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for _ in 0..4 {
+        let r = old.clone().get(&api).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "views: {}", r.body);
+    }
+    let s = old.clone().get(&format!("{url}/auth/session")).await;
+    assert_eq!(
+        s.status,
+        StatusCode::UNAUTHORIZED,
+        "session cache: {}",
+        s.body
+    );
+    let e = env
+        .server
+        .state
+        .tokens()
+        .access_token(&account)
+        .await
+        .expect_err("token cache: no token after the logout");
+    assert_eq!(e.kind(), spotoken::ErrorKind::AuthorizationNeeded);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1399,8 +1464,20 @@ impl SessionStore for Gated {
     async fn session_accounts(&self, now: i64) -> Result<Vec<String>, spotoken::Error> {
         self.inner.session_accounts(now).await
     }
-    async fn purge_expired(&self, now: i64) -> Result<Vec<String>, spotoken::Error> {
-        self.inner.purge_expired(now).await
+    async fn purge_expired(&self, now: i64, limit: u32) -> Result<Vec<String>, spotoken::Error> {
+        self.inner.purge_expired(now, limit).await
+    }
+    async fn note_used(&self, accounts: &[String], at: i64) -> Result<(), spotoken::Error> {
+        self.inner.note_used(accounts, at).await
+    }
+    async fn claim_due(
+        &self,
+        q: spotoken::store::DueQuery,
+    ) -> Result<spotoken::store::DueBatch, spotoken::Error> {
+        self.inner.claim_due(q).await
+    }
+    async fn census(&self, now: i64) -> Result<spotoken::store::Census, spotoken::Error> {
+        self.inner.census(now).await
     }
 }
 
@@ -1454,7 +1531,7 @@ async fn a_request_racing_a_logout_cannot_revive_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn started_logins_are_bounded_before_anything_is_written() {
     let env = Env::with(|c| {
-        c.login_limits = spotoken_server::limits::LoginLimits {
+        c.login_limits = spotoken_server::LoginLimits {
             window: std::time::Duration::from_secs(3600),
             per_client: 5,
             total: 100,
@@ -1948,7 +2025,7 @@ async fn the_app_server_gets_the_sessions_identity_and_never_the_browsers() {
         "{}",
         r.body
     );
-    let ours = env.server.state.config.origin();
+    let ours = env.server.state.config().origin();
     let r = b
         .send(
             reqwest::Method::POST,
@@ -2052,7 +2129,7 @@ async fn an_idle_session_ends_and_says_so_and_a_busy_one_lives_to_its_ttl() {
     let stored_end = |cookie: String| {
         let st = st.clone();
         async move {
-            st.sessions
+            st.sessions()
                 .get_session(&spotoken::store::sessions::hash(&cookie), 0)
                 .await
                 .expect("store")
@@ -2068,7 +2145,7 @@ async fn an_idle_session_ends_and_says_so_and_a_busy_one_lives_to_its_ttl() {
     let end0 = stored_end(cookie.clone()).await.expect("live");
     // Created at t0, the login's second.
     let t0 = end0 - 7200;
-    let now = env.server.state.tokens.now();
+    let now = env.server.state.tokens().now();
     assert!(
         (0..=2).contains(&(now - t0)),
         "idle end at login: {end0} vs {now}"
@@ -2127,7 +2204,7 @@ async fn an_idle_session_ends_and_says_so_and_a_busy_one_lives_to_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_site_strict_applies_to_the_session_cookie_only() {
-    let env = Env::with(|c| c.same_site = spotoken_server::cookies::SameSite::Strict).await;
+    let env = Env::with(|c| c.same_site = spotoken_server::SameSite::Strict).await;
     let mut b = Browser::default();
     let r = b.get(&format!("{}/auth/login", env.server.url)).await;
     let login = r.set_cookies().join("\n");
@@ -2188,7 +2265,7 @@ async fn logging_out_everywhere_ends_every_session_of_that_user() {
     let r = phone.get(&me).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.json()["error"], "session_expired");
-    assert_eq!(env.server.state.metrics.gauges().0, 0, "no session left");
+    assert_eq!(env.server.state.metrics().gauges().0, 0, "no session left");
 }
 
 /// Log out everywhere across two instances on one PostgreSQL.
@@ -2360,7 +2437,7 @@ async fn a_429_from_the_token_endpoint_is_a_503_and_nothing_is_sent_before_its_e
 fn the_readme_documents_every_error_code() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
         .expect("README");
-    for code in spotoken_server::error::CODES {
+    for code in spotoken_server::ERROR_CODES {
         assert!(
             readme.contains(&format!("| `{code}` |")),
             "README lacks the error code {code}"
@@ -3250,7 +3327,7 @@ async fn a_browser_waiting_on_a_paused_refresh_gets_503_with_retry_after() {
             ledger.clone(),
             Some("10/s".parse().expect("rate")),
             None,
-            spotoken_server::budget::BROWSER_WAIT,
+            spotoken_server::BROWSER_WAIT,
         )),
         ..Engine::default()
     };
@@ -3284,4 +3361,368 @@ async fn a_browser_waiting_on_a_paused_refresh_gets_503_with_retry_after() {
     server.advance(1);
     assert_eq!(b.get(&me).await.status, StatusCode::OK);
     assert_eq!(emu.counters().token_requests_for("refresh_token"), 1);
+}
+
+// ---- Issue 15: the refresher's work follows the active accounts ----------
+
+/// A token store that counts row reads and refresh locks, and can hold
+/// every refresh lock until the test lets go (to catch an instance mid-batch).
+struct Counting {
+    inner: Arc<dyn TokenStore>,
+    loads: std::sync::atomic::AtomicU64,
+    locks: std::sync::atomic::AtomicU64,
+    /// Told each time a lock is asked for while the gate is shut.
+    entered: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Counting {
+    fn new(inner: Arc<dyn TokenStore>) -> Self {
+        let (_, open) = tokio::sync::watch::channel(true);
+        Self {
+            inner,
+            loads: 0.into(),
+            locks: 0.into(),
+            entered: None,
+            open,
+        }
+    }
+
+    fn gated(
+        inner: Arc<dyn TokenStore>,
+    ) -> (
+        Self,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+        tokio::sync::watch::Sender<bool>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (open_tx, open) = tokio::sync::watch::channel(false);
+        let s = Self {
+            entered: Some(tx),
+            open,
+            ..Self::new(inner)
+        };
+        (s, rx, open_tx)
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenStore for Counting {
+    async fn load(&self, account: &str) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.load(account).await
+    }
+    async fn list(&self) -> Result<Vec<spotoken::store::Row>, spotoken::Error> {
+        self.inner.list().await
+    }
+    async fn upsert(
+        &self,
+        row: spotoken::store::Row,
+    ) -> Result<spotoken::store::Row, spotoken::Error> {
+        self.inner.upsert(row).await
+    }
+    async fn update(
+        &self,
+        row: spotoken::store::Row,
+    ) -> Result<Option<spotoken::store::Row>, spotoken::Error> {
+        self.inner.update(row).await
+    }
+    async fn delete(&self, account: &str) -> Result<bool, spotoken::Error> {
+        self.inner.delete(account).await
+    }
+    async fn lock(
+        &self,
+        account: &str,
+    ) -> Result<Box<dyn spotoken::store::AccountLock>, spotoken::Error> {
+        self.locks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.clone();
+        if !*open.borrow() {
+            if let Some(tx) = &self.entered {
+                let _ = tx.send(());
+            }
+            let _ = open.wait_for(|o| *o).await;
+        }
+        self.inner.lock(account).await
+    }
+    async fn ping(&self) -> Result<(), spotoken::Error> {
+        self.inner.ping().await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// `n` accounts `{prefix}{i}` holding a copy of `from`'s refresh token (the
+/// emulator keeps a refresh token valid when it does not rotate), an access
+/// token expiring `expires_in` seconds from `now`, and a live session whose
+/// cookie value is `cookie-{prefix}{i}`.
+#[allow(clippy::too_many_arguments)]
+async fn copies_of(
+    tokens: Arc<dyn TokenStore>,
+    sessions: Arc<dyn SessionStore>,
+    keys: &KeyRing,
+    from: &str,
+    prefix: &str,
+    n: usize,
+    now: i64,
+    expires_in: i64,
+) -> Vec<String> {
+    use spotoken::crypto::Field;
+    let row = tokens.load(from).await.expect("load").expect("logged in");
+    let refresh = keys
+        .open_row(from, Field::RefreshToken, row.version, &row.refresh_token)
+        .expect("open");
+    let mut writes = Vec::new();
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        let mut copy = row.clone();
+        copy.account = name.clone();
+        // Obtained an hour ago (a token obtained moments ago is never refreshed).
+        copy.authorized_at = now - 3600;
+        copy.last_refresh = Some(now - 3600);
+        // A new row's first version is 1: secrets are sealed for it.
+        copy.refresh_token = keys
+            .seal_row(&name, Field::RefreshToken, 1, &refresh)
+            .expect("seal");
+        copy.access_token = Some(
+            keys.seal_row(&name, Field::AccessToken, 1, b"not-used")
+                .expect("seal"),
+        );
+        copy.access_expires_at = now + expires_in;
+        copy.version = 0;
+        let (tokens, sessions) = (tokens.clone(), sessions.clone());
+        // Concurrent: the SQLite store commits waiting writes together.
+        writes.push(tokio::spawn(async move {
+            assert_eq!(tokens.upsert(copy).await.expect("upsert").version, 1);
+            sessions
+                .put_session(spotoken::store::SessionRecord {
+                    id_hash: spotoken::store::sessions::hash(&format!("cookie-{name}")),
+                    account: name.clone(),
+                    created_at: now,
+                    expires_at: now + 86_400,
+                })
+                .await
+                .expect("session");
+            name
+        }));
+    }
+    let mut names = Vec::new();
+    for w in writes {
+        names.push(w.await.expect("write"));
+    }
+    names
+}
+
+async fn first_account(state: &AppState) -> String {
+    state.tokens().accounts().await.expect("accounts")[0]
+        .account
+        .clone()
+}
+
+/// 1,000 sessions whose tokens all come due, 10 of them in use: a pass
+/// refreshes those 10 and reads no other row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_touches_only_due_accounts() {
+    use spotoken_server::{RefresherConfig, pass_report};
+    let emu = Emulator::start().await.expect("emulator");
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Sqlite::open(dir.path().join("server.db")).expect("store"));
+    let counting = Arc::new(Counting::new(store.clone()));
+    let keys = KeyRing::generate();
+    let server = start(&emu, counting.clone(), store.clone(), keys.clone(), |_| {}).await;
+    let mut b = Browser::default();
+    b.login(&server.url).await;
+    let from = first_account(&server.state).await;
+    let now = server.state.tokens().now();
+    let names = copies_of(
+        store.clone(),
+        store.clone(),
+        &keys,
+        &from,
+        "user-",
+        1000,
+        now,
+        300,
+    )
+    .await;
+    // Ten of them make a request (through the server, as browsers do).
+    for name in &names[..10] {
+        let r = client()
+            .get(format!("{}/auth/session", server.url))
+            .header("cookie", format!("__Host-spotoken_session=cookie-{name}"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    emu.reset_counters();
+    let loads_before = counting.loads.load(std::sync::atomic::Ordering::SeqCst);
+
+    let (pause, report) = pass_report(&server.state, RefresherConfig::default()).await;
+    assert_eq!(pause, None);
+    assert_eq!(
+        emu.counters().token_requests_for("refresh_token"),
+        10,
+        "one refresh per account in use, none for the 990 idle ones"
+    );
+    assert_eq!((report.due, report.refreshed, report.skipped), (10, 10, 0));
+    let loads = counting.loads.load(std::sync::atomic::Ordering::SeqCst) - loads_before;
+    assert!(
+        loads <= 20,
+        "the pass read {loads} rows for 10 due accounts"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let row = store.load(name).await.expect("load").expect("row");
+        let refreshed = row.access_expires_at > now + 600;
+        assert_eq!(refreshed, i < 10, "{name}");
+    }
+    let (_, again) = pass_report(&server.state, RefresherConfig::default()).await;
+    assert_eq!(again.due, 0, "nothing due once refreshed");
+    assert_eq!(emu.counters().token_requests_for("refresh_token"), 10);
+    let metrics = client()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "spotoken_refresher_accounts_total{result=\"due\"} 10",
+        "spotoken_refresher_accounts_total{result=\"refreshed\"} 10",
+        "spotoken_refresher_last_pass_accounts{result=\"due\"} 0",
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
+    // Our two passes, and the background refresher's first one (it finds
+    // nothing due) whenever it ran.
+    let passes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("spotoken_refresher_pass_duration_seconds_count "))
+        .and_then(|n| n.parse().ok())
+        .expect("pass count");
+    assert!((2..=3).contains(&passes), "{passes} passes");
+}
+
+/// A session unused for longer than the window is not kept warm: its token
+/// runs out, and its next request refreshes it (once); from then on it is
+/// in use again and the refresher keeps it fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_refreshed_on_their_next_request_not_by_the_refresher() {
+    use spotoken_server::{RefresherConfig, pass_report};
+    let env = Env::new().await;
+    let cfg = RefresherConfig::default();
+    let me = format!("{}/api/v1/me", env.server.url);
+    let mut b = Browser::default();
+    b.login(&env.server.url).await;
+    assert_eq!(b.get(&me).await.status, StatusCode::OK);
+    pass_report(&env.server.state, cfg).await;
+    let refreshes = || env.emu.counters().token_requests_for("refresh_token");
+    assert_eq!(refreshes(), 0);
+
+    // Two hours without a request: past the window, the token long expired.
+    env.server.advance(2 * 3600);
+    env.emu.expire_access_tokens();
+    env.server.state.forget_cached_sessions();
+    let (_, idle) = pass_report(&env.server.state, cfg).await;
+    assert_eq!(idle.due, 0, "an idle session is not due");
+    assert_eq!(refreshes(), 0, "the refresher left the idle session alone");
+
+    assert_eq!(b.get(&me).await.status, StatusCode::OK);
+    assert_eq!(refreshes(), 1, "its next request refreshed it");
+
+    // In use again: kept warm ahead of expiry.
+    pass_report(&env.server.state, cfg).await;
+    assert_eq!(refreshes(), 1, "fresh, not due yet");
+    env.server.advance(3600 - 500);
+    let (_, warm) = pass_report(&env.server.state, cfg).await;
+    assert_eq!((warm.due, warm.refreshed), (1, 1));
+    assert_eq!(refreshes(), 2, "refreshed ahead of expiry by the refresher");
+}
+
+/// Two instances on one PostgreSQL run passes at the same time: each due
+/// account is refreshed exactly once, and both instances take part (the
+/// first is held mid-batch while the second runs, so the split is certain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_never_refresh_the_same_account() {
+    use spotoken_server::{RefresherConfig, pass_report};
+    let Ok(url) = std::env::var("SPOTOKEN_TEST_DATABASE_URL") else {
+        eprintln!(
+            "SKIPPED: SPOTOKEN_TEST_DATABASE_URL is unset; the two-instance refresher test did not run"
+        );
+        return;
+    };
+    let emu = Emulator::start().await.expect("emulator");
+    let schema = PgSchema {
+        url: url.clone(),
+        name: format!(
+            "spotoken_test_due_{}_{}_{}",
+            std::process::id(),
+            spotoken::store::unix_now(),
+            rand_suffix()
+        ),
+    };
+    let connect = || async {
+        Arc::new(
+            spotoken::store::Postgres::connect_in_schema(&url, Some(&schema.name))
+                .await
+                .expect("postgres"),
+        )
+    };
+    let (pg_a, pg_b) = (connect().await, connect().await);
+    let keys = KeyRing::generate();
+    let (gated, mut entered, open) = Counting::gated(pg_a.clone());
+    let a = start(&emu, Arc::new(gated), pg_a.clone(), keys.clone(), |_| {}).await;
+    let b = start(&emu, pg_b.clone(), pg_b.clone(), keys.clone(), |_| {}).await;
+    // Log in on b (a's refresh locks are shut for now).
+    let mut browser = Browser::default();
+    browser.login(&b.url).await;
+    let from = first_account(&b.state).await;
+    let now = b.state.tokens().now();
+    let names = copies_of(
+        pg_b.clone(),
+        pg_b.clone(),
+        &keys,
+        &from,
+        "due-",
+        20,
+        now,
+        300,
+    )
+    .await;
+    pg_b.note_used(&names, now).await.expect("in use");
+    emu.reset_counters();
+
+    let cfg = RefresherConfig {
+        batch: 5,
+        concurrency: 5,
+        ..RefresherConfig::default()
+    };
+    let state_a = a.state.clone();
+    let first = tokio::spawn(async move { pass_report(&state_a, cfg).await.1 });
+    // a has claimed its first batch and is refreshing it, held at the lock.
+    // (The bound only turns a broken claim into a failure instead of a hang.)
+    tokio::time::timeout(std::time::Duration::from_secs(60), entered.recv())
+        .await
+        .expect("a never took a refresh lock")
+        .expect("a claimed a batch");
+    let (_, report_b) = pass_report(&b.state, cfg).await;
+    open.send(true).expect("open");
+    let report_a = first.await.expect("a's pass");
+
+    assert_eq!(
+        emu.counters().token_requests_for("refresh_token"),
+        20,
+        "one refresh per due account across both instances"
+    );
+    assert_eq!(report_a.due + report_b.due, 20, "{report_a:?} {report_b:?}");
+    assert_eq!(report_a.refreshed + report_b.refreshed, 20);
+    assert!(report_a.due > 0 && report_b.due > 0, "both took part");
+    assert_eq!(report_b.skipped, report_a.due, "b saw a's claim");
+    for name in &names {
+        let row = pg_b.load(name).await.expect("load").expect("row");
+        assert!(row.access_expires_at > now + 600, "{name} was refreshed");
+    }
+    drop((a, b, pg_a, pg_b));
+    schema.drop_all().await;
 }

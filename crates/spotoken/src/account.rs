@@ -384,7 +384,7 @@ impl Tokens {
         let url = spotoken_core::endpoint::api_url(self.api_base(), "/v1/me")?;
         let answer = http::send(self.inner.http.get(url).bearer_auth(token.expose())).await?;
         if answer.status != 200 {
-            return Err(crate::api::classify_api_error(
+            return Err(crate::api::classify(
                 &answer,
                 "GET",
                 "/v1/me",

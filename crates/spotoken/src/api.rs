@@ -16,8 +16,11 @@ use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use spotoken_core::scope::{self, Scopes};
+use spotoken_core::secret::AccessToken;
 
-use crate::http::{self, Answer};
+use crate::http;
+#[cfg(not(feature = "internals"))]
+use crate::http::Answer;
 use crate::{Error, Tokens};
 
 /// How many 429s in a row a request sits through.
@@ -170,33 +173,7 @@ impl Api {
         let mut refreshed = false;
         let mut rate_limited = 0;
         loop {
-            let mut b = self
-                .tokens
-                .inner
-                .http
-                .request(method.clone(), url.clone())
-                .bearer_auth(token.expose());
-            for (k, v) in headers {
-                let name = HeaderName::try_from(k.as_str()).map_err(|_| {
-                    Error::Configuration(format!("'{k}' is not a valid header name"))
-                })?;
-                if name == reqwest::header::AUTHORIZATION {
-                    continue;
-                }
-                let value = HeaderValue::try_from(v.as_str()).map_err(|_| {
-                    Error::Configuration(format!("the value of header '{k}' is not valid"))
-                })?;
-                b = b.header(name, value);
-            }
-            if let Some(body) = &body {
-                if !headers
-                    .iter()
-                    .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-                {
-                    b = b.header(reqwest::header::CONTENT_TYPE, "application/json");
-                }
-                b = b.body(body.clone());
-            }
+            let b = self.build(&method, &url, &token, headers, body.as_ref())?;
             let answer = http::send(b).await?;
             match answer.status {
                 401 if !refreshed => {
@@ -207,36 +184,15 @@ impl Api {
                         .await?
                     {
                         Some(fresh) => token = fresh,
-                        // The token is moments old: nothing says the grant
-                        // ended (that shows at the next refresh), so this is
-                        // a failure to try again after the interval.
-                        None => {
-                            let wait = Duration::from_secs(
-                                crate::engine::REFRESH_AFTER_401_INTERVAL_SECS.unsigned_abs(),
-                            );
-                            return Err(Error::temporary(
-                                format!(
-                                    "the Web API refused an access token obtained moments ago \
-                                     (HTTP 401 on {} {path}); it is refreshed at the next 401 \
-                                     after a minute",
-                                    method.as_str()
-                                ),
-                                Some(wait),
-                            ));
-                        }
+                        None => return Err(refused_moments_old(&method, path)),
                     }
                     refreshed = true;
                 }
                 429 => {
-                    let wait = answer.retry_after.unwrap_or(Duration::from_secs(1));
+                    let wait = answer.retry_after.unwrap_or(RATE_LIMIT_WAIT_UNSAID);
                     rate_limited += 1;
                     if wait > self.max_wait || rate_limited > MAX_RATE_LIMIT_RETRIES {
-                        return Err(classify_api_error(
-                            &answer,
-                            method.as_str(),
-                            path,
-                            &Scopes::default(),
-                        ));
+                        return Err(classify(&answer, method.as_str(), path, &Scopes::default()));
                     }
                     tracing::warn!(
                         wait_s = wait.as_secs_f64(),
@@ -252,7 +208,7 @@ impl Api {
                         .unwrap_or_default();
                     return Err(naming(
                         &self.account,
-                        classify_api_error(&answer, method.as_str(), path, &granted),
+                        classify(&answer, method.as_str(), path, &granted),
                     ));
                 }
                 _ => {
@@ -265,6 +221,65 @@ impl Api {
             }
         }
     }
+
+    /// One attempt's request: the caller's headers (never its
+    /// `Authorization`), the bearer, and the body, JSON unless said otherwise.
+    fn build(
+        &self,
+        method: &Method,
+        url: &url::Url,
+        token: &AccessToken,
+        headers: &[(String, String)],
+        body: Option<&Bytes>,
+    ) -> Result<reqwest::RequestBuilder, Error> {
+        let mut b = self
+            .tokens
+            .inner
+            .http
+            .request(method.clone(), url.clone())
+            .bearer_auth(token.expose());
+        for (k, v) in headers {
+            let name = HeaderName::try_from(k.as_str())
+                .map_err(|_| Error::Configuration(format!("'{k}' is not a valid header name")))?;
+            if name == reqwest::header::AUTHORIZATION {
+                continue;
+            }
+            let value = HeaderValue::try_from(v.as_str()).map_err(|_| {
+                Error::Configuration(format!("the value of header '{k}' is not valid"))
+            })?;
+            b = b.header(name, value);
+        }
+        if let Some(body) = body {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                b = b.header(reqwest::header::CONTENT_TYPE, "application/json");
+            }
+            b = b.body(body.clone());
+        }
+        Ok(b)
+    }
+}
+
+/// A 429 without `Retry-After` is waited out this long: Spotify always says,
+/// so this is for other servers, and short enough to stay under the cap.
+const RATE_LIMIT_WAIT_UNSAID: Duration = Duration::from_secs(1);
+
+/// The error for a 401 to a token obtained moments ago: nothing says the
+/// grant ended (that shows at the next refresh), so this is a failure to try
+/// again after the interval between 401-driven refreshes.
+fn refused_moments_old(method: &Method, path: &str) -> Error {
+    let wait = Duration::from_secs(crate::engine::REFRESH_AFTER_401_INTERVAL_SECS.unsigned_abs());
+    Error::temporary(
+        format!(
+            "the Web API refused an access token obtained moments ago \
+             (HTTP 401 on {} {path}); it is refreshed at the next 401 \
+             after a minute",
+            method.as_str()
+        ),
+        Some(wait),
+    )
 }
 
 /// `e`, naming `account` if it is about authorization (the classifier below
@@ -276,9 +291,18 @@ fn naming(account: &str, mut e: Error) -> Error {
     e
 }
 
-#[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
-/// Turns the Web API's 401/403/429 into the taxonomy.
+/// [`classify`] for the fuzz targets (with the `internals` feature).
+#[cfg(feature = "internals")]
 pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &Scopes) -> Error {
+    classify(answer, method, path, granted)
+}
+
+/// An answer as the HTTP layer reads it (with the `internals` feature).
+#[cfg(feature = "internals")]
+pub use crate::http::Answer;
+
+/// Turns the Web API's 401/403/429 into the taxonomy.
+pub(crate) fn classify(answer: &Answer, method: &str, path: &str, granted: &Scopes) -> Error {
     let json = serde_json::from_slice::<serde_json::Value>(&answer.body).ok();
     let field = |name: &str| {
         json.as_ref()

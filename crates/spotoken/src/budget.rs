@@ -26,6 +26,7 @@ pub use spotoken_core::budget::{Ledger, Rate, Taken};
 
 use crate::Error;
 use crate::engine::Clock;
+use spotoken_core::sync::LockUnpoisoned as _;
 
 /// The engine's hook before each request to the token endpoint.
 ///
@@ -70,10 +71,7 @@ pub struct MemoryLedger(Mutex<HashMap<String, Ledger>>);
 
 impl MemoryLedger {
     fn with<T>(&self, key: &str, f: impl FnOnce(&mut Ledger) -> T) -> T {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.0.lock_unpoisoned();
         f(map.entry(key.to_owned()).or_default())
     }
 }
@@ -179,9 +177,7 @@ impl Budget {
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
-        self.local
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.local.lock_unpoisoned()
     }
 
     /// One request's worth now, or how long until there may be one.

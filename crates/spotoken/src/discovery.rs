@@ -22,6 +22,7 @@ use spotoken_core::endpoint::{Provider, SPOTIFY_ACCOUNTS_URL, parse_endpoint};
 use url::Url;
 
 use crate::{Error, http};
+use spotoken_core::sync::LockUnpoisoned as _;
 
 /// Fetches and checks `issuer`'s discovery document; `api_base` is the
 /// resource API the tokens are for (a document does not say).
@@ -189,9 +190,7 @@ impl Providers {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.cache.lock_unpoisoned()
     }
 }
 

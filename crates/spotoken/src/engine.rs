@@ -29,6 +29,7 @@ use spotoken_core::secret::{AccessToken, RefreshToken};
 use crate::crypto::{Field, KeyRing};
 use crate::store::{AccountLock, AccountState, Row, TokenStore, unix_now};
 use crate::{Error, http};
+use spotoken_core::sync::LockUnpoisoned as _;
 
 /// Called once when an account moves to "re-authorization required".
 pub type ReauthHook = Arc<dyn Fn(&ReauthEvent) + Send + Sync>;
@@ -93,6 +94,16 @@ const JUST_OBTAINED_SECS: i64 = 30;
 /// spending the app's rate limit for every user; so 401s cause at most one
 /// refresh per account per interval.
 pub const REFRESH_AFTER_401_INTERVAL_SECS: i64 = 60;
+
+/// A token another holder of the lock obtained while we waited for it is
+/// used if it stays valid this long: it is as new as our refresh would make
+/// it, and the caller's margin was for a token read before the wait.
+const ANOTHER_HOLDERS_TOKEN_VALID_FOR: Duration = Duration::from_secs(1);
+
+/// The parser bounds `expires_in` (`MAX_EXPIRES_IN`), so it always fits in
+/// seconds as `i64`; should it not, the lifetime assumed when none is given.
+const UNREPRESENTABLE_EXPIRES_IN_SECS: i64 =
+    spotoken_core::protocol::DEFAULT_EXPIRES_IN.as_secs() as i64;
 
 /// The engine's idea of "now" in unix seconds (injectable for tests).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -528,39 +539,25 @@ impl Tokens {
     }
 
     fn peek_cache(&self, account: &str) -> Option<Cached> {
-        self.inner
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(account)
-            .cloned()
+        self.inner.cache.lock_unpoisoned().get(account).cloned()
     }
 
     fn cached(&self, account: &str, min_valid: Duration) -> Option<Cached> {
-        let cache = self
-            .inner
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = self.inner.cache.lock_unpoisoned();
         let c = cache.get(account)?;
         (freshness::freshness(c.expires_at, self.now(), min_valid) == Freshness::Fresh)
             .then(|| c.clone())
     }
 
     pub(crate) fn evict(&self, account: &str) {
-        self.inner
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(account);
+        self.inner.cache.lock_unpoisoned().remove(account);
     }
 
     fn flight(&self, account: &str) -> Flight<'_> {
         let cell = self
             .inner
             .flights
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lock_unpoisoned()
             .entry(account.to_owned())
             .or_default()
             .clone();
@@ -574,11 +571,7 @@ impl Tokens {
     /// How many accounts have a single-flight entry (tests).
     #[cfg(test)]
     pub(crate) fn flights_len(&self) -> usize {
-        self.inner
-            .flights
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.inner.flights.lock_unpoisoned().len()
     }
 
     /// Decrypts the row's access token if it satisfies the trigger.
@@ -624,11 +617,7 @@ impl Tokens {
     }
 
     fn remember(&self, account: &str, c: &Cached) {
-        let mut cache = self
-            .inner
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.inner.cache.lock_unpoisoned();
         let generation = cache.get(account).map_or(1, |old| old.generation + 1);
         cache.insert(
             account.to_owned(),
@@ -730,14 +719,7 @@ impl Tokens {
         // Re-read under the lock: another process or instance may have refreshed.
         let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
         Self::check_state(&row)?;
-        if let Some(c) = self.usable(&row, min_valid, trigger)? {
-            tracing::debug!(account, "token was refreshed by another holder of the lock");
-            return Ok((c, false));
-        }
-        if row.version != seen_version
-            && !matches!(trigger, Trigger::Force)
-            && let Some(c) = self.usable(&row, Duration::from_secs(1), trigger)?
-        {
+        if let Some(c) = self.refreshed_by_another(&row, min_valid, trigger, seen_version)? {
             tracing::debug!(account, "token was refreshed by another holder of the lock");
             return Ok((c, false));
         }
@@ -754,18 +736,7 @@ impl Tokens {
             Ok(Refreshed::Answer(set)) => set,
             Ok(Refreshed::Changed(row)) => return self.adopt_written(&row),
             Err(Error::AuthorizationNeeded { reason, .. }) => {
-                let reason = match reason {
-                    ReauthReason::InvalidGrant { .. }
-                        if freshness::refresh_token_lifetime(
-                            row.authorized_at,
-                            self.now(),
-                            REFRESH_TOKEN_LIFETIME,
-                        ) == freshness::Lifetime::Expired =>
-                    {
-                        ReauthReason::RefreshTokenExpired
-                    }
-                    r => r,
-                };
+                let reason = self.reauth_reason(reason, &row);
                 self.flag_reauth(lock, row, &reason).await;
                 return Err(Error::AuthorizationNeeded {
                     account: account.to_owned(),
@@ -775,9 +746,61 @@ impl Tokens {
             Err(e) => return Err(e),
         };
         crate::crash::point("after-token-response");
+        self.commit(lock, account, &row, set, &refresh).await
+    }
+
+    /// The token in a row re-read under the lock, if it will do: fresh
+    /// enough for `min_valid`, or, when the row changed since it was read
+    /// before the lock (another holder of the lock refreshed meanwhile),
+    /// still valid at all; unless a refresh is forced.
+    fn refreshed_by_another(
+        &self,
+        row: &Row,
+        min_valid: Duration,
+        trigger: Trigger<'_>,
+        seen_version: i64,
+    ) -> Result<Option<Cached>, Error> {
+        if let Some(c) = self.usable(row, min_valid, trigger)? {
+            return Ok(Some(c));
+        }
+        if row.version != seen_version && !matches!(trigger, Trigger::Force) {
+            return self.usable(row, ANOTHER_HOLDERS_TOKEN_VALID_FOR, trigger);
+        }
+        Ok(None)
+    }
+
+    /// Why the account needs a new login, as the token endpoint said; an
+    /// `invalid_grant` past the refresh token's lifetime says it expired.
+    fn reauth_reason(&self, said: ReauthReason, row: &Row) -> ReauthReason {
+        match said {
+            ReauthReason::InvalidGrant { .. }
+                if freshness::refresh_token_lifetime(
+                    row.authorized_at,
+                    self.now(),
+                    REFRESH_TOKEN_LIFETIME,
+                ) == freshness::Lifetime::Expired =>
+            {
+                ReauthReason::RefreshTokenExpired
+            }
+            r => r,
+        }
+    }
+
+    /// Writes a refresh's result over `row` (still under the lock), with
+    /// the rotated refresh token or the kept one, and returns the new token;
+    /// a row someone else wrote meanwhile (a new login) wins.
+    async fn commit(
+        &self,
+        lock: &mut dyn AccountLock,
+        account: &str,
+        row: &Row,
+        set: TokenSet,
+        refresh: &RefreshToken,
+    ) -> Result<(Cached, bool), Error> {
         let rotated = set.refresh_token.is_some();
         let now = self.now();
-        let expires_at = now + i64::try_from(set.expires_in.as_secs()).unwrap_or(3600);
+        let expires_at = now
+            + i64::try_from(set.expires_in.as_secs()).unwrap_or(UNREPRESENTABLE_EXPIRES_IN_SECS);
         // Both secrets are sealed for the version this write gives the row,
         // the kept refresh token too.
         let written_version = row.version + 1;
@@ -790,7 +813,7 @@ impl Tokens {
             set.access_token.expose().as_bytes(),
         )?);
         next.access_expires_at = expires_at;
-        let kept = set.refresh_token.as_ref().unwrap_or(&refresh);
+        let kept = set.refresh_token.as_ref().unwrap_or(refresh);
         next.refresh_token = keys.seal_row(
             account,
             Field::RefreshToken,
@@ -802,30 +825,26 @@ impl Tokens {
         }
         next.last_refresh = Some(now);
         next.state = AccountState::Active;
-        match lock.update(next).await? {
-            Some(written) => {
-                tracing::info!(
-                    account,
-                    rotated,
-                    expires_in = set.expires_in.as_secs(),
-                    "refreshed"
-                );
-                Ok((
-                    Cached {
-                        token: set.access_token,
-                        expires_at,
-                        scopes: Arc::new(written.scopes),
-                        generation: 0,
-                    },
-                    true,
-                ))
-            }
-            None => {
-                // Someone wrote the row meanwhile (a new login): theirs wins.
-                let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
-                self.adopt_written(&row)
-            }
-        }
+        let Some(written) = lock.update(next).await? else {
+            // Someone wrote the row meanwhile (a new login): theirs wins.
+            let row = lock.load().await?.ok_or_else(|| not_logged_in(account))?;
+            return self.adopt_written(&row);
+        };
+        tracing::info!(
+            account,
+            rotated,
+            expires_in = set.expires_in.as_secs(),
+            "refreshed"
+        );
+        Ok((
+            Cached {
+                token: set.access_token,
+                expires_at,
+                scopes: Arc::new(written.scopes),
+                generation: 0,
+            },
+            true,
+        ))
     }
 
     /// Uses a row someone else wrote while we were refreshing.
@@ -1010,11 +1029,7 @@ struct Flight<'a> {
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
-        let mut flights = self
-            .inner
-            .flights
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut flights = self.inner.flights.lock_unpoisoned();
         // Clones are made only under this map lock, so the count cannot grow
         // while we look: two means the map's and ours.
         if Arc::strong_count(&self.cell) == 2

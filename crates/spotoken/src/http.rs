@@ -18,10 +18,11 @@ use crate::Error;
 
 /// Largest response body we read (token responses are a few hundred bytes;
 /// Web API pages are rarely over a few hundred KiB).
-pub const MAX_BODY: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// An answer with its body read.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub struct Answer {
     /// Status code.
     pub status: u16,
@@ -35,7 +36,7 @@ pub struct Answer {
 
 impl Answer {
     /// The view the core's parsers take.
-    pub fn as_core(&self) -> spotoken_core::protocol::HttpAnswer<'_> {
+    pub(crate) fn as_core(&self) -> spotoken_core::protocol::HttpAnswer<'_> {
         spotoken_core::protocol::HttpAnswer {
             status: self.status,
             retry_after: self.retry_after,
@@ -60,7 +61,7 @@ pub fn install_crypto_provider() {
 
 /// Builds the client: no redirects, connect and total timeouts, pooled
 /// keep-alive connections, a recognizable user agent.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, Error> {
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, Error> {
     // With `default-tls` reqwest falls back to its own aws-lc provider, and a
     // library must not claim the process-wide default the app may want to set.
     #[cfg(not(feature = "default-tls"))]
@@ -101,7 +102,10 @@ fn transport_failure(e: reqwest::Error) -> SendFailure {
 }
 
 /// Sends a prepared form POST (token or revocation request).
-pub async fn send_form(client: &reqwest::Client, req: &FormRequest) -> Result<Answer, Error> {
+pub(crate) async fn send_form(
+    client: &reqwest::Client,
+    req: &FormRequest,
+) -> Result<Answer, Error> {
     send_form_tracked(client, req).await.map_err(|f| f.error)
 }
 
@@ -127,7 +131,7 @@ pub(crate) async fn send_form_tracked(
 }
 
 /// Sends a request and reads the answer, capping the body.
-pub async fn send(b: reqwest::RequestBuilder) -> Result<Answer, Error> {
+pub(crate) async fn send(b: reqwest::RequestBuilder) -> Result<Answer, Error> {
     send_tracked(b).await.map_err(|f| f.error)
 }
 
@@ -159,7 +163,7 @@ async fn send_tracked(b: reqwest::RequestBuilder) -> Result<Answer, SendFailure>
 
 /// A transport failure, as a temporary error that names the host but never the
 /// query string (which could carry a secret).
-pub fn network_error(e: reqwest::Error) -> Error {
+pub(crate) fn network_error(e: reqwest::Error) -> Error {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -9,7 +9,7 @@ use crate::config::{self, Resolved};
 use crate::output;
 
 /// Lists accounts, or sets the default one.
-pub async fn exec(cfg: &Resolved, args: &AccountsArgs) -> Result<u8, Error> {
+pub(crate) async fn exec(cfg: &Resolved, args: &AccountsArgs) -> Result<u8, Error> {
     if let Some(name) = &args.set_default {
         spotoken::account::validate_account_name(name)?;
         let mut file = cfg.file.clone();
@@ -58,7 +58,7 @@ pub async fn exec(cfg: &Resolved, args: &AccountsArgs) -> Result<u8, Error> {
 
 /// Deletes the account's tokens (revoking where possible) and says where a
 /// Spotify user removes the app's access.
-pub async fn logout(cfg: &Resolved, args: &LogoutArgs) -> Result<u8, Error> {
+pub(crate) async fn logout(cfg: &Resolved, args: &LogoutArgs) -> Result<u8, Error> {
     let tokens = cfg.tokens_for_logout()?;
     let accounts: Vec<String> = if args.all {
         tokens
@@ -103,7 +103,7 @@ pub async fn logout(cfg: &Resolved, args: &LogoutArgs) -> Result<u8, Error> {
 }
 
 /// Re-encrypts the store under a new key; the old key stays in the key file for reading.
-pub async fn rekey(cfg: &Resolved) -> Result<u8, Error> {
+pub(crate) async fn rekey(cfg: &Resolved) -> Result<u8, Error> {
     if cfg.master_key_env.is_some() {
         return Err(Error::Configuration(format!(
             "the key comes from {}: put the new key first in that variable (old ones after a comma), then run rekey",

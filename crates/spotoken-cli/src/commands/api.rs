@@ -7,24 +7,9 @@ use std::io::{IsTerminal as _, Read as _};
 use bytes::Bytes;
 use spotoken::Error;
 
+use crate::cli::ApiArgs;
 use crate::config::Resolved;
 use crate::output;
-
-/// Options of `spotoken api`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ApiArgs {
-    /// HTTP method.
-    #[arg(short = 'X', long = "request", default_value = "GET")]
-    pub method: String,
-    /// Request body; `@file` reads a file, `@-` reads stdin.
-    #[arg(short = 'd', long = "data")]
-    pub data: Option<String>,
-    /// Extra header, `Name: value` (repeatable).
-    #[arg(short = 'H', long = "header")]
-    pub headers: Vec<String>,
-    /// The path, such as /v1/me or /v1/me/playlists?limit=5.
-    pub path: String,
-}
 
 fn read_body(data: &str) -> Result<Bytes, Error> {
     let Some(name) = data.strip_prefix('@') else {
@@ -43,7 +28,7 @@ fn read_body(data: &str) -> Result<Bytes, Error> {
 }
 
 /// Runs `api`.
-pub async fn exec(cfg: &Resolved, args: ApiArgs) -> Result<u8, Error> {
+pub(crate) async fn exec(cfg: &Resolved, args: ApiArgs) -> Result<u8, Error> {
     let method = reqwest::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| Error::Configuration(format!("'{}' is not an HTTP method", args.method)))?;
     let body = args.data.as_deref().map(read_body).transpose()?;

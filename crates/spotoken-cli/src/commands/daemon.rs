@@ -12,26 +12,26 @@ use spotoken::core::freshness::refresh_at;
 use spotoken::store::{AccountState, unix_now};
 use spotoken::{Error, ErrorKind, Tokens};
 
-use crate::config::{Resolved, parse_duration_arg};
+use crate::cli::DaemonArgs;
+use crate::cli::defs::{ACCOUNT_ENV, LOGIN_COMMAND_ENV, REASON_ENV};
+use crate::config::Resolved;
 
-/// Options of `spotoken daemon`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DaemonArgs {
-    /// Command to run when an account needs a login; gets the account, the
-    /// reason and the login command as $1 $2 $3 and as SPOTOKEN_ACCOUNT,
-    /// SPOTOKEN_REASON, SPOTOKEN_LOGIN_COMMAND [default: config's notify_cmd]
-    #[arg(long, env = "SPOTOKEN_NOTIFY_CMD")]
-    pub notify_cmd: Option<String>,
-    /// Refresh this long before expiry.
-    #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
-    pub margin: Duration,
-    /// Spread refreshes over up to this much earlier.
-    #[arg(long, default_value = "2m", value_parser = parse_duration_arg)]
-    pub jitter: Duration,
-    /// Do one pass over the accounts and exit (for cron).
-    #[arg(long)]
-    pub once: bool,
-}
+/// Wake at least this often, to notice accounts logged in since the last pass.
+const RECHECK_SECS: i64 = 60;
+/// After the store could not be read, try again this soon.
+const STORE_RETRY_SECS: i64 = 30;
+/// When a refreshed row cannot be re-read, assume it lasts an hour, the
+/// lifetime of a Spotify access token.
+const ASSUMED_LIFETIME_SECS: i64 = 3600;
+/// A failing account waits this long after its first failure, doubled after
+/// each further one ([`BACKOFF_DOUBLINGS`] times at most), never more than
+/// [`BACKOFF_MAX_SECS`]: transient failures pass quickly, a long outage is
+/// not hammered.
+const BACKOFF_FIRST_SECS: i64 = 30;
+/// How often the backoff doubles at most.
+const BACKOFF_DOUBLINGS: u32 = 5;
+/// The longest backoff: a quarter of an hour.
+const BACKOFF_MAX_SECS: i64 = 900;
 
 struct Schedule {
     next: HashMap<String, i64>,
@@ -40,7 +40,7 @@ struct Schedule {
 }
 
 /// Runs the daemon until a signal (or after one pass with `--once`).
-pub async fn exec(cfg: &Resolved, args: DaemonArgs) -> Result<u8, Error> {
+pub(crate) async fn exec(cfg: &Resolved, args: DaemonArgs) -> Result<u8, Error> {
     let tokens = cfg.tokens_for_logout()?;
     let notify = args.notify_cmd.clone().or_else(|| cfg.notify_cmd.clone());
     let mut s = Schedule {
@@ -57,8 +57,11 @@ pub async fn exec(cfg: &Resolved, args: DaemonArgs) -> Result<u8, Error> {
             break;
         }
         // Wake for the next due account, and at least once a minute to notice logins.
-        let sleep =
-            Duration::from_secs(wake.saturating_sub(unix_now()).clamp(1, 60).unsigned_abs());
+        let sleep = Duration::from_secs(
+            wake.saturating_sub(unix_now())
+                .clamp(1, RECHECK_SECS)
+                .unsigned_abs(),
+        );
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
             () = &mut stop => {
@@ -73,12 +76,12 @@ pub async fn exec(cfg: &Resolved, args: DaemonArgs) -> Result<u8, Error> {
 /// One pass; returns the unix time of the next due refresh.
 async fn pass(tokens: &Tokens, args: &DaemonArgs, notify: Option<&str>, s: &mut Schedule) -> i64 {
     let now = unix_now();
-    let mut wake = now + 60;
+    let mut wake = now + RECHECK_SECS;
     let rows = match tokens.store().list().await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the store");
-            return now + 30;
+            return now + STORE_RETRY_SECS;
         }
     };
     for row in rows {
@@ -113,7 +116,7 @@ async fn pass(tokens: &Tokens, args: &DaemonArgs, notify: Option<&str>, s: &mut 
                     .await
                     .ok()
                     .flatten()
-                    .map_or(now + 3600, |r| r.access_expires_at);
+                    .map_or(now + ASSUMED_LIFETIME_SECS, |r| r.access_expires_at);
                 let next = refresh_at(
                     expires,
                     unix_now(),
@@ -137,7 +140,8 @@ async fn pass(tokens: &Tokens, args: &DaemonArgs, notify: Option<&str>, s: &mut 
             Err(e) => {
                 let n = s.failures.entry(account.clone()).or_default();
                 *n += 1;
-                let backoff = (30i64 << (*n).min(5)).min(900);
+                let backoff =
+                    (BACKOFF_FIRST_SECS << (*n).min(BACKOFF_DOUBLINGS)).min(BACKOFF_MAX_SECS);
                 let wait = e.retry_after().map_or(backoff, |d| {
                     i64::try_from(d.as_secs()).unwrap_or(backoff).max(backoff)
                 });
@@ -164,9 +168,9 @@ fn notify_once(cmd: Option<&str>, account: &str, reason: &str, s: &mut Schedule)
         .arg(account)
         .arg(reason)
         .arg(&login)
-        .env("SPOTOKEN_ACCOUNT", account)
-        .env("SPOTOKEN_REASON", reason)
-        .env("SPOTOKEN_LOGIN_COMMAND", &login)
+        .env(ACCOUNT_ENV, account)
+        .env(REASON_ENV, reason)
+        .env(LOGIN_COMMAND_ENV, &login)
         .stdin(std::process::Stdio::null())
         .status();
     match spawned {

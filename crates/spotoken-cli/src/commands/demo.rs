@@ -13,8 +13,6 @@ use spotoken::store::{Sqlite, unix_now};
 use spotoken::{Error, Tokens};
 use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator, Rotation};
 
-use crate::cli::Global;
-
 fn step(n: u32, title: &str) {
     crate::output::line(&format!("\n{n}. {title}"));
 }
@@ -34,7 +32,7 @@ fn check(ok: bool, claim: &str) -> Result<(), Error> {
 }
 
 /// Runs the demo.
-pub async fn exec(_g: &Global) -> Result<u8, Error> {
+pub(crate) async fn exec() -> Result<u8, Error> {
     let emu = Emulator::start()
         .await
         .map_err(|e| Error::Internal(format!("cannot start the emulator: {e}")))?;
@@ -48,6 +46,20 @@ pub async fn exec(_g: &Global) -> Result<u8, Error> {
     result.map(|()| 0)
 }
 
+/// The demo's clock: the engine's idea of now, moved on by the steps.
+type Clock = Arc<AtomicI64>;
+
+/// An hour: the lifetime of a Spotify access token.
+const HOUR: i64 = 3600;
+/// How many callers ask at once in step 4.
+const CALLERS: usize = 100;
+/// The emulator's token latency in step 4: long enough that every caller
+/// arrives while the one refresh is in flight.
+const SLOW_TOKEN_ENDPOINT_MS: u64 = 150;
+/// The redirect URI of the demo's login (the emulator redirects to it
+/// without anyone listening).
+const REDIRECT_URI: &str = "http://127.0.0.1:8888/callback";
+
 async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
     crate::output::line(
         "spotoken demo: a Spotify token's life, against a local emulator (no network, no setup)",
@@ -57,8 +69,8 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
         emu.url(),
         home.display()
     ));
-    let offset = Arc::new(AtomicI64::new(0));
-    let o = offset.clone();
+    let clock = Clock::default();
+    let o = clock.clone();
     let tokens = Tokens::builder()
         .client_id(DEFAULT_CLIENT_ID)
         .provider(Provider::spotify_like(&emu.url(), &emu.url())?)
@@ -66,19 +78,32 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
         .keys(KeyRing::generate())
         .clock(move || unix_now() + o.load(Ordering::SeqCst))
         .build()?;
+    log_in(emu, &tokens).await?;
+    call_the_api(&tokens).await?;
+    refresh_silently(emu, &tokens, &clock).await?;
+    many_callers_one_refresh(emu, &tokens, &clock).await?;
+    access_removed(emu, &tokens, &clock).await?;
+    crate::output::line(
+        "\nDone. With a real Spotify app: spotoken login --client-id YOUR_ID, then spotoken token.",
+    );
+    Ok(())
+}
 
+async fn log_in(emu: &Emulator, tokens: &Tokens) -> Result<(), Error> {
     step(
         1,
         "Log in with PKCE (the emulator approves at once, as a user clicking Agree would)",
     );
     let pending = tokens.begin_login(
-        "http://127.0.0.1:8888/callback",
+        REDIRECT_URI,
         &Scopes::parse("user-read-private user-read-email"),
         spotoken::LoginOptions::default(),
     )?;
+    // Enough of the URL to see the parameters, on one line of a terminal.
+    const URL_SHOWN: usize = 90;
     say(&format!(
         "authorize URL: {}…",
-        &pending.url.as_str()[..pending.url.as_str().len().min(90)]
+        &pending.url.as_str()[..pending.url.as_str().len().min(URL_SHOWN)]
     ));
     let location = emu
         .authorize(pending.url.as_str())
@@ -95,7 +120,10 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
         login.granted.to_wire()
     ));
     say("the refresh token is in SQLite, encrypted (XChaCha20-Poly1305), file mode 0600");
+    Ok(())
+}
 
+async fn call_the_api(tokens: &Tokens) -> Result<(), Error> {
     step(2, "Call the Web API");
     let me: serde_json::Value = tokens.api("default").get("/v1/me").await?.json()?;
     say(&format!(
@@ -104,25 +132,35 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
         me["id"].as_str().unwrap_or("?")
     ));
     say("(no e-mail or country: the emulator is a development-mode app, as a new Spotify app is)");
+    Ok(())
+}
 
+async fn refresh_silently(emu: &Emulator, tokens: &Tokens, clock: &Clock) -> Result<(), Error> {
     step(
         3,
         "An hour passes: the token expires and is refreshed silently (with rotation on)",
     );
     emu.update(|s| s.rotation = Rotation::RotateReuseDetection);
-    offset.fetch_add(3600, Ordering::SeqCst);
+    clock.fetch_add(HOUR, Ordering::SeqCst);
     tokens.access_token("default").await?;
     let c = emu.counters();
     check(c.token_outcome("refresh_token", "ok") == 1, "one refresh")?;
     say("access_token(\"default\") refreshed once; Spotify handed back a new refresh token,");
     say("which was committed to disk before the new access token was returned");
+    Ok(())
+}
 
+async fn many_callers_one_refresh(
+    emu: &Emulator,
+    tokens: &Tokens,
+    clock: &Clock,
+) -> Result<(), Error> {
     step(4, "Another hour; 100 callers ask at the same moment");
-    emu.update(|s| s.token_latency_ms = 150);
-    offset.fetch_add(3600, Ordering::SeqCst);
+    emu.update(|s| s.token_latency_ms = SLOW_TOKEN_ENDPOINT_MS);
+    clock.fetch_add(HOUR, Ordering::SeqCst);
     let before = emu.counters().token_requests_for("refresh_token");
     let mut tasks = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..CALLERS {
         let t = tokens.clone();
         tasks.push(tokio::spawn(async move { t.access_token("default").await }));
     }
@@ -144,10 +182,13 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
     )?;
     say("(a naive client would have sent 100 refreshes; with rotation and reuse detection,");
     say(" the second one would have revoked the user's whole grant)");
+    Ok(())
+}
 
+async fn access_removed(emu: &Emulator, tokens: &Tokens, clock: &Clock) -> Result<(), Error> {
     step(5, "The user removes the app's access at Spotify");
     emu.revoke(None);
-    offset.fetch_add(3600, Ordering::SeqCst);
+    clock.fetch_add(HOUR, Ordering::SeqCst);
     match tokens.access_token("default").await {
         Err(e) if e.kind() == spotoken::ErrorKind::AuthorizationNeeded => {
             say(&format!("error (exit code {}): {e}", e.kind().exit_code()));
@@ -164,10 +205,5 @@ async fn run(emu: &Emulator, home: &std::path::Path) -> Result<(), Error> {
     check(
         status == Some(spotoken::LoginState::ReauthRequired),
         "the account is flagged",
-    )?;
-
-    crate::output::line(
-        "\nDone. With a real Spotify app: spotoken login --client-id YOUR_ID, then spotoken token.",
-    );
-    Ok(())
+    )
 }

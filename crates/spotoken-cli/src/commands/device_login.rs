@@ -13,10 +13,10 @@ use crate::config::Resolved;
 
 /// Scopes asked of a provider other than Spotify when none are configured:
 /// OpenID Connect providers issue refresh tokens only with `offline_access`.
-pub const OTHER_PROVIDER_SCOPES: &str = "openid offline_access";
+pub(crate) const OTHER_PROVIDER_SCOPES: &str = "openid offline_access";
 
 /// Runs the device login, giving up after `timeout` or when the code expires.
-pub async fn exec(
+pub(crate) async fn exec(
     cfg: &Resolved,
     tokens: &Tokens,
     scopes: &Scopes,

@@ -17,42 +17,16 @@ use spotoken::core::scope::Scopes;
 use spotoken::{Error, LoginOutcome, PendingLogin, Tokens};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cli::Output;
-use crate::config::{Resolved, parse_duration_arg};
+use crate::cli::defs::{DEFAULT_PASTE_REDIRECT_URI, DEFAULT_SCOPES};
+use crate::cli::{LoginArgs, Output};
+use crate::config::Resolved;
 use crate::output;
-
-/// Options of `spotoken login`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct LoginArgs {
-    /// Scopes to request (comma- or space-separated) [default: config, else user-read-private]
-    #[arg(long)]
-    pub scopes: Option<String>,
-    /// The redirect URI registered with your app, e.g. http://127.0.0.1:8888/callback
-    /// [default: config, else an ephemeral port]
-    #[arg(long, env = "SPOTOKEN_REDIRECT_URI")]
-    pub redirect_uri: Option<String>,
-    /// Do not open a browser; print the URL (on stderr, on a line of its own).
-    #[arg(long)]
-    pub no_browser: bool,
-    /// Read the redirected URL from stdin instead of listening (no browser here).
-    #[arg(long)]
-    pub paste: bool,
-    /// Ask Spotify to show the consent dialog again (to switch Spotify user).
-    #[arg(long)]
-    pub show_dialog: bool,
-    /// Use the device authorization grant (RFC 8628): show a code to enter on
-    /// any other device; no browser or listener here (providers that offer it).
-    #[arg(long, conflicts_with_all = ["paste", "redirect_uri"])]
-    pub device: bool,
-    /// Give up after this long (90s, 5m, ...).
-    #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
-    pub timeout: Duration,
-}
+use spotoken::core::sync::LockUnpoisoned as _;
 
 type Callback = (String, oneshot::Sender<Result<String, String>>);
 
 /// Runs `login`.
-pub async fn exec(cfg: &Resolved, args: LoginArgs) -> Result<u8, Error> {
+pub(crate) async fn exec(cfg: &Resolved, args: LoginArgs) -> Result<u8, Error> {
     let tokens = cfg.tokens()?;
     // A provider named by its issuer is discovered now, before the URL is built.
     let provider = tokens.discover_provider().await?;
@@ -60,7 +34,7 @@ pub async fn exec(cfg: &Resolved, args: LoginArgs) -> Result<u8, Error> {
         Some(s) => Scopes::parse(s),
         None => cfg.scopes.clone().unwrap_or_else(|| {
             Scopes::parse(if provider.is_spotify_like() {
-                "user-read-private"
+                DEFAULT_SCOPES
             } else {
                 super::device_login::OTHER_PROVIDER_SCOPES
             })
@@ -76,7 +50,7 @@ pub async fn exec(cfg: &Resolved, args: LoginArgs) -> Result<u8, Error> {
         .clone()
         .or_else(|| cfg.redirect_uri.clone());
     let outcome = if args.paste {
-        let redirect_uri = redirect.unwrap_or_else(|| "http://127.0.0.1:8888/callback".to_owned());
+        let redirect_uri = redirect.unwrap_or_else(|| DEFAULT_PASTE_REDIRECT_URI.to_owned());
         let pending = tokens.begin_login(
             &redirect_uri,
             &scopes,
@@ -102,6 +76,76 @@ pub async fn exec(cfg: &Resolved, args: LoginArgs) -> Result<u8, Error> {
     Ok(0)
 }
 
+/// The path the loopback listener answers when no redirect URI is configured.
+const DEFAULT_CALLBACK_PATH: &str = "/callback";
+/// A loopback redirect URI is plain http: without a port, it is this one.
+const HTTP_PORT: u16 = 80;
+/// How long the answer page gets to reach the browser before the listener
+/// goes away (a local connection needs far less).
+const PAGE_DRAIN: Duration = Duration::from_secs(3);
+
+/// Where the loopback listener binds and which path it answers.
+struct ListenAt {
+    bind: SocketAddr,
+    path: String,
+    /// The configured redirect URI, if any (else it names the bound port).
+    fixed: Option<String>,
+}
+
+/// The configured redirect URI's loopback address and path, or an ephemeral
+/// port on 127.0.0.1 with [`DEFAULT_CALLBACK_PATH`].
+fn listen_at(redirect: Option<&str>) -> Result<ListenAt, Error> {
+    let Some(r) = redirect else {
+        return Ok(ListenAt {
+            bind: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            path: DEFAULT_CALLBACK_PATH.to_owned(),
+            fixed: None,
+        });
+    };
+    let u = spotoken::core::endpoint::check_redirect_uri(r)?;
+    let host = u
+        .host_str()
+        .unwrap_or("127.0.0.1")
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_owned();
+    let port = u.port().unwrap_or(HTTP_PORT);
+    let ip: std::net::IpAddr = host.parse().map_err(|_| {
+        Error::Configuration(format!(
+            "the redirect URI {r} must name a loopback IP to listen on"
+        ))
+    })?;
+    Ok(ListenAt {
+        bind: SocketAddr::new(ip, port),
+        path: u.path().to_owned(),
+        fixed: Some(r.to_owned()),
+    })
+}
+
+/// The loopback listener: answers `path` only, hands each callback over
+/// `rx`, and stops when `stop` is sent.
+struct Listener {
+    rx: mpsc::Receiver<Callback>,
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn spawn_listener(listener: tokio::net::TcpListener, path: &str) -> Listener {
+    let (tx, rx) = mpsc::channel::<Callback>(1);
+    let app = axum::Router::new()
+        .route(path, axum::routing::get(callback))
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found") })
+        .with_state(Arc::new(Mutex::new(Some(tx))));
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    Listener { rx, stop, server }
+}
+
 async fn listen_and_login(
     tokens: &Tokens,
     cfg: &Resolved,
@@ -109,34 +153,8 @@ async fn listen_and_login(
     redirect: Option<String>,
     scopes: &Scopes,
 ) -> Result<LoginOutcome, Error> {
-    let (bind, path, fixed) = match &redirect {
-        Some(r) => {
-            let u = spotoken::core::endpoint::check_redirect_uri(r)?;
-            let host = u
-                .host_str()
-                .unwrap_or("127.0.0.1")
-                .trim_matches(|c| c == '[' || c == ']')
-                .to_owned();
-            let port = u.port().unwrap_or(80);
-            let ip: std::net::IpAddr = host.parse().map_err(|_| {
-                Error::Configuration(format!(
-                    "the redirect URI {r} must name a loopback IP to listen on"
-                ))
-            })?;
-            (
-                SocketAddr::new(ip, port),
-                u.path().to_owned(),
-                Some(r.clone()),
-            )
-        }
-        None => (
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|_| Error::Internal("bad address".into()))?,
-            "/callback".to_owned(),
-            None,
-        ),
-    };
+    let at = listen_at(redirect.as_deref())?;
+    let bind = at.bind;
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
         Error::Configuration(format!(
             "cannot listen on {bind} for the redirect: {e} (is another login running? pick another --redirect-uri)"
@@ -146,26 +164,15 @@ async fn listen_and_login(
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?
         .port();
-    let redirect_uri = fixed.unwrap_or_else(|| format!("http://127.0.0.1:{port}{path}"));
+    let redirect_uri = at
+        .fixed
+        .unwrap_or_else(|| format!("http://127.0.0.1:{port}{}", at.path));
     let pending = tokens.begin_login(
         &redirect_uri,
         scopes,
         spotoken::LoginOptions::default().show_dialog(args.show_dialog),
     )?;
-
-    let (tx, mut rx) = mpsc::channel::<Callback>(1);
-    let app = axum::Router::new()
-        .route(&path, axum::routing::get(callback))
-        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found") })
-        .with_state(Arc::new(Mutex::new(Some(tx))));
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await;
-    });
+    let mut listening = spawn_listener(listener, &at.path);
 
     // The URL always goes to stderr on its own line, so a script (or a person on
     // another machine) can follow it even when a browser opens too.
@@ -175,8 +182,7 @@ async fn listen_and_login(
         open_browser(&pending);
     }
     let spinner = spinner(args.timeout);
-
-    let result = tokio::time::timeout(args.timeout, rx.recv()).await;
+    let result = tokio::time::timeout(args.timeout, listening.rx.recv()).await;
     spinner.abort();
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
@@ -190,26 +196,35 @@ async fn listen_and_login(
             None,
         )),
         Ok(None) => Err(Error::Internal("the callback listener stopped".into())),
-        Ok(Some((uri, reply))) => {
-            let outcome = tokens.complete_login(&cfg.account, &pending, &uri).await;
-            let page = match &outcome {
-                Ok(o) => Ok(format!(
-                    "Logged in{} as account '{}'. You can close this tab.",
-                    o.display_name
-                        .as_ref()
-                        .map(|n| format!(" {n}"))
-                        .unwrap_or_default(),
-                    o.account
-                )),
-                Err(e) => Err(format!("Login failed: {e}")),
-            };
-            let _ = reply.send(page);
-            outcome
-        }
+        Ok(Some((uri, reply))) => complete(tokens, cfg, &pending, &uri, reply).await,
     };
     // Let the page reach the browser before the listener goes away.
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    let _ = listening.stop.send(());
+    let _ = tokio::time::timeout(PAGE_DRAIN, listening.server).await;
+    outcome
+}
+
+/// Exchanges the callback's code and tells the browser how it went.
+async fn complete(
+    tokens: &Tokens,
+    cfg: &Resolved,
+    pending: &PendingLogin,
+    uri: &str,
+    reply: oneshot::Sender<Result<String, String>>,
+) -> Result<LoginOutcome, Error> {
+    let outcome = tokens.complete_login(&cfg.account, pending, uri).await;
+    let page = match &outcome {
+        Ok(o) => Ok(format!(
+            "Logged in{} as account '{}'. You can close this tab.",
+            o.display_name
+                .as_ref()
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default(),
+            o.account
+        )),
+        Err(e) => Err(format!("Login failed: {e}")),
+    };
+    let _ = reply.send(page);
     outcome
 }
 
@@ -217,10 +232,7 @@ async fn callback(
     State(slot): State<Arc<Mutex<Option<mpsc::Sender<Callback>>>>>,
     OriginalUri(uri): OriginalUri,
 ) -> (axum::http::StatusCode, Html<String>) {
-    let sender = slot
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
+    let sender = slot.lock_unpoisoned().take();
     let Some(sender) = sender else {
         return (
             axum::http::StatusCode::CONFLICT,
@@ -265,6 +277,10 @@ fn open_browser(pending: &PendingLogin) {
     }
 }
 
+/// How long each frame of the waiting spinner shows: about eight a second,
+/// smooth without redrawing the terminal more than it needs.
+const SPINNER_FRAME: Duration = Duration::from_millis(120);
+
 fn spinner(timeout: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if !std::io::stderr().is_terminal() {
@@ -281,7 +297,7 @@ fn spinner(timeout: Duration) -> tokio::task::JoinHandle<()> {
                 spotoken::core::wait::human_duration(left)
             );
             i += 1;
-            tokio::time::sleep(Duration::from_millis(120)).await;
+            tokio::time::sleep(SPINNER_FRAME).await;
         }
     })
 }

@@ -2,17 +2,17 @@
 //! formats the result. `run` returns the exit code for outcomes that are not
 //! errors but still matter to scripts (`status` with an account needing login).
 
-pub mod accounts;
-pub mod api;
-pub mod daemon;
-pub mod demo;
-pub mod device_login;
-pub mod emulate;
-pub mod login;
-pub mod scope;
-pub mod serve;
-pub mod status;
-pub mod token;
+pub(crate) mod accounts;
+pub(crate) mod api;
+pub(crate) mod daemon;
+pub(crate) mod demo;
+pub(crate) mod device_login;
+pub(crate) mod emulate;
+pub(crate) mod login;
+pub(crate) mod scope;
+pub(crate) mod serve;
+pub(crate) mod status;
+pub(crate) mod token;
 
 use clap::CommandFactory as _;
 use spotoken::Error;
@@ -21,12 +21,12 @@ use crate::cli::{Args, Command};
 use crate::config;
 
 /// Runs the parsed command; `Ok(code)` is the exit code.
-pub async fn run(args: Args) -> Result<u8, Error> {
-    let g = args.global.clone();
+pub(crate) async fn run(args: Args) -> Result<u8, Error> {
+    let g = args.global;
     match args.command {
-        Command::Emulate(a) => emulate::exec(&g, a).await,
-        Command::Demo => demo::exec(&g).await,
-        Command::Serve(a) => serve::exec(&config::resolve(&g)?, *a).await,
+        Command::Emulate(a) => emulate::exec(g.client_id, g.output, a).await,
+        Command::Demo => demo::exec().await,
+        Command::Serve(a) => serve::exec(&config::resolve(&g)?, a).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -11,7 +11,7 @@ use crate::config::Resolved;
 
 /// Runs `check-scope`: `Ok(0)` when nothing is missing (or the endpoint is not
 /// in the table), else the insufficient-scope error (exit code 5).
-pub async fn exec(cfg: &Resolved, method: &str, path: &str) -> Result<u8, Error> {
+pub(crate) async fn exec(cfg: &Resolved, method: &str, path: &str) -> Result<u8, Error> {
     let tokens = cfg.tokens()?;
     let Some(row) = tokens.store().load(&cfg.account).await? else {
         return Err(Error::AuthorizationNeeded {

@@ -10,7 +10,7 @@ use crate::config::Resolved;
 use crate::output;
 
 /// Runs `status`.
-pub async fn exec(cfg: &Resolved) -> Result<u8, Error> {
+pub(crate) async fn exec(cfg: &Resolved) -> Result<u8, Error> {
     let store = spotoken::store::Sqlite::open(&cfg.store_path)?;
     let rows = spotoken::store::TokenStore::list(&store).await?;
     let now = unix_now();

@@ -18,7 +18,7 @@ use crate::output;
 
 /// Answers from the store alone if the cached token is fresh; `None` means
 /// "take the full path" (never an error: the full path reports errors properly).
-pub fn fast_path(g: &Global, args: &TokenArgs) -> Option<u8> {
+pub(crate) fn fast_path(g: &Global, args: &TokenArgs) -> Option<u8> {
     let cfg = config::resolve(g).ok()?;
     let row = Sqlite::load_blocking(&cfg.store_path, &cfg.account).ok()??;
     if row.state != AccountState::Active
@@ -57,7 +57,7 @@ fn print_token(cfg: &Resolved, token: &str, row: &Row) {
 }
 
 /// The full path: refresh if needed (single-flight across processes), then print.
-pub async fn exec(cfg: &Resolved, args: &TokenArgs) -> Result<u8, Error> {
+pub(crate) async fn exec(cfg: &Resolved, args: &TokenArgs) -> Result<u8, Error> {
     let tokens = cfg.tokens()?;
     let token = tokens
         .access_token_with(&cfg.account, args.min_valid)
@@ -83,7 +83,7 @@ pub async fn exec(cfg: &Resolved, args: &TokenArgs) -> Result<u8, Error> {
 }
 
 /// `spotoken refresh`: refresh now, whatever the expiry.
-pub async fn refresh(cfg: &Resolved) -> Result<u8, Error> {
+pub(crate) async fn refresh(cfg: &Resolved) -> Result<u8, Error> {
     let tokens = cfg.tokens()?;
     tokens.force_refresh(&cfg.account).await?;
     let left = tokens.expires_in(&cfg.account).await?.unwrap_or_default();

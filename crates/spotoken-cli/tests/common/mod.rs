@@ -10,24 +10,24 @@ use spotoken_emulator::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Emulator};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_spotoken");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_spotoken");
 
-pub struct Env {
-    pub emu: Emulator,
-    pub home: tempfile::TempDir,
+pub(crate) struct Env {
+    pub(crate) emu: Emulator,
+    pub(crate) home: tempfile::TempDir,
     /// Set after the defaults, for every command of this test.
-    pub extra_env: Vec<(&'static str, String)>,
+    pub(crate) extra_env: Vec<(&'static str, String)>,
 }
 
-pub struct Out {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
+pub(crate) struct Out {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// `PROGRAM ARGS` with none of the caller's SPOTOKEN_ settings (nor
 /// RUST_LOG), no stdin, and its output captured.
-pub fn bare_cmd(program: &str, args: &[&str]) -> Command {
+pub(crate) fn bare_cmd(program: &str, args: &[&str]) -> Command {
     let mut c = Command::new(program);
     for (k, _) in std::env::vars() {
         if k.starts_with("SPOTOKEN_") || k == "RUST_LOG" {
@@ -43,7 +43,7 @@ pub fn bare_cmd(program: &str, args: &[&str]) -> Command {
 }
 
 /// Runs a prepared command to its end.
-pub async fn output(mut c: Command) -> Out {
+pub(crate) async fn output(mut c: Command) -> Out {
     let o = c.output().await.expect("run spotoken");
     Out {
         code: o.status.code().unwrap_or(-1),
@@ -53,7 +53,7 @@ pub async fn output(mut c: Command) -> Out {
 }
 
 impl Env {
-    pub async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             emu: Emulator::start().await.expect("emulator"),
@@ -64,7 +64,7 @@ impl Env {
 
     /// An environment holding every secret a child must not inherit (the
     /// client secret is the app's real one, so it is really used).
-    pub async fn with_secrets() -> Self {
+    pub(crate) async fn with_secrets() -> Self {
         let mut env = Self::new().await;
         env.extra_env = vec![
             (
@@ -77,7 +77,7 @@ impl Env {
     }
 
     /// Fails if a file written by a child holds any of `extra_env`'s values.
-    pub fn assert_no_secret_in(&self, text: &str) {
+    pub(crate) fn assert_no_secret_in(&self, text: &str) {
         assert!(text.contains("SPOTOKEN_HOME="), "not an env dump: {text}");
         for name in ["SPOTOKEN_MASTER_KEY", "SPOTOKEN_CLIENT_SECRET"] {
             assert!(
@@ -97,7 +97,7 @@ impl Env {
     }
 
     /// The home's key ring, as `spotoken` loads it.
-    pub fn key_ring(&self) -> spotoken::crypto::KeyRing {
+    pub(crate) fn key_ring(&self) -> spotoken::crypto::KeyRing {
         let master = self
             .extra_env
             .iter()
@@ -108,13 +108,13 @@ impl Env {
 
     /// `spotoken ARGS` with this home and the emulator's URLs, logging at
     /// trace level.
-    pub fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         self.cmd_program(BIN, args)
     }
 
     /// `PROGRAM ARGS` with the environment of [`Env::cmd`] (a shell that
     /// `exec`s `spotoken`, for example).
-    pub fn cmd_program(&self, program: &str, args: &[&str]) -> Command {
+    pub(crate) fn cmd_program(&self, program: &str, args: &[&str]) -> Command {
         let mut c = bare_cmd(program, args);
         c.env("SPOTOKEN_HOME", self.home.path())
             .env("SPOTOKEN_CLIENT_ID", DEFAULT_CLIENT_ID)
@@ -125,13 +125,13 @@ impl Env {
         c
     }
 
-    pub async fn run(&self, args: &[&str]) -> Out {
+    pub(crate) async fn run(&self, args: &[&str]) -> Out {
         output(self.cmd(args)).await
     }
 
     /// `spotoken login --no-browser`, followed by a plain HTTP client as the
     /// browser. `tamper` may change the callback URL before it is visited.
-    pub async fn login(&self, extra: &[&str], tamper: impl FnOnce(String) -> String) -> Out {
+    pub(crate) async fn login(&self, extra: &[&str], tamper: impl FnOnce(String) -> String) -> Out {
         let mut args = vec!["login", "--no-browser", "--timeout", "30s"];
         args.extend_from_slice(extra);
         let mut child = self.cmd(&args).spawn().expect("spawn login");
@@ -202,7 +202,7 @@ impl Env {
 
 /// An HTTP client that, like a browser's address bar, shows each redirect
 /// instead of following it.
-pub fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -211,14 +211,14 @@ pub fn browser() -> reqwest::Client {
 
 /// Makes the stored account look an hour old with a minute left on its token
 /// (the binary's clock cannot be moved, so the row is).
-pub async fn age_account(env: &Env) {
+pub(crate) async fn age_account(env: &Env) {
     backdate_token(env, 3540, Some(60)).await;
 }
 
 /// Makes the stored token of `default` look obtained `ago` seconds ago (the
 /// login an hour ago), with `left` seconds left if given (else its expiry
 /// kept).
-pub async fn backdate_token(env: &Env, ago: i64, left: Option<i64>) {
+pub(crate) async fn backdate_token(env: &Env, ago: i64, left: Option<i64>) {
     use spotoken::store::TokenStore as _;
     let store = spotoken::store::Sqlite::open(env.home.path().join("tokens.db")).expect("store");
     let mut row = store.load("default").await.expect("load").expect("row");
@@ -234,13 +234,13 @@ pub async fn backdate_token(env: &Env, ago: i64, left: Option<i64>) {
     store.update(row).await.expect("update").expect("written");
 }
 
-pub fn refresh_tokens_seen(emu: &Emulator) -> Vec<String> {
+pub(crate) fn refresh_tokens_seen(emu: &Emulator) -> Vec<String> {
     emu.issued_refresh_tokens()
 }
 
 /// Reads `spotoken serve`'s stderr up to its "listening on" line; returns
 /// the bound address (`http://…`) and the line.
-pub async fn listening(
+pub(crate) async fn listening(
     lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
 ) -> (String, String) {
     loop {
@@ -258,20 +258,20 @@ pub async fn listening(
 }
 
 /// What a browser saw logging in to `spotoken serve`.
-pub struct ServeLogin {
+pub(crate) struct ServeLogin {
     /// `__Host-spotoken_session=…`, ready for a `Cookie` header.
-    pub session: String,
+    pub(crate) session: String,
     /// The login cookie's value (binds the callback to this browser).
-    pub binding: String,
+    pub(crate) binding: String,
     /// The emulator's authorize URL the server redirected to.
-    pub authorize_url: String,
+    pub(crate) authorize_url: String,
     /// The callback URL the emulator redirected back to (with the code).
-    pub callback_url: String,
+    pub(crate) callback_url: String,
 }
 
 /// Logs in to `spotoken serve` at `server` as a browser would (the emulator
 /// consents on its own).
-pub async fn serve_login(server: &str) -> ServeLogin {
+pub(crate) async fn serve_login(server: &str) -> ServeLogin {
     let http = browser();
     let cookie_of = |r: &reqwest::Response, name: &str| {
         r.headers()

@@ -11,12 +11,12 @@ use bytes::BytesMut;
 use super::{Chunked, Framing, Step, parse_head};
 
 /// What a client made of a response: status and body, or a refusal.
-pub type Reading = Result<(StatusCode, Vec<u8>), String>;
+pub(crate) type Reading = Result<(StatusCode, Vec<u8>), String>;
 
 /// Our reading of `wire` as the answer to a GET, the connection closing
 /// after the last byte: heads of 1xx answers skipped, the body framed as
 /// [`parse_head`] says.
-pub fn ours(wire: &[u8]) -> Reading {
+pub(crate) fn ours(wire: &[u8]) -> Reading {
     let mut buf = BytesMut::from(wire);
     let head = loop {
         match parse_head(&buf, &Method::GET) {
@@ -58,7 +58,7 @@ pub fn ours(wire: &[u8]) -> Reading {
 
 /// hyper's reading of the same bytes, through its client connection over
 /// an in-memory pipe.
-pub async fn hypers(wire: &[u8]) -> Reading {
+pub(crate) async fn hypers(wire: &[u8]) -> Reading {
     use http_body_util::BodyExt as _;
     use tokio::io::AsyncWriteExt as _;
     let (client, mut server) = tokio::io::duplex(wire.len() + 4096);
@@ -105,7 +105,7 @@ pub async fn hypers(wire: &[u8]) -> Reading {
 
 /// `Ok` when the two readings agree as described in the module docs, else
 /// what differs.
-pub fn agree(ours: &Reading, hypers: &Reading) -> Result<(), String> {
+pub(crate) fn agree(ours: &Reading, hypers: &Reading) -> Result<(), String> {
     match (ours, hypers) {
         (Err(_), _) => Ok(()),
         (Ok(o), Ok(h)) if o == h => Ok(()),

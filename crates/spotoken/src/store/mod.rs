@@ -12,8 +12,11 @@
 //! durably before releasing. SQLite implements it with a per-account file lock,
 //! PostgreSQL with a transaction-scoped advisory lock.
 
-#[doc(hidden)] // the server's session store; not a promise to users
+#[cfg(feature = "internals")]
 pub mod sessions;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub, dead_code)] // `pub` for spotoken-server, with `internals`
+mod sessions;
 pub mod sqlite;
 
 #[cfg(feature = "postgres")]
@@ -28,8 +31,8 @@ use spotoken_core::scope::Scopes;
 
 use crate::Error;
 
-#[doc(hidden)]
-pub use sessions::{PendingRecord, SessionRecord, SessionStore};
+#[cfg(feature = "internals")]
+pub use sessions::{Census, DueBatch, DueQuery, PendingRecord, SessionRecord, SessionStore};
 pub use sqlite::Sqlite;
 
 #[cfg(feature = "postgres")]
@@ -213,7 +216,7 @@ pub(crate) mod suite {
     use super::*;
     use std::sync::Arc;
 
-    pub fn row(account: &str) -> Row {
+    pub(crate) fn row(account: &str) -> Row {
         Row {
             account: account.into(),
             client_id: "cid".into(),
@@ -232,7 +235,7 @@ pub(crate) mod suite {
         }
     }
 
-    pub async fn run_all(store: Arc<dyn TokenStore>) {
+    pub(crate) async fn run_all(store: Arc<dyn TokenStore>) {
         upsert_load_list_delete(&*store).await;
         update_checks_version(&*store).await;
         lock_serializes_and_rereads(store.clone()).await;

@@ -38,7 +38,7 @@ use crate::Error;
 
 /// libpq's `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
+pub(crate) enum SslMode {
     /// Plain; only to loopback hosts.
     Disable,
     /// TLS if the server offers it (loopback), TLS always (elsewhere); no

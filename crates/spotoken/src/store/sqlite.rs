@@ -12,17 +12,15 @@
 //! (`secure_delete`).
 //!
 //! The journal is SQLite's rollback journal, truncated after every commit, not
-//! WAL. `spotoken token` is a new process each time and, with no other process
-//! holding the store open, a WAL reader must first rebuild the shared-memory
-//! index (create, truncate and extend `-shm`, map it, take eight locks): 0.3 ms
-//! of a 1.1 ms command. A rollback-journal reader takes one shared lock and
-//! reads two pages. The price is paid by writers: a commit costs more fsyncs
-//! and briefly blocks readers, so durable rotations drop from ~19,000/s to
-//! ~2,300/s with 256 accounts in flight (docs/BENCHMARKS.md), far above what a
-//! store of people's accounts asks. The truncated journal also means no older
-//! copy of a rewritten row survives a commit. A store another process still
-//! holds in WAL mode (an older spotoken) stays in WAL until it is opened alone;
-//! both modes read and write correctly.
+//! WAL: `spotoken token` is a new process each time, and a WAL reader alone
+//! on the store must first rebuild the shared-memory index, a large share of
+//! the command, where a rollback-journal reader takes one shared lock and
+//! reads two pages. Writers pay instead (more fsyncs per commit), still far
+//! above what a store of people's accounts asks (figures: docs/BENCHMARKS.md).
+//! The truncated journal also means no older copy of a rewritten row survives
+//! a commit. A store another process still holds in WAL mode (an older
+//! spotoken) stays in WAL until it is opened alone; both modes read and write
+//! correctly.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -33,8 +31,10 @@ use sha2::{Digest as _, Sha256};
 use spotoken_core::scope::Scopes;
 use tokio::sync::oneshot;
 
+use super::sessions::{Census, DueBatch, DueQuery};
 use super::{AccountLock, Row, TokenStore, unix_now};
 use crate::Error;
+use spotoken_core::sync::LockUnpoisoned as _;
 
 /// How long a statement waits for a lock another connection holds (another
 /// process committing) before failing with "database is locked".
@@ -42,7 +42,7 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[doc(hidden)] // for spotoken's own CLI and server; not a promise to users
 /// Schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATIONS: &[&str] = &[
     // 1: accounts
@@ -79,6 +79,15 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;",
     // 3: the issuer an account's tokens came from (NULL: the configured provider)
     "ALTER TABLE accounts ADD COLUMN issuer TEXT;",
+    // 4: the background refresher's due work (spotoken serve): when an
+    // account was last used, claims on due accounts, and the indexes that
+    // make a pass cost the accounts due rather than the sessions stored.
+    "ALTER TABLE accounts ADD COLUMN used_at INTEGER;
+    ALTER TABLE accounts ADD COLUMN refresh_claimed_until INTEGER;
+    ALTER TABLE accounts ADD COLUMN refresh_claimed_by INTEGER;
+    CREATE INDEX accounts_due ON accounts (access_expires_at) WHERE used_at IS NOT NULL;
+    CREATE INDEX sessions_account ON sessions (account, expires_at);
+    CREATE INDEX pending_logins_expiry ON pending_logins (expires_at);",
 ];
 
 const COLUMNS: &str = "account, client_id, user_id, display_name, scopes, authorized_at, access_token, \
@@ -97,6 +106,8 @@ pub struct Sqlite {
 
 struct Inner {
     path: PathBuf,
+    /// Names this handle's claims on due accounts (see `claim_due`).
+    claimer: i64,
     lock_dir: PathBuf,
     reader: Mutex<Connection>,
     writer: Mutex<mpsc::Sender<Job>>,
@@ -130,6 +141,7 @@ impl Sqlite {
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
+                claimer: rand::random(),
                 lock_dir,
                 reader: Mutex::new(reader),
                 writer: Mutex::new(tx),
@@ -181,10 +193,7 @@ impl Sqlite {
     ) -> Result<T, Error> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = inner
-                .reader
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let conn = inner.reader.lock_unpoisoned();
             f(&conn).map_err(db_err(&inner.path))
         })
         .await
@@ -208,8 +217,7 @@ impl Sqlite {
         });
         self.inner
             .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lock_unpoisoned()
             .send(job)
             .map_err(|_| Error::Internal("the SQLite writer thread has stopped".into()))?;
         rx.await
@@ -274,10 +282,15 @@ fn use_rollback_journal(conn: &Connection) {
     }
 }
 
+/// The schema version the store was last migrated to (`PRAGMA user_version`).
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
 fn migrate(conn: &Connection, path: &Path) -> Result<(), Error> {
-    let current: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(db_err(path))?;
+    // Read without the write lock first: a store already up to date (every
+    // open but the first after an upgrade) takes no write lock at all.
+    let current = user_version(conn).map_err(db_err(path))?;
     if current == SCHEMA_VERSION {
         return Ok(());
     }
@@ -290,8 +303,8 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), Error> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(db_err(path))?;
     let result = (|| {
-        // Re-read under the write lock: another process may have migrated meanwhile.
-        let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        // Again under the write lock: another process may have migrated meanwhile.
+        let current = user_version(conn)?;
         for (i, sql) in MIGRATIONS
             .iter()
             .enumerate()
@@ -378,11 +391,20 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     })
 }
 
-/// Writes `row` with version `version`, replacing any row of that account.
+/// Writes `row` with version `version`, replacing any row of that account
+/// (in place: the columns a row does not carry, such as its recorded use,
+/// stay).
 fn write_row(conn: &Connection, row: &Row, version: i64, now: i64) -> rusqlite::Result<()> {
     let (state, reason) = row.state_columns();
     conn.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO accounts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        "INSERT INTO accounts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+         ON CONFLICT (account) DO UPDATE SET client_id = excluded.client_id, user_id = excluded.user_id,
+           display_name = excluded.display_name, scopes = excluded.scopes,
+           authorized_at = excluded.authorized_at, access_token = excluded.access_token,
+           access_expires_at = excluded.access_expires_at, refresh_token = excluded.refresh_token,
+           last_refresh = excluded.last_refresh, state = excluded.state,
+           state_reason = excluded.state_reason, version = excluded.version,
+           updated_at = excluded.updated_at, issuer = excluded.issuer"
     ))?
     .execute(params![
         row.account,
@@ -668,21 +690,134 @@ impl super::sessions::SessionStore for Sqlite {
         .await
     }
 
-    async fn purge_expired(&self, now: i64) -> Result<Vec<String>, Error> {
+    async fn purge_expired(&self, now: i64, limit: u32) -> Result<Vec<String>, Error> {
         let path = self.inner.path.clone();
         self.write(move |c| {
-            let accounts: Vec<String> = c
-                .prepare("SELECT account FROM sessions WHERE expires_at <= ?1 ORDER BY account")
-                .and_then(|mut s| s.query_map([now], |r| r.get(0))?.collect())
+            let mut accounts: Vec<String> = c
+                .prepare_cached(PURGE_SESSIONS)
+                .and_then(|mut s| s.query_map(params![now, limit], |r| r.get(0))?.collect())
                 .map_err(db_err(&path))?;
-            c.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])
+            c.prepare_cached(PURGE_PENDING)
+                .and_then(|mut s| s.execute(params![now, limit]))
                 .map_err(db_err(&path))?;
-            c.execute("DELETE FROM pending_logins WHERE expires_at <= ?1", [now])
-                .map_err(db_err(&path))?;
+            accounts.sort();
             Ok(accounts)
         })
         .await
     }
+
+    async fn note_used(&self, accounts: &[String], at: i64) -> Result<(), Error> {
+        let accounts = accounts.to_vec();
+        let path = self.inner.path.clone();
+        self.write(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "UPDATE accounts SET used_at = max(coalesce(used_at, ?2), ?2) WHERE account = ?1",
+                )
+                .map_err(db_err(&path))?;
+            for account in &accounts {
+                stmt.execute(params![account, at]).map_err(db_err(&path))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_due(&self, q: DueQuery) -> Result<DueBatch, Error> {
+        let path = self.inner.path.clone();
+        let me = self.inner.claimer;
+        // One writer: the three statements run in one transaction, so two
+        // handles (processes) on the file take disjoint batches.
+        self.write(move |c| claim_due_with(c, &q, me).map_err(db_err(&path)))
+            .await
+    }
+
+    async fn census(&self, now: i64) -> Result<Census, Error> {
+        self.read(move |c| {
+            let count = |sql: &str| -> rusqlite::Result<u64> {
+                c.prepare_cached(sql)?
+                    .query_row([now], |r| r.get::<_, i64>(0))
+                    .map(|n| u64::try_from(n).unwrap_or(0))
+            };
+            Ok(Census {
+                sessions: count("SELECT count(*) FROM sessions WHERE expires_at > ?1")?,
+                reauth_required: count(
+                    "SELECT count(*) FROM accounts a WHERE a.state <> 'active' AND EXISTS
+                       (SELECT 1 FROM sessions s WHERE s.account = a.account AND s.expires_at > ?1)",
+                )?,
+            })
+        })
+        .await
+    }
+}
+
+/// Ended sessions, soonest ended first, through `sessions_expiry`.
+const PURGE_SESSIONS: &str = "DELETE FROM sessions WHERE id_hash IN
+     (SELECT id_hash FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)
+     RETURNING account";
+/// Ended pending logins, through `pending_logins_expiry`.
+const PURGE_PENDING: &str = "DELETE FROM pending_logins WHERE state_hash IN
+     (SELECT state_hash FROM pending_logins WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)";
+
+/// Takes accounts that will not be refreshed in the background out of the
+/// due index (`accounts_due` holds accounts with a recorded use): idle past
+/// the window, flagged for a new login, or without a live session. Each
+/// leaves once, when its token comes due; its next use puts it back.
+/// ?1 now, ?2 expires before, ?3 used since, ?4 limit.
+const RETIRE: &str = "UPDATE accounts SET used_at = NULL WHERE account IN
+     (SELECT a.account FROM accounts a
+      WHERE a.used_at IS NOT NULL AND a.access_expires_at < ?2
+        AND (a.used_at < ?3 OR a.state <> 'active' OR NOT EXISTS
+              (SELECT 1 FROM sessions s WHERE s.account = a.account AND s.expires_at > ?1))
+      LIMIT ?4)";
+/// Due accounts under another handle's live claim.
+/// ?1 now, ?2 expires before, ?3 used since, ?4 this handle.
+const HELD: &str = "SELECT count(*) FROM accounts
+     WHERE used_at >= ?3 AND access_expires_at < ?2 AND state = 'active'
+       AND refresh_claimed_until > ?1 AND refresh_claimed_by <> ?4";
+/// Claims the due accounts soonest to expire.
+/// ?1 now, ?2 expires before, ?3 used since, ?4 this handle, ?5 limit, ?6 claim until.
+const CLAIM: &str = "UPDATE accounts SET refresh_claimed_until = ?6, refresh_claimed_by = ?4
+     WHERE account IN
+     (SELECT a.account FROM accounts a
+      WHERE a.used_at >= ?3 AND a.access_expires_at < ?2 AND a.state = 'active'
+        AND (a.refresh_claimed_until IS NULL OR a.refresh_claimed_until <= ?1)
+        AND EXISTS (SELECT 1 FROM sessions s WHERE s.account = a.account AND s.expires_at > ?1)
+      ORDER BY a.access_expires_at LIMIT ?5)
+     RETURNING account, access_expires_at";
+
+fn claim_due_with(c: &Connection, q: &DueQuery, me: i64) -> rusqlite::Result<DueBatch> {
+    let retired = c.prepare_cached(RETIRE)?.execute(params![
+        q.now,
+        q.expires_before,
+        q.used_since,
+        q.limit
+    ])?;
+    let held: i64 = c
+        .prepare_cached(HELD)?
+        .query_row(params![q.now, q.expires_before, q.used_since, me], |r| {
+            r.get(0)
+        })?;
+    let mut claimed: Vec<(String, i64)> = c
+        .prepare_cached(CLAIM)?
+        .query_map(
+            params![
+                q.now,
+                q.expires_before,
+                q.used_since,
+                me,
+                q.limit,
+                q.claim_until
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    claimed.sort_by_key(|(_, expires)| *expires);
+    Ok(DueBatch {
+        accounts: claimed.into_iter().map(|(a, _)| a).collect(),
+        held_elsewhere: u64::try_from(held).unwrap_or(0),
+        retired: u64::try_from(retired).unwrap_or(0),
+    })
 }
 
 fn session_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<super::sessions::SessionRecord> {
@@ -753,6 +888,54 @@ mod tests {
             .expect("fast path")
             .expect("row");
         assert_eq!(back.issuer.as_deref(), Some("https://id.example"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_passes_the_due_work_suite() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tokens.db");
+        let a = Arc::new(Sqlite::open(&path).expect("open"));
+        let b = Arc::new(Sqlite::open(&path).expect("open again"));
+        crate::store::sessions::due_suite::run_all(a.clone(), a, b).await;
+    }
+
+    /// The refresher's queries go through the indexes: none reads every
+    /// session or every account (SQLite's plan says `SCAN` for that).
+    #[test]
+    fn due_work_queries_use_the_indexes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tokens.db");
+        drop(Sqlite::open(&path).expect("create"));
+        let c = Connection::open(&path).expect("open");
+        let plan = |sql: &str, n: usize| -> String {
+            let mut stmt = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("explain");
+            let args = vec![0i64; n];
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .expect("plan");
+            rows.map(|r| r.expect("row")).collect::<Vec<_>>().join("\n")
+        };
+        for (name, sql, n, index) in [
+            ("claim", CLAIM, 6, "accounts_due"),
+            ("retire", RETIRE, 4, "accounts_due"),
+            ("held", HELD, 4, "accounts_due"),
+            ("purge sessions", PURGE_SESSIONS, 2, "sessions_expiry"),
+            ("purge logins", PURGE_PENDING, 2, "pending_logins_expiry"),
+        ] {
+            let p = plan(sql, n);
+            assert!(p.contains(index), "{name} does not use {index}:\n{p}");
+            assert!(
+                !p.lines().any(|l| l.starts_with("SCAN")),
+                "{name} scans a table:\n{p}"
+            );
+        }
+        let p = plan(CLAIM, 6);
+        assert!(
+            p.contains("sessions_account"),
+            "the live-session check looks sessions up by account:\n{p}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use spotoken::{Tokens, TokensBuilder, crypto, store};
 use spotoken_emulator::{DEFAULT_CLIENT_ID, Emulator};
 
 /// A builder for the emulator's default client, keeping its store and key in `dir`.
-pub fn builder(emu: &Emulator, dir: &std::path::Path) -> TokensBuilder {
+pub(crate) fn builder(emu: &Emulator, dir: &std::path::Path) -> TokensBuilder {
     Tokens::builder()
         .client_id(DEFAULT_CLIENT_ID)
         .provider(Provider::spotify_like(&emu.url(), &emu.url()).expect("provider"))
@@ -16,7 +16,7 @@ pub fn builder(emu: &Emulator, dir: &std::path::Path) -> TokensBuilder {
 }
 
 /// Logs `account` in with `scopes` through the emulator's consent.
-pub async fn login(tokens: &Tokens, emu: &Emulator, account: &str, scopes: &str) {
+pub(crate) async fn login(tokens: &Tokens, emu: &Emulator, account: &str, scopes: &str) {
     let pending = tokens
         .begin_login(
             "http://127.0.0.1:45678/callback",
