@@ -5,7 +5,7 @@
 //! served by hyper directly, raced against a per-connection [`DropConnection`]
 //! signal that a handler can fire: dropping the connection future closes the
 //! socket with no response at all. The same loop serves the TLS port
-//! ([`crate::tls`]), HTTP/1.1 or HTTP/2 as the client's ALPN chose.
+//! (the `tls` module), HTTP/1.1 or HTTP/2 as the client's ALPN chose.
 
 use std::future::Future;
 use std::sync::Arc;

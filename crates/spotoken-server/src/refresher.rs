@@ -94,7 +94,9 @@ pub(crate) async fn pass(st: &AppState, cfg: RefresherConfig) -> Option<Duration
     pass_report(st, cfg).await.0
 }
 
-/// [`pass`], with what it did.
+/// One background refresher pass (record uses, purge ended sessions, claim
+/// and refresh the accounts due), with what it did: for embedders that
+/// schedule passes themselves.
 pub async fn pass_report(st: &AppState, cfg: RefresherConfig) -> (Option<Duration>, PassReport) {
     let started = Instant::now();
     let now = st.tokens.now();

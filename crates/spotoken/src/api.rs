@@ -291,7 +291,7 @@ fn naming(account: &str, mut e: Error) -> Error {
     e
 }
 
-/// [`classify`] for the fuzz targets (with the `internals` feature).
+/// `classify` for the fuzz targets (with the `internals` feature).
 #[cfg(feature = "internals")]
 pub fn classify_api_error(answer: &Answer, method: &str, path: &str, granted: &Scopes) -> Error {
     classify(answer, method, path, granted)

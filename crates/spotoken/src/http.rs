@@ -30,7 +30,7 @@ pub struct Answer {
     pub headers: HeaderMap,
     /// Parsed `Retry-After`.
     pub retry_after: Option<Duration>,
-    /// The body (at most [`MAX_BODY`]).
+    /// The body (at most `MAX_BODY` bytes).
     pub body: Bytes,
 }
 
